@@ -1,0 +1,26 @@
+"""Where ops go: the Track API (``http``), a list (``locmem``), stdout (``console``), nowhere."""
+
+from __future__ import annotations
+
+import threading
+
+from django.utils.module_loading import import_string
+
+from ..conf import CIOSettings, get_settings
+from .base import BaseBackend
+
+_lock = threading.Lock()
+_cached: tuple[CIOSettings, BaseBackend] | None = None
+
+
+def get_backend() -> BaseBackend:
+    """The backend named by ``CUSTOMERIO['BACKEND']``, one per process and settings."""
+    global _cached
+    cio = get_settings()
+    with _lock:
+        if _cached is None or _cached[0] is not cio:
+            _cached = (cio, import_string(cio.backend)(cio))
+        return _cached[1]
+
+
+__all__ = ["BaseBackend", "get_backend"]

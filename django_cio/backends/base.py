@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..client import OpError
+from ..conf import CIOSettings
+from ..operations import Operation
+
+
+class BaseBackend:
+    """Sends ops in one request: ``send_one`` (v1, one op) or ``send_batch`` (v2, many).
+
+    Both raise ``APIError`` subclasses when the whole request fails; ``send_batch`` returns the
+    ops Customer.io refused one by one. Backends that never leave the process only implement
+    ``handle``.
+    """
+
+    def __init__(self, cio: CIOSettings) -> None:
+        self.settings = cio
+
+    def send_one(self, op: Operation) -> None:
+        self.handle([op])
+
+    def send_batch(self, ops: Sequence[Operation]) -> list[OpError]:
+        self.handle(ops)
+        return []
+
+    def handle(self, ops: Sequence[Operation]) -> None:
+        raise NotImplementedError

@@ -1,0 +1,277 @@
+"""A synchronous Track API client: one HTTP request per call, answers classified.
+
+Used by the HTTP backend inside workers and usable on its own in scripts::
+
+    client = TrackClient(site_id, api_key, region="eu")
+    client.identify("42", email="ada@example.com")
+    failed = client.send_batch([Identify("42", {...}), Event("42", "signed_up")])
+
+Each thread of each process gets its own pooled keep-alive ``requests.Session``, created on
+first use; a process forked after that (gunicorn ``preload_app``, Celery prefork) never
+reuses its parent's sockets. Errors carry the HTTP status, the op kind and the op count, and
+never the URL, the body or the credentials: person ids and attributes are PII.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from . import __version__
+from .conf import REGION_URLS, CIOSettings, validate_track_url
+from .exceptions import (
+    ConfigurationError,
+    PermanentError,
+    RateLimited,
+    TransientError,
+    ValidationError,
+)
+from .operations import (
+    MAX_BATCH_BYTES,
+    MAX_V2_OP_BYTES,
+    AddDevice,
+    AnonymousEvent,
+    Delete,
+    DeleteDevice,
+    Event,
+    Identify,
+    Merge,
+    Operation,
+    Page,
+    Suppress,
+    Unsuppress,
+    dumps,
+)
+
+logger = logging.getLogger(__name__)
+
+_REASONS = {
+    400: "bad request",
+    401: "unauthorized: check SITE_ID and API_KEY",
+    403: "forbidden",
+    404: "not found",
+    408: "request timeout",
+    413: "request too large",
+}
+
+
+@dataclass(frozen=True)
+class OpError:
+    """One op of a v2 batch that Customer.io refused (HTTP 207). Permanent for this content.
+
+    ``reason`` and ``field`` come from the API; its free-text ``message`` is not kept because
+    it may quote the refused value.
+    """
+
+    index: int
+    op: Operation
+    reason: str
+    field: str | None = None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or HTTP date), or ``None``."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+class TrackClient:
+    """Customer.io Track API over HTTP Basic auth (``site_id:api_key``)."""
+
+    def __init__(
+        self,
+        site_id: str,
+        api_key: str,
+        region: str = "us",
+        url: str | None = None,
+        timeout: float = 10,
+        session: requests.Session | None = None,
+        pool_size: int = 10,
+    ) -> None:
+        if url is None and region not in REGION_URLS:
+            raise ConfigurationError(f"region must be one of {sorted(REGION_URLS)}")
+        self.base_url = validate_track_url(url) if url else REGION_URLS[region]
+        self.timeout = timeout
+        self._auth = (str(site_id), str(api_key))
+        self._given_session = session
+        self._pool_size = pool_size
+        self._local = threading.local()
+
+    @classmethod
+    def from_settings(cls, cio: CIOSettings) -> TrackClient:
+        return cls(cio.site_id or "", cio.api_key or "", url=cio.base_url, timeout=cio.timeout)
+
+    def __repr__(self) -> str:
+        return f"<TrackClient {self.base_url} site_id={self._auth[0]!r}>"
+
+    # -- one op per request (v1) ------------------------------------------------------------
+
+    def send(self, op: Operation) -> None:
+        """Send one op as a v1 request; raises an ``APIError`` unless Customer.io took it."""
+        method, path, body = op.v1()
+        self._request(method, path, dumps(body), op.kind, 1)
+
+    def identify(self, person_id: str, **attributes: Any) -> None:
+        self.send(Identify(person_id, attributes))
+
+    def track(self, person_id: str, name: str, **data: Any) -> None:
+        self.send(Event(person_id, name, data))
+
+    def track_anonymous(self, anonymous_id: str, name: str, **data: Any) -> None:
+        self.send(AnonymousEvent(anonymous_id, name, data))
+
+    def page(self, person_id: str, url: str, **data: Any) -> None:
+        self.send(Page(person_id, url, data))
+
+    def delete(self, person_id: str) -> None:
+        self.send(Delete(person_id))
+
+    def suppress(self, person_id: str) -> None:
+        self.send(Suppress(person_id))
+
+    def unsuppress(self, person_id: str) -> None:
+        self.send(Unsuppress(person_id))
+
+    def add_device(self, person_id: str, token: str, platform: str, **attributes: Any) -> None:
+        self.send(AddDevice(person_id, token, platform, attributes=attributes))
+
+    def delete_device(self, person_id: str, token: str) -> None:
+        self.send(DeleteDevice(person_id, token))
+
+    def merge(self, primary: str, secondary: str) -> None:
+        self.send(Merge(primary, secondary))
+
+    # -- many ops per request (v2) ----------------------------------------------------------
+
+    def send_batch(self, ops: Sequence[Operation]) -> list[OpError]:
+        """Send ops as one ``/api/v2/batch`` request; return the ops Customer.io refused.
+
+        Raises ``ValidationError`` before sending if an op has no v2 form, an item is over
+        32 KB or the body over 500 KB (splitting is the caller's job, see ``batching``).
+        """
+        if not ops:
+            return []
+        items = []
+        for index, op in enumerate(ops):
+            if not op.batchable:
+                raise ValidationError("batch", f"batch[{index}]", f"({op.kind}) has no v2 form")
+            item = dumps(op.v2())
+            if len(item) > MAX_V2_OP_BYTES:
+                raise ValidationError(
+                    "batch", f"batch[{index}]",
+                    f"({op.kind}) is {len(item)} bytes; the limit is {MAX_V2_OP_BYTES}",
+                    f"{MAX_V2_OP_BYTES} bytes",
+                )
+            items.append(item)
+        body = b'{"batch":[' + b",".join(items) + b"]}"
+        if len(body) > MAX_BATCH_BYTES:
+            raise ValidationError(
+                "batch", "batch", f"is {len(body)} bytes; the limit is {MAX_BATCH_BYTES}",
+                f"{MAX_BATCH_BYTES} bytes",
+            )
+        kind = ops[0].kind if len({op.kind for op in ops}) == 1 else "mixed"
+        response = self._request("POST", "/api/v2/batch", body, kind, len(ops))
+        if response.status_code == 207:
+            return self._batch_errors(response, ops, kind)
+        return []
+
+    @staticmethod
+    def _batch_errors(
+        response: requests.Response, ops: Sequence[Operation], kind: str
+    ) -> list[OpError]:
+        try:
+            errors = response.json()["errors"]
+            failed = {
+                int(error["batch_index"]): OpError(
+                    int(error["batch_index"]),
+                    ops[int(error["batch_index"])],
+                    str(error.get("reason") or "refused")[:200],
+                    str(error["field"])[:200] if error.get("field") else None,
+                )
+                for error in errors
+            }
+        except (ValueError, KeyError, TypeError, IndexError):
+            # We cannot tell which ops failed; resending all is safe (upserts, event ids).
+            raise TransientError(
+                "unreadable 207 answer", status=207, kind=kind, count=len(ops)
+            ) from None
+        return sorted(failed.values(), key=lambda error: error.index)
+
+    # -- transport --------------------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        if self._given_session is not None:
+            return self._given_session
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.session = self._new_session()
+            local.pid = os.getpid()
+        return local.session
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["User-Agent"] = f"django-cio/{__version__}"
+        # Retries are the task's business (with backoff and a budget), not urllib3's.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self._pool_size, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def _request(
+        self, method: str, path: str, body: bytes, kind: str, count: int
+    ) -> requests.Response:
+        started = time.perf_counter()
+        try:
+            response = self._session().request(
+                method, self.base_url + path, data=body, auth=self._auth, timeout=self.timeout,
+                headers={"Content-Type": "application/json"},
+            )
+        except requests.Timeout:
+            raise TransientError("timeout", status=None, kind=kind, count=count) from None
+        except requests.RequestException as exc:
+            # The exception text holds the URL, which holds the person id: keep only its type.
+            reason = f"network error ({type(exc).__name__})"
+            raise TransientError(reason, status=None, kind=kind, count=count) from None
+        status = response.status_code
+        logger.debug(
+            "customerio %s: %d %s op(s), %d bytes, HTTP %d in %.0f ms",
+            "batch" if path == "/api/v2/batch" else "request", count, kind, len(body), status,
+            (time.perf_counter() - started) * 1000,
+        )
+        if 200 <= status < 300:
+            return response
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise RateLimited(retry_after=retry_after, kind=kind, count=count)
+        reason = _REASONS.get(status, "server error" if status >= 500 else "refused")
+        error = TransientError if status == 408 or status >= 500 else PermanentError
+        raise error(reason, status=status, kind=kind, count=count)
+
+    def close(self) -> None:
+        """Close this thread's session (others close when their threads and process end)."""
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            del self._local.session, self._local.pid

@@ -1,0 +1,162 @@
+"""The one place that reads ``settings.CUSTOMERIO``.
+
+``get_settings()`` merges the user's dict over ``DEFAULTS`` and returns a frozen
+``CIOSettings``. It is read lazily and cached until Django's ``setting_changed`` fires, so
+``override_settings(CUSTOMERIO=...)`` works in tests. Bad values raise ``ConfigurationError``
+naming the key; ``checks.py`` turns the same errors into system-check messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from .exceptions import ConfigurationError
+
+REGION_URLS = {
+    "us": "https://track.customer.io",
+    "eu": "https://track-eu.customer.io",
+}
+
+HTTP_BACKEND = "django_cio.backends.http.TrackAPIBackend"
+# Backends that never talk to Customer.io, so they need no credentials.
+OFFLINE_BACKENDS = {
+    "django_cio.backends.locmem.LocMemBackend",
+    "django_cio.backends.console.ConsoleBackend",
+    "django_cio.backends.null.NullBackend",
+}
+
+DEFAULTS: dict[str, Any] = {
+    "SITE_ID": None,
+    "API_KEY": None,
+    "REGION": "us",
+    "TRACK_URL": None,
+    "BACKEND": HTTP_BACKEND,
+    "RATE_LIMIT": "80/s",
+    "QUEUE": "customerio",
+    "BATCH": True,
+    "DEDUP_TTL": 300,
+    "CACHE": "default",
+    "REDIS_URL": None,
+    "MAX_RETRIES": 8,
+    "RETRY_BACKOFF_MAX": 600,
+    "RETRY_AFTER_MAX": 60,
+    "TIMEOUT": 10,
+    "ENABLED": True,
+}
+
+_NUMBERS = ("DEDUP_TTL", "MAX_RETRIES", "RETRY_BACKOFF_MAX", "RETRY_AFTER_MAX", "TIMEOUT")
+_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*([smh])\s*$")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``requests`` allowed every ``period`` seconds."""
+
+    requests: float
+    period: float
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.period
+
+
+def parse_rate(value: str) -> Rate:
+    """Parse ``"80/s"``, ``"4800/m"``, ``"10/5s"`` into a ``Rate``."""
+    match = _RATE.match(value) if isinstance(value, str) else None
+    if not match or float(match[1]) <= 0:
+        raise ConfigurationError(
+            f"CUSTOMERIO['RATE_LIMIT'] must look like '80/s', '4800/m' or '10/5s', got {value!r}"
+        )
+    count, multiple, unit = match.groups()
+    return Rate(float(count), _PERIODS[unit] * int(multiple or 1))
+
+
+@dataclass(frozen=True)
+class CIOSettings:
+    """``settings.CUSTOMERIO`` merged over the defaults. Keys become lowercase attributes."""
+
+    site_id: str | None
+    api_key: str | None = field(repr=False)
+    region: str
+    track_url: str | None
+    backend: str
+    rate_limit: str
+    queue: str
+    batch: bool
+    dedup_ttl: float
+    cache: str
+    redis_url: str | None = field(repr=False)  # may hold a password
+    max_retries: int
+    retry_backoff_max: float
+    retry_after_max: float
+    timeout: float
+    enabled: bool
+
+    @property
+    def base_url(self) -> str:
+        """Where the Track API lives: ``TRACK_URL`` if set, else the region's host."""
+        if self.track_url:
+            return validate_track_url(self.track_url)
+        if self.region not in REGION_URLS:
+            raise ConfigurationError(
+                f"CUSTOMERIO['REGION'] must be one of {sorted(REGION_URLS)}, got {self.region!r}"
+            )
+        return REGION_URLS[self.region]
+
+    @property
+    def rate(self) -> Rate:
+        return parse_rate(self.rate_limit)
+
+    @property
+    def needs_credentials(self) -> bool:
+        return self.backend not in OFFLINE_BACKENDS
+
+
+def validate_track_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError("CUSTOMERIO['TRACK_URL'] must be an http:// or https:// URL")
+    return url.rstrip("/")
+
+
+def read_user_settings() -> dict[str, Any]:
+    """The raw ``CUSTOMERIO`` dict merged over ``DEFAULTS``; unknown keys are an error."""
+    user = getattr(settings, "CUSTOMERIO", {})
+    if not isinstance(user, dict):
+        raise ConfigurationError("settings.CUSTOMERIO must be a dict")
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        raise ConfigurationError(
+            f"Unknown key(s) in settings.CUSTOMERIO: {', '.join(unknown)}. "
+            f"Known keys: {', '.join(DEFAULTS)}"
+        )
+    merged = {**DEFAULTS, **user}
+    for key in _NUMBERS:
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigurationError(
+                f"CUSTOMERIO['{key}'] must be a number >= 0, got {type(value).__name__}"
+            )
+    return merged
+
+
+@functools.cache
+def get_settings() -> CIOSettings:
+    """The current django-cio settings (cached; cleared when ``CUSTOMERIO`` changes)."""
+    merged = read_user_settings()
+    return CIOSettings(**{key.lower(): value for key, value in merged.items()})
+
+
+@receiver(setting_changed)
+def _clear_cache(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("CUSTOMERIO", "CACHES"):
+        get_settings.cache_clear()

@@ -1,0 +1,199 @@
+"""What the fake Track API remembers: people, events, devices, and counts of what it saw.
+
+Every request is first turned into v2 item form (v1 bodies included), then checked in strict
+mode against the Track API limits and applied, so v1 and v2 share one set of rules.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter, defaultdict, deque
+from typing import Any
+
+from ..operations import (
+    MAX_ATTRIBUTE_NAME_BYTES,
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    MAX_ATTRIBUTES,
+    MAX_EVENT_DATA_BYTES,
+    MAX_EVENT_NAME_BYTES,
+    MAX_ID_BYTES,
+    MAX_PAGE_URL_BYTES,
+    PLATFORMS,
+    dumps,
+)
+
+Json = dict[str, Any]
+_ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$", re.IGNORECASE)
+ACTIONS = {"identify", "event", "page", "screen", "delete", "suppress", "unsuppress",
+           "add_device", "delete_device", "merge"}
+
+
+class Invalid(Exception):
+    """An op the real API would refuse; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+def _size(value: Any) -> int:
+    return len(value.encode()) if isinstance(value, str) else len(dumps(value))
+
+
+def _check_id(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid(field, "must be a non-empty string")
+    if _size(value) > MAX_ID_BYTES:
+        raise Invalid(field, f"longer than {MAX_ID_BYTES} bytes")
+    return value
+
+
+def _check_attributes(field: str, attributes: Any) -> None:
+    if not isinstance(attributes, dict):
+        raise Invalid(field, "must be an object")
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise Invalid(field, f"more than {MAX_ATTRIBUTES} attributes")
+    for name, value in attributes.items():
+        if not name or _size(name) > MAX_ATTRIBUTE_NAME_BYTES:
+            raise Invalid(f"{field}.{name[:40]}", "attribute name empty or too long")
+        if _size(value) > MAX_ATTRIBUTE_VALUE_BYTES:
+            raise Invalid(f"{field}.{name}", f"value longer than {MAX_ATTRIBUTE_VALUE_BYTES} bytes")
+
+
+def check(op: Json) -> None:
+    """Raise ``Invalid`` if the real Track API would refuse this v2-form op."""
+    action = op.get("action")
+    if op.get("type") != "person" or action not in ACTIONS:
+        raise Invalid("action", "unknown type or action")
+    if action == "merge":
+        for side in ("primary", "secondary"):
+            if not isinstance(op.get(side), dict) or len(op[side]) != 1:
+                raise Invalid(side, "must hold exactly one identifier")
+            _check_id(side, next(iter(op[side].values())))
+        return
+    if "anonymous_id" in op:
+        _check_id("anonymous_id", op["anonymous_id"])
+    else:
+        identifiers = op.get("identifiers")
+        if not isinstance(identifiers, dict) or len(identifiers) != 1:
+            raise Invalid("identifiers", "must hold exactly one identifier")
+        _check_id("identifiers", next(iter(identifiers.values())))
+    if action == "identify":
+        _check_attributes("attributes", op.get("attributes", {}))
+    elif action in ("event", "page", "screen"):
+        limit = MAX_EVENT_NAME_BYTES if action == "event" else MAX_PAGE_URL_BYTES
+        name = op.get("name")
+        if not isinstance(name, str) or not name or _size(name) > limit:
+            raise Invalid("name", f"must be a non-empty string of at most {limit} bytes")
+        if not isinstance(op.get("attributes", {}), dict):
+            raise Invalid("attributes", "must be an object")
+        if _size(op.get("attributes", {})) > MAX_EVENT_DATA_BYTES:
+            raise Invalid("attributes", f"event data larger than {MAX_EVENT_DATA_BYTES} bytes")
+        if "id" in op and not (isinstance(op["id"], str) and _ULID.match(op["id"])):
+            raise Invalid("id", "must be a ULID")
+        if "timestamp" in op and not isinstance(op["timestamp"], int):
+            raise Invalid("timestamp", "must be an integer")
+    elif action in ("add_device", "delete_device"):
+        device = op.get("device")
+        if not isinstance(device, dict):
+            raise Invalid("device", "must be an object")
+        _check_id("device.token", device.get("token"))
+        if action == "add_device" and device.get("platform") not in PLATFORMS:
+            raise Invalid("device.platform", f"must be one of {', '.join(PLATFORMS)}")
+
+
+class Store:
+    """Thread-safe in-memory state of the fake workspace."""
+
+    def __init__(self, request_log_size: int = 10_000) -> None:
+        self.lock = threading.Lock()
+        self.request_log_size = request_log_size
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.people: dict[str, Json] = {}
+            self.devices: dict[str, dict[str, Json]] = defaultdict(dict)
+            self.suppressed: set[str] = set()
+            self.events: list[Json] = []
+            self.merges: list[tuple[str, str]] = []
+            self.event_ids: set[str] = set()
+            self.duplicate_event_ids = 0
+            self.requests: deque[Json] = deque(maxlen=self.request_log_size)
+            self.statuses: Counter[int] = Counter()
+            self.per_second: Counter[int] = Counter()
+            self.ops: Counter[str] = Counter()
+            self.ops_per_request: Counter[int] = Counter()
+            self.started = time.time()
+
+    def record_request(self, method: str, path: str, body: Any, status: int, ops: int) -> None:
+        with self.lock:
+            now = time.time()
+            self.requests.append({"method": method, "path": path, "body": body,
+                                  "status": status, "at": now})
+            self.statuses[status] += 1
+            self.per_second[int(now)] += 1
+            if ops:
+                self.ops_per_request[ops] += 1
+
+    def apply(self, op: Json) -> None:
+        """Apply one valid v2-form op."""
+        action = op["action"]
+        with self.lock:
+            self.ops[action] += 1
+            if action == "merge":
+                primary = next(iter(op["primary"].values()))
+                secondary = next(iter(op["secondary"].values()))
+                self.people.setdefault(primary, {}).update(self.people.pop(secondary, {}))
+                self.merges.append((primary, secondary))
+                return
+            person = next(iter(op["identifiers"].values())) if "identifiers" in op else None
+            if action == "identify":
+                self.people.setdefault(person, {}).update(op.get("attributes", {}))
+            elif action in ("event", "page", "screen"):
+                self._add_event(op, person)
+            elif action in ("delete", "suppress"):
+                self.people.pop(person, None)
+                self.devices.pop(person, None)
+                if action == "suppress":
+                    self.suppressed.add(person)
+            elif action == "unsuppress":
+                self.suppressed.discard(person)
+            elif action == "add_device":
+                self.devices[person][op["device"]["token"]] = op["device"]
+            elif action == "delete_device":
+                self.devices[person].pop(op["device"]["token"], None)
+
+    def _add_event(self, op: Json, person: str | None) -> None:
+        event_id = op.get("id")
+        if event_id in self.event_ids:
+            # Customer.io drops an event whose id it has seen: count it, keep one copy.
+            self.duplicate_event_ids += 1
+            return
+        if event_id:
+            self.event_ids.add(event_id)
+        self.events.append({
+            "person": person, "anonymous_id": op.get("anonymous_id"), "type": op["action"],
+            "name": op["name"], "id": event_id, "timestamp": op.get("timestamp"),
+            "data": op.get("attributes", {}), "received_at": time.time(),
+        })
+
+    def stats(self) -> Json:
+        with self.lock:
+            return {
+                "requests": sum(self.statuses.values()),
+                "statuses": {str(code): n for code, n in sorted(self.statuses.items())},
+                "rate_limited": self.statuses[429],
+                "max_requests_per_second": max(self.per_second.values(), default=0),
+                "per_second": {str(second): n for second, n in sorted(self.per_second.items())},
+                "ops": dict(self.ops),
+                "ops_total": sum(self.ops.values()),
+                "ops_per_request": {str(n): c for n, c in sorted(self.ops_per_request.items())},
+                "people": len(self.people),
+                "events": len(self.events),
+                "duplicate_event_ids": self.duplicate_event_ids,
+                "suppressed": len(self.suppressed),
+                "merges": len(self.merges),
+            }
