@@ -1,0 +1,37 @@
+"""Settings for django-cio's own tests.
+
+Services come from the environment, defaulting to the local ones: PostgreSQL as the postgres
+user (trust auth) and Redis DB 13 with a key prefix of its own. ``DATABASE_URL=sqlite:///...``
+runs the suite on SQLite, the embedded default.
+"""
+
+import os
+
+import dj_database_url
+
+SECRET_KEY = "django-cio-tests"
+USE_TZ = True
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django_cio",
+]
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/django_cio")
+    )
+}
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13")
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "django-cio-tests",
+    }
+}
+CUSTOMERIO = {
+    "SITE_ID": "test-site",
+    "API_KEY": "test-key-never-logged",
+    "TRACK_URL": "http://127.0.0.1:9",  # tests that send start a fake server and override this
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -1,0 +1,74 @@
+import pytest
+from django.core.checks import Error, Warning
+from django.test import override_settings
+
+from django_cio.checks import check_settings
+
+LOCMEM_CACHE = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+GOOD = {"SITE_ID": "s", "API_KEY": "k"}
+
+
+def ids(**cio):
+    with override_settings(CUSTOMERIO=cio):
+        return [message.id for message in check_settings()]
+
+
+def test_good_settings_pass():
+    assert ids(**GOOD) == []
+
+
+def test_unknown_key_is_E001():
+    assert ids(**GOOD, SITEID="x") == ["django_cio.E001"]
+
+
+def test_missing_credentials_for_http_backend_is_E002():
+    with override_settings(CUSTOMERIO={}):
+        (message,) = check_settings()
+    assert isinstance(message, Error) and message.id == "django_cio.E002"
+    assert "SITE_ID" in message.msg and "API_KEY" in message.msg
+
+
+@pytest.mark.parametrize("backend", ["locmem.LocMemBackend", "console.ConsoleBackend",
+                                     "null.NullBackend"])
+def test_offline_backends_need_no_credentials(backend):
+    assert ids(BACKEND=f"django_cio.backends.{backend}") == []
+
+
+def test_bad_region_is_E003():
+    assert ids(**GOOD, REGION="mars") == ["django_cio.E003"]
+
+
+def test_bad_rate_limit_is_E004():
+    assert ids(**GOOD, RATE_LIMIT="lots") == ["django_cio.E004"]
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "track.customer.io", "http://"])
+def test_track_url_not_http_is_E005(url):
+    assert ids(**GOOD, TRACK_URL=url) == ["django_cio.E005"]
+
+
+def test_unknown_cache_alias_is_E006():
+    assert ids(**GOOD, CACHE="nope") == ["django_cio.E006"]
+
+
+def test_unimportable_backend_is_E007():
+    assert ids(**GOOD, BACKEND="django_cio.backends.pigeon.Backend") == ["django_cio.E007"]
+
+
+def test_process_local_dedup_cache_is_W001():
+    with override_settings(CACHES=LOCMEM_CACHE, CUSTOMERIO=GOOD):
+        (message,) = check_settings()
+    assert isinstance(message, Warning) and message.id == "django_cio.W001"
+    with override_settings(CACHES=LOCMEM_CACHE, CUSTOMERIO={**GOOD, "DEDUP_TTL": 0}):
+        assert check_settings() == []
+
+
+def test_checks_run_under_manage_py_check():
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    with override_settings(CUSTOMERIO={"REGION": "mars"}), pytest.raises(
+        SystemCheckError, match=r"django_cio\.E002"
+    ) as error:
+        call_command("check")
+    assert "django_cio.E003" in str(error.value)

@@ -1,0 +1,325 @@
+import datetime as dt
+import enum
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.utils.translation import gettext_lazy
+from ulid import ULID
+
+from django_cio.exceptions import ValidationError
+from django_cio.operations import (
+    MAX_ATTRIBUTE_NAME_BYTES,
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    MAX_ATTRIBUTES,
+    MAX_EVENT_DATA_BYTES,
+    MAX_EVENT_NAME_BYTES,
+    MAX_ID_BYTES,
+    OPERATIONS,
+    AddDevice,
+    AnonymousEvent,
+    Delete,
+    DeleteDevice,
+    Event,
+    Identify,
+    Merge,
+    Operation,
+    Page,
+    Suppress,
+    Unsuppress,
+    dumps,
+    json_safe,
+)
+
+SECRET = "ada@example.com"
+
+
+def one_of_each() -> list[Operation]:
+    return [
+        Identify("42", {"email": SECRET}),
+        Event("42", "signed_up", {"plan": "pro"}),
+        Page("42", "https://shop.example/cart"),
+        AnonymousEvent("anon-1", "viewed"),
+        Delete("42"),
+        Suppress("42"),
+        Unsuppress("42"),
+        AddDevice("42", "tok", "ios", last_used=1_700_000_000, attributes={"app": "1.0"}),
+        DeleteDevice("42", "tok"),
+        Merge("42", "43"),
+    ]
+
+
+def test_every_kind_is_registered_and_covered():
+    assert {op.kind for op in one_of_each()} == set(OPERATIONS)
+
+
+# -- ids ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("person_id", ["a/b", "x+y@example.com", "with space", "ünï©ødé", 7])
+def test_odd_ids_are_kept_and_quoted(person_id):
+    op = Identify(person_id, {})
+    assert op.person_id == str(person_id)
+    path = op.v1().path
+    assert path.startswith("/api/v1/customers/")
+    assert "/" not in path[len("/api/v1/customers/"):]
+    assert " " not in path and "@" not in path and "+" not in path
+
+
+def test_id_limit_counts_utf8_bytes():
+    Identify("é" * (MAX_ID_BYTES // 2), {})  # 150 bytes: at the limit
+    with pytest.raises(ValidationError) as error:
+        Identify("é" * (MAX_ID_BYTES // 2) + "x", {})  # 151 bytes
+    assert error.value.field == "person_id"
+    assert "151 bytes" in str(error.value) and "150" in str(error.value)
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None, True, 1.5, b"bytes", ["42"]])
+def test_bad_person_ids_are_refused(bad):
+    with pytest.raises(ValidationError, match="identify: person_id"):
+        Identify(bad, {})
+
+
+def test_validation_error_is_a_value_error_and_never_echoes_values():
+    with pytest.raises(ValueError) as error:
+        Identify(SECRET + "x" * 200, {})
+    assert SECRET not in str(error.value)
+
+
+# -- attributes ---------------------------------------------------------------------------
+
+
+def test_attribute_limits_at_and_past():
+    Identify("1", {f"a{i}": i for i in range(MAX_ATTRIBUTES)})
+    with pytest.raises(ValidationError, match="300") as error:
+        Identify("1", {f"a{i}": i for i in range(MAX_ATTRIBUTES + 1)})
+    assert error.value.field == "attributes"
+
+    Identify("1", {"n" * MAX_ATTRIBUTE_NAME_BYTES: 1})
+    with pytest.raises(ValidationError, match="name is longer than 150 bytes"):
+        Identify("1", {"n" * (MAX_ATTRIBUTE_NAME_BYTES + 1): 1})
+
+    Identify("1", {"bio": "ü" * (MAX_ATTRIBUTE_VALUE_BYTES // 2)})
+    with pytest.raises(ValidationError) as error:
+        Identify("1", {"bio": "ü" * (MAX_ATTRIBUTE_VALUE_BYTES // 2) + "!"})
+    assert error.value.field == "attributes.bio"
+    assert "1001 bytes" in str(error.value)
+
+
+def test_non_string_attribute_values_are_measured_encoded():
+    with pytest.raises(ValidationError, match=r"attributes\.tags"):
+        Identify("1", {"tags": ["x" * 100] * 10})
+
+
+def test_empty_attribute_name_is_refused():
+    with pytest.raises(ValidationError, match="empty attribute name"):
+        Identify("1", {"": 1})
+
+
+def test_attribute_error_does_not_echo_the_value():
+    with pytest.raises(ValidationError) as error:
+        Identify("1", {"email": SECRET * 100})
+    assert SECRET not in str(error.value)
+
+
+# -- JSON normalisation -------------------------------------------------------------------
+
+
+class Plan(enum.Enum):
+    PRO = "pro"
+
+
+def test_json_safe_normalises_common_python_values():
+    moment = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    value = {
+        "aware": moment,
+        "naive": moment.replace(tzinfo=None),
+        "other_zone": moment.astimezone(dt.timezone(dt.timedelta(hours=5))),
+        "day": dt.date(2024, 1, 2),
+        "price": Decimal("12.50"),
+        "count": Decimal("3"),
+        "uuid": uuid.UUID(int=1),
+        "lazy": gettext_lazy("Hello"),
+        "plan": Plan.PRO,
+        "tuple": (1, 2),
+        "nested": {"when": moment, 5: "int key"},
+    }
+    safe = json_safe(value, "identify", "attributes")
+    assert safe == {
+        "aware": 1704164645, "naive": 1704164645, "other_zone": 1704164645,
+        "day": 1704153600, "price": 12.5, "count": 3,
+        "uuid": "00000000-0000-0000-0000-000000000001", "lazy": "Hello", "plan": "pro",
+        "tuple": [1, 2], "nested": {"when": 1704164645, "5": "int key"},
+    }
+    json.dumps(safe)
+
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [
+        (float("nan"), "attributes.x"),
+        (float("inf"), "attributes.x"),
+        (Decimal("NaN"), "attributes.x"),
+        (object(), "attributes.x"),
+        ({"deep": [1, object()]}, "attributes.x.deep[1]"),
+        ({(1, 2): "tuple key"}, "attributes.x"),
+    ],
+)
+def test_json_safe_names_the_field_it_cannot_carry(value, field):
+    with pytest.raises(ValidationError) as error:
+        Identify("1", {"x": value})
+    assert error.value.field == field
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+def test_every_event_gets_a_ulid_and_a_timestamp_when_created():
+    first, second = Event("1", "a"), Event("1", "a")
+    assert first.id != second.id
+    ULID.from_str(first.id)
+    assert abs(first.timestamp - dt.datetime.now().timestamp()) < 5
+
+
+def test_event_id_survives_a_round_trip():
+    op = Event("1", "paid", {"amount": 3})
+    again = Operation.from_dict(json.loads(json.dumps(op.to_dict())))
+    assert again == op and again.id == op.id
+
+
+def test_event_limits():
+    Event("1", "n" * MAX_EVENT_NAME_BYTES)
+    with pytest.raises(ValidationError, match="event: name is 101 bytes"):
+        Event("1", "n" * (MAX_EVENT_NAME_BYTES + 1))
+    with pytest.raises(ValidationError, match="event: name must be a non-blank string"):
+        Event("1", " ")
+    Event("1", "big", {"blob": "x" * (MAX_EVENT_DATA_BYTES - 20)})
+    with pytest.raises(ValidationError, match="event: data is") as error:
+        Event("1", "big", {"blob": "x" * MAX_EVENT_DATA_BYTES})
+    assert error.value.field == "data"
+
+
+def test_event_id_must_be_a_ulid_and_timestamp_seconds():
+    with pytest.raises(ValidationError, match="event: id must be a ULID"):
+        Event("1", "x", id="not-a-ulid")
+    with pytest.raises(ValidationError, match="milliseconds"):
+        Event("1", "x", timestamp=1_700_000_000_000)
+    with pytest.raises(ValidationError, match="timestamp"):
+        Event("1", "x", timestamp="yesterday")
+    moment = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    assert Event("1", "x", timestamp=moment).timestamp == 1704067200
+
+
+def test_page_urls_may_be_longer_than_event_names():
+    url = "https://shop.example/" + "p" * 300
+    assert Page("1", url).url == url
+    with pytest.raises(ValidationError, match="page: name"):
+        Page("1", "https://x/" + "p" * 1000)
+
+
+def test_anonymous_event_has_no_v2_form():
+    op = AnonymousEvent("anon", "x")
+    assert not op.batchable
+    with pytest.raises(TypeError):
+        op.v2()
+    with pytest.raises(ValidationError, match="anonymous_event: type"):
+        AnonymousEvent("anon", "x", type="screen")
+
+
+# -- devices and merge --------------------------------------------------------------------
+
+
+def test_device_validation():
+    with pytest.raises(ValidationError, match="add_device: platform"):
+        AddDevice("1", "tok", "windows")
+    with pytest.raises(ValidationError, match="add_device: token"):
+        AddDevice("1", "", "ios")
+    with pytest.raises(ValidationError, match=r"attributes\.size must be a string"):
+        AddDevice("1", "tok", "ios", attributes={"size": 3})
+    assert AddDevice("1", "t", "android", attributes={"push_enabled": False}).attributes == {
+        "push_enabled": "false"
+    }
+
+
+def test_merge_needs_two_different_people():
+    with pytest.raises(ValidationError, match="merge: secondary must differ"):
+        Merge("1", "1")
+    assert Merge("1", "2").person_id == "1"
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+
+def test_v1_requests():
+    ops = {op.kind: op for op in one_of_each()}
+    event, page, anonymous = ops["event"], ops["page"], ops["anonymous_event"]
+    assert {kind: op.v1() for kind, op in ops.items()} == {
+        "identify": ("PUT", "/api/v1/customers/42", {"email": SECRET}),
+        "event": ("POST", "/api/v1/customers/42/events", {
+            "name": "signed_up", "data": {"plan": "pro"}, "id": event.id,
+            "timestamp": event.timestamp}),
+        "page": ("POST", "/api/v1/customers/42/events", {
+            "name": "https://shop.example/cart", "data": {}, "id": page.id,
+            "timestamp": page.timestamp, "type": "page"}),
+        "anonymous_event": ("POST", "/api/v1/events", {
+            "name": "viewed", "data": {}, "id": anonymous.id, "timestamp": anonymous.timestamp,
+            "anonymous_id": "anon-1"}),
+        "delete": ("DELETE", "/api/v1/customers/42", {}),
+        "suppress": ("POST", "/api/v1/customers/42/suppress", {}),
+        "unsuppress": ("POST", "/api/v1/customers/42/unsuppress", {}),
+        "add_device": ("PUT", "/api/v1/customers/42/devices", {"device": {
+            "id": "tok", "platform": "ios", "last_used": 1_700_000_000,
+            "attributes": {"app": "1.0"}}}),
+        "delete_device": ("DELETE", "/api/v1/customers/42/devices/tok", {}),
+        "merge": ("POST", "/api/v1/merge_customers", {
+            "primary": {"id": "42"}, "secondary": {"id": "43"}}),
+    }
+
+
+def test_v2_items():
+    person = {"type": "person", "identifiers": {"id": "42"}}
+    ops = {op.kind: op for op in one_of_each() if op.batchable}
+    event, page = ops["event"], ops["page"]
+    assert {kind: op.v2() for kind, op in ops.items()} == {
+        "identify": {**person, "action": "identify", "attributes": {"email": SECRET}},
+        "event": {**person, "action": "event", "name": "signed_up", "id": event.id,
+                  "timestamp": event.timestamp, "attributes": {"plan": "pro"}},
+        "page": {**person, "action": "page", "name": "https://shop.example/cart",
+                 "id": page.id, "timestamp": page.timestamp, "attributes": {}},
+        "delete": {**person, "action": "delete"},
+        "suppress": {**person, "action": "suppress"},
+        "unsuppress": {**person, "action": "unsuppress"},
+        "add_device": {**person, "action": "add_device", "device": {
+            "token": "tok", "platform": "ios", "last_used": 1_700_000_000,
+            "attributes": {"app": "1.0"}}},
+        "delete_device": {**person, "action": "delete_device", "device": {"token": "tok"}},
+        "merge": {"type": "person", "action": "merge", "primary": {"id": "42"},
+                  "secondary": {"id": "43"}},
+    }
+
+
+@pytest.mark.parametrize("op", one_of_each(), ids=lambda op: op.kind)
+def test_every_kind_round_trips_through_json(op):
+    assert Operation.from_dict(json.loads(dumps(op.to_dict()))) == op
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"kind": "teleport"}, "operation: kind"),
+        ({}, "operation: kind"),
+        ("not a dict", "operation: kind"),
+        ({"kind": "identify", "person_id": "1", "colour": "red"}, "identify: fields"),
+        ({"kind": "identify", "person_id": ""}, "identify: person_id"),
+    ],
+)
+def test_malformed_op_dicts_raise_validation_errors(data, match):
+    with pytest.raises(ValidationError, match=match):
+        Operation.from_dict(data)
+
+
+def test_redacted_keeps_no_values():
+    text = json.dumps([op.redacted() for op in one_of_each()])
+    assert SECRET not in text and '"42"' not in text and "tok" not in text
+    assert "email" in text  # field names are fine
