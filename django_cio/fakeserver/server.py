@@ -241,9 +241,13 @@ class FakeTrackAPI:
 
     def stop(self) -> None:
         self._httpd.shutdown()
+        # Keep-alive connections would keep their handler threads alive: end them too.
         for connection in list(self._httpd.connections):
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + 2
+        while self._httpd.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -146,7 +146,9 @@ class Store:
             if action == "merge":
                 primary = next(iter(op["primary"].values()))
                 secondary = next(iter(op["secondary"].values()))
-                self.people.setdefault(primary, {}).update(self.people.pop(secondary, {}))
+                # The primary's own attributes win; the secondary fills the gaps, then goes.
+                merged = {**self.people.pop(secondary, {}), **self.people.get(primary, {})}
+                self.people[primary] = merged
                 self.merges.append((primary, secondary))
                 return
             person = next(iter(op["identifiers"].values())) if "identifiers" in op else None

@@ -36,7 +36,7 @@ def test_every_op_kind_arrives(fake, track_client):
     track_client.add_device(PERSON, "device/tok+1", "android", app_version="2.0")
     track_client.delete_device(PERSON, "device/tok+1")
     track_client.add_device(PERSON, "kept", "ios")
-    track_client.identify("other", name="Bob")
+    track_client.identify("other", name="Bob", plan="free")
     track_client.merge(PERSON, "other")
     track_client.suppress("gone")
     track_client.unsuppress("gone")

@@ -1,0 +1,101 @@
+"""How many small requests per second the bundled fake Track API serves on this machine.
+
+    python bench/fakeserver.py [--seconds 5] [--processes 2] [--threads 4]
+
+Load comes from separate processes (so the server keeps its own GIL) over keep-alive
+connections, each sending small v1 identify requests. The same run then measures one client
+sending serially, the official ``customerio`` SDK against ours, on the same server. The
+2,000 req/s target is the floor the load tests and benchmarks of later issues rely on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import multiprocessing
+import threading
+import time
+from urllib.parse import urlsplit
+
+import django
+from django.conf import settings
+
+TARGET = 2000
+
+
+def _hammer(url: str, auth: str, seconds: float, threads: int) -> int:
+    """Send requests from ``threads`` keep-alive connections for ``seconds``; return the count."""
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    headers = {"Authorization": auth, "Content-Type": "application/json"}
+    body = b'{"plan":"pro"}'
+    counts = [0] * threads
+    deadline = time.monotonic() + seconds
+
+    def one(slot: int) -> None:
+        connection = http.client.HTTPConnection(host, port, timeout=10)
+        while time.monotonic() < deadline:
+            connection.request("PUT", f"/api/v1/customers/{slot}-{counts[slot]}", body, headers)
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200, response.status
+            counts[slot] += 1
+        connection.close()
+
+    workers = [threading.Thread(target=one, args=(slot,)) for slot in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(counts)
+
+
+def _serial(send, seconds: float) -> float:
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        send(count)
+        count += 1
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    args = parser.parse_args()
+
+    settings.configure(USE_TZ=True)
+    django.setup()
+    from customerio import CustomerIO
+
+    from django_cio.client import TrackClient
+    from django_cio.fakeserver import FakeTrackAPI
+
+    with FakeTrackAPI() as fake:
+        auth = "Basic " + base64.b64encode(fake.credentials.encode()).decode()
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(args.processes) as pool:
+            started = time.perf_counter()
+            counts = pool.starmap(_hammer, [(fake.url, auth, args.seconds, args.threads)]
+                                  * args.processes)
+            elapsed = time.perf_counter() - started
+        served = sum(counts) / elapsed
+        statuses = fake.store.stats()["statuses"]
+
+        ours = TrackClient(fake.site_id, fake.api_key, url=fake.url)
+        sdk = CustomerIO(fake.site_id, fake.api_key, retries=0)
+        sdk.base_url = f"{fake.url}/api/v1"  # the SDK only speaks https; same paths over http
+        serial_seconds = max(1.0, args.seconds / 2)
+        ours_rate = _serial(lambda n: ours.identify(f"o{n}", plan="pro"), serial_seconds)
+        sdk_rate = _serial(lambda n: sdk.identify(f"s{n}", plan="pro"), serial_seconds)
+
+    load = f"{args.processes} processes x {args.threads} keep-alive connections"
+    print(f"fake server, {load}: {served:,.0f} req/s "
+          f"({served / TARGET:.1f}x the {TARGET:,} req/s target; statuses {statuses})")
+    print(f"one client, serial:  django-cio TrackClient {ours_rate:,.0f} req/s, "
+          f"customerio SDK {sdk_rate:,.0f} req/s (ratio {ours_rate / sdk_rate:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
