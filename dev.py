@@ -4,7 +4,7 @@
     python3 dev.py demo    # the example end to end on an embedded default, no services needed
     python3 dev.py test    # the whole test suite (uses local PostgreSQL and Redis)
 
-and ``python3 dev.py lint`` (ruff). Each creates ``.venv`` on first use and installs the
+and ``python3 dev.py lint`` (ruff, then mypy). Each creates ``.venv`` on first use and installs the
 package with its test extras into it, again only when ``pyproject.toml`` changes.
 """
 
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     commands = {
         "demo": lambda extra: run("example_project/client_demo.py", *extra),
         "test": lambda extra: run("-m", "pytest", *extra),
-        "lint": lambda extra: run("-m", "ruff", "check", ".", *extra),
+        "lint": lambda extra: run("-m", "ruff", "check", ".", *extra) or run("-m", "mypy"),
     }
     if not argv or argv[0] not in commands:
         print(__doc__)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from enum import Enum
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from urllib.parse import quote
 from uuid import UUID
 
@@ -227,8 +227,11 @@ class Operation:
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
 
-    # Every op has a ``person_id``: a field, or a property on anonymous events and merges.
-    person_id: ClassVar[str]
+    if TYPE_CHECKING:
+        # Every op has one: a field, or a property on anonymous events and merges. Declared
+        # for type checkers only, or dataclasses would take the property as a field default.
+        @property
+        def person_id(self) -> str: ...
 
     def v1(self) -> V1Request:
         raise NotImplementedError
@@ -271,7 +274,7 @@ class Operation:
 class _PersonOp(Operation):
     """An op about one person and nothing else (delete, suppress, unsuppress)."""
 
-    person_id: str  # type: ignore[misc]
+    person_id: str
 
     def __post_init__(self) -> None:
         self._set("person_id", check_id(self.kind, "person_id", self.person_id))
@@ -286,7 +289,7 @@ class Identify(Operation):
 
     kind = "identify"
     action = "identify"
-    person_id: str  # type: ignore[misc]
+    person_id: str
     attributes: Json = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -315,7 +318,7 @@ class Event(Operation):
     action = "event"
     v1_type: ClassVar[str | None] = None
     name_limit: ClassVar[int] = MAX_EVENT_NAME_BYTES
-    person_id: str  # type: ignore[misc]
+    person_id: str
     name: str
     data: Json = field(default_factory=dict)
     id: str = field(default_factory=new_event_id)
@@ -426,7 +429,7 @@ class AddDevice(Operation):
 
     kind = "add_device"
     action = "add_device"
-    person_id: str  # type: ignore[misc]
+    person_id: str
     token: str
     platform: str
     last_used: int | None = None
@@ -473,7 +476,7 @@ def _device_attributes(kind: str, attributes: Mapping[str, Any]) -> dict[str, st
 class DeleteDevice(Operation):
     kind = "delete_device"
     action = "delete_device"
-    person_id: str  # type: ignore[misc]
+    person_id: str
     token: str
 
     def __post_init__(self) -> None:

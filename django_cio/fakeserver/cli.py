@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import signal
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 from .server import FakeTrackAPI
+
+
+class Output(Protocol):
+    def write(self, text: str, /) -> Any: ...
+    def flush(self) -> None: ...
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +32,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def serve(options: dict[str, Any], out: TextIO) -> None:
+def serve(options: dict[str, Any], out: Output) -> None:
     """Run the fake server in the foreground until Ctrl-C or SIGTERM."""
     fake = FakeTrackAPI(
         host=options["host"], port=options["port"],

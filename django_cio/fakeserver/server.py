@@ -141,7 +141,9 @@ class Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         fake = self.server.fake
         url = urlsplit(self.path)
-        status, body, headers, ops, parsed = 500, {}, {}, 0, None
+        body: Json = {}
+        headers: dict[str, str] = {}
+        status, ops, parsed = 500, 0, None
         try:
             raw = self._read_body(url.path)
             if url.path.startswith("/_fake/"):
@@ -223,7 +225,7 @@ class FakeTrackAPI:
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def __repr__(self) -> str:
         return f"<FakeTrackAPI {self.url}>"

@@ -151,7 +151,7 @@ class Store:
                 self.people[primary] = merged
                 self.merges.append((primary, secondary))
                 return
-            person = next(iter(op["identifiers"].values())) if "identifiers" in op else None
+            person: Any = next(iter(op["identifiers"].values())) if "identifiers" in op else None
             if action == "identify":
                 self.people.setdefault(person, {}).update(op.get("attributes", {}))
             elif action in ("event", "page", "screen"):
