@@ -53,6 +53,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _NUMBERS = ("DEDUP_TTL", "MAX_RETRIES", "RETRY_BACKOFF_MAX", "RETRY_AFTER_MAX", "TIMEOUT")
+_FLAGS = ("BATCH", "ENABLED")
+_NAMES = ("QUEUE", "CACHE", "BACKEND", "REGION")
 _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*([smh])\s*$")
 
@@ -146,6 +148,12 @@ def read_user_settings() -> dict[str, Any]:
             raise ConfigurationError(
                 f"CUSTOMERIO['{key}'] must be a number >= 0, got {type(value).__name__}"
             )
+    for key in _FLAGS:
+        if not isinstance(merged[key], bool):
+            raise ConfigurationError(f"CUSTOMERIO['{key}'] must be True or False")
+    for key in _NAMES:
+        if not isinstance(merged[key], str) or not merged[key]:
+            raise ConfigurationError(f"CUSTOMERIO['{key}'] must be a non-empty string")
     return merged
 
 

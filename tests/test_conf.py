@@ -50,6 +50,16 @@ def test_numbers_are_checked_by_name(value):
         get_settings()
 
 
+@pytest.mark.parametrize(("key", "value"), [("BATCH", "yes"), ("ENABLED", 1), ("QUEUE", ""),
+                                            ("CACHE", None), ("REGION", 3)])
+def test_flags_and_names_are_checked_by_name(key, value):
+    with (
+        override_settings(CUSTOMERIO={key: value}),
+        pytest.raises(ConfigurationError, match=rf"CUSTOMERIO\['{key}'\]"),
+    ):
+        get_settings()
+
+
 def test_secrets_stay_out_of_repr():
     with override_settings(CUSTOMERIO={"API_KEY": "sekrit", "REDIS_URL": "redis://:pw@h/0"}):
         text = repr(get_settings())
