@@ -1,7 +1,9 @@
 """System checks for ``settings.CUSTOMERIO`` (``manage.py check``).
 
-Each check reuses the parser that would fail at run time, so the message a user sees at
-start-up is the one they would otherwise get at 3 a.m. from a worker.
+The shape of the setting is checked by ``conf.find_problems``, the same code that makes
+``get_settings()`` fail at run time, so the message seen at start-up is the one a worker would
+otherwise raise at 3 a.m. This module adds what needs the rest of the project: credentials for
+the chosen backend, the cache alias, the backend import.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from . import conf
-from .exceptions import ConfigurationError
 
 # Caches that live inside one process: identify dedup would only see its own process's sends.
 _PROCESS_LOCAL_CACHES = (
@@ -22,60 +23,43 @@ _PROCESS_LOCAL_CACHES = (
 )
 
 
-def _error(exc: Exception, id: str) -> Error:
-    return Error(str(exc), id=f"django_cio.{id}")
-
-
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    try:
-        cio = conf.get_settings()
-    except ConfigurationError as exc:
-        return [_error(exc, "E001")]
-
-    messages: list[CheckMessage] = []
-    if cio.needs_credentials:
-        missing = [key for key in ("SITE_ID", "API_KEY") if not getattr(cio, key.lower())]
+    messages: list[CheckMessage] = [
+        Error(problem.message, id=f"django_cio.{problem.id}") for problem in conf.find_problems()
+    ]
+    cio = conf.merged_settings()
+    if cio["BACKEND"] not in conf.OFFLINE_BACKENDS:
+        missing = [key for key in ("SITE_ID", "API_KEY") if not cio[key]]
         if missing:
             messages.append(Error(
-                f"CUSTOMERIO[{', '.join(repr(key) for key in missing)}] required by {cio.backend}",
+                f"CUSTOMERIO[{', '.join(repr(key) for key in missing)}] required by "
+                f"{cio['BACKEND']}",
                 hint="Set them from the environment, or use the locmem/console/null backend.",
                 id="django_cio.E002",
             ))
-    if cio.region not in conf.REGION_URLS:
-        messages.append(Error(
-            f"CUSTOMERIO['REGION'] must be one of {sorted(conf.REGION_URLS)}, got {cio.region!r}",
-            id="django_cio.E003",
-        ))
-    try:
-        cio.rate  # noqa: B018 - parsing is the check
-    except ConfigurationError as exc:
-        messages.append(_error(exc, "E004"))
-    if cio.track_url is not None:
-        try:
-            conf.validate_track_url(cio.track_url)
-        except ConfigurationError as exc:
-            messages.append(_error(exc, "E005"))
     messages += _check_cache(cio)
     try:
-        import_string(cio.backend)
-    except ImportError:
+        import_string(cio["BACKEND"])
+    except (ImportError, TypeError):
         messages.append(Error(
-            f"CUSTOMERIO['BACKEND'] {cio.backend!r} cannot be imported", id="django_cio.E007"
+            f"CUSTOMERIO['BACKEND'] {cio['BACKEND']!r} cannot be imported", id="django_cio.E007"
         ))
     return messages
 
 
-def _check_cache(cio: conf.CIOSettings) -> list[CheckMessage]:
+def _check_cache(cio: dict[str, Any]) -> list[CheckMessage]:
     caches = getattr(settings, "CACHES", {})
-    if cio.cache not in caches:
+    if not isinstance(cio["CACHE"], str):
+        return []  # already an E001
+    if cio["CACHE"] not in caches:
         return [Error(
-            f"CUSTOMERIO['CACHE'] names the cache alias {cio.cache!r}, which is not in CACHES",
+            f"CUSTOMERIO['CACHE'] names the cache alias {cio['CACHE']!r}, which is not in CACHES",
             id="django_cio.E006",
         )]
-    if cio.dedup_ttl and caches[cio.cache].get("BACKEND") in _PROCESS_LOCAL_CACHES:
+    if cio["DEDUP_TTL"] and caches[cio["CACHE"]].get("BACKEND") in _PROCESS_LOCAL_CACHES:
         return [Warning(
-            f"The cache {cio.cache!r} used for identify dedup is not shared between processes",
+            f"The cache {cio['CACHE']!r} used for identify dedup is not shared between processes",
             hint="Point CUSTOMERIO['CACHE'] at a Redis cache (django-redis), "
             "or set CUSTOMERIO['DEDUP_TTL'] = 0 to turn dedup off.",
             id="django_cio.W001",

@@ -29,7 +29,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from . import __version__
-from .conf import REGION_URLS, CIOSettings, validate_track_url
+from .conf import REGION_URLS, CIOSettings, is_http_url
 from .exceptions import (
     ConfigurationError,
     PermanentError,
@@ -64,6 +64,27 @@ _REASONS = {
     408: "request timeout",
     413: "request too large",
 }
+
+
+def encode_batch(ops: Sequence[Operation]) -> bytes:
+    """The ``/api/v2/batch`` body for ``ops``; ``ValidationError`` if v2 can't carry them."""
+    for index, op in enumerate(ops):
+        if not op.batchable:
+            raise ValidationError("batch", f"batch[{index}]", f"({op.kind}) has no v2 form")
+        size = len(op.v2_bytes)
+        if size > MAX_V2_OP_BYTES:
+            raise ValidationError(
+                "batch", f"batch[{index}]",
+                f"({op.kind}) is {size} bytes; the limit is {MAX_V2_OP_BYTES}",
+                f"{MAX_V2_OP_BYTES} bytes",
+            )
+    body = b'{"batch":[' + b",".join(op.v2_bytes for op in ops) + b"]}"
+    if len(body) > MAX_BATCH_BYTES:
+        raise ValidationError(
+            "batch", "batch", f"is {len(body)} bytes; the limit is {MAX_BATCH_BYTES}",
+            f"{MAX_BATCH_BYTES} bytes",
+        )
+    return body
 
 
 @dataclass(frozen=True)
@@ -112,7 +133,11 @@ class TrackClient:
     ) -> None:
         if url is None and region not in REGION_URLS:
             raise ConfigurationError(f"region must be one of {sorted(REGION_URLS)}")
-        self.base_url = validate_track_url(url) if url else REGION_URLS[region]
+        if url is not None and not is_http_url(url):
+            raise ConfigurationError("url must be an http:// or https:// URL")
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+            raise ConfigurationError("timeout must be a number of seconds above 0")
+        self.base_url = url.rstrip("/") if url else REGION_URLS[region]
         self.timeout = timeout
         self._auth = (str(site_id), str(api_key))
         self._given_session = session
@@ -173,24 +198,7 @@ class TrackClient:
         """
         if not ops:
             return []
-        items = []
-        for index, op in enumerate(ops):
-            if not op.batchable:
-                raise ValidationError("batch", f"batch[{index}]", f"({op.kind}) has no v2 form")
-            item = dumps(op.v2())
-            if len(item) > MAX_V2_OP_BYTES:
-                raise ValidationError(
-                    "batch", f"batch[{index}]",
-                    f"({op.kind}) is {len(item)} bytes; the limit is {MAX_V2_OP_BYTES}",
-                    f"{MAX_V2_OP_BYTES} bytes",
-                )
-            items.append(item)
-        body = b'{"batch":[' + b",".join(items) + b"]}"
-        if len(body) > MAX_BATCH_BYTES:
-            raise ValidationError(
-                "batch", "batch", f"is {len(body)} bytes; the limit is {MAX_BATCH_BYTES}",
-                f"{MAX_BATCH_BYTES} bytes",
-            )
+        body = encode_batch(ops)
         kind = ops[0].kind if len({op.kind for op in ops}) == 1 else "mixed"
         response = self._request("POST", "/api/v2/batch", body, kind, len(ops))
         if response.status_code == 207:
@@ -201,22 +209,22 @@ class TrackClient:
     def _batch_errors(
         response: requests.Response, ops: Sequence[Operation], kind: str
     ) -> list[OpError]:
+        failed = {}
         try:
-            errors = response.json()["errors"]
-            failed = {
-                int(error["batch_index"]): OpError(
-                    int(error["batch_index"]),
-                    ops[int(error["batch_index"])],
-                    str(error.get("reason") or "refused")[:200],
-                    str(error["field"])[:200] if error.get("field") else None,
-                )
-                for error in errors
-            }
+            for error in response.json()["errors"]:
+                index = int(error["batch_index"])
+                if not 0 <= index < len(ops):
+                    raise IndexError(index)
+                reason = str(error.get("reason") or "refused")[:200]
+                field = str(error["field"])[:200] if error.get("field") else None
+                failed[index] = OpError(index, ops[index], reason, field)
         except (ValueError, KeyError, TypeError, IndexError):
+            failed = {}
+        if not failed:
             # We cannot tell which ops failed; resending all is safe (upserts, event ids).
             raise TransientError(
                 "unreadable 207 answer", status=207, kind=kind, count=len(ops)
-            ) from None
+            )
         return sorted(failed.values(), key=lambda error: error.index)
 
     # -- transport --------------------------------------------------------------------------
@@ -243,17 +251,22 @@ class TrackClient:
         self, method: str, path: str, body: bytes, kind: str, count: int
     ) -> requests.Response:
         started = time.perf_counter()
+        failure = None
         try:
             response = self._session().request(
                 method, self.base_url + path, data=body, auth=self._auth, timeout=self.timeout,
                 headers={"Content-Type": "application/json"},
+                # A redirect would turn PUT/POST into a body-less GET that "succeeds".
+                allow_redirects=False,
             )
         except requests.Timeout:
-            raise TransientError("timeout", status=None, kind=kind, count=count) from None
+            failure = "timeout"
         except requests.RequestException as exc:
-            # The exception text holds the URL, which holds the person id: keep only its type.
-            reason = f"network error ({type(exc).__name__})"
-            raise TransientError(reason, status=None, kind=kind, count=count) from None
+            failure = f"network error ({type(exc).__name__})"
+        if failure:
+            # Raised outside the except block: the requests exception, whose text holds the
+            # URL and so the person id, must not ride along as __context__.
+            raise TransientError(failure, status=None, kind=kind, count=count)
         status = response.status_code
         logger.debug(
             "customerio %s: %d %s op(s), %d bytes, HTTP %d in %.0f ms",
@@ -265,7 +278,10 @@ class TrackClient:
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise RateLimited(retry_after=retry_after, kind=kind, count=count)
-        reason = _REASONS.get(status, "server error" if status >= 500 else "refused")
+        if 300 <= status < 400:
+            reason = "redirected: point TRACK_URL at the final address"
+        else:
+            reason = _REASONS.get(status, "server error" if status >= 500 else "refused")
         error = TransientError if status == 408 or status >= 500 else PermanentError
         raise error(reason, status=status, kind=kind, count=count)
 

@@ -9,9 +9,10 @@ naming the key; ``checks.py`` turns the same errors into system-check messages.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -59,6 +60,13 @@ _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*([smh])\s*$")
 
 
+class Problem(NamedTuple):
+    """A configuration problem: the system check id (``"E001"``...) and its message."""
+
+    id: str
+    message: str
+
+
 @dataclass(frozen=True)
 class Rate:
     """``requests`` allowed every ``period`` seconds."""
@@ -74,7 +82,7 @@ class Rate:
 def parse_rate(value: str) -> Rate:
     """Parse ``"80/s"``, ``"4800/m"``, ``"10/5s"`` into a ``Rate``."""
     match = _RATE.match(value) if isinstance(value, str) else None
-    if not match or float(match[1]) <= 0:
+    if not match or float(match[1]) <= 0 or match[2] == "0":
         raise ConfigurationError(
             f"CUSTOMERIO['RATE_LIMIT'] must look like '80/s', '4800/m' or '10/5s', got {value!r}"
         )
@@ -106,62 +114,75 @@ class CIOSettings:
     @property
     def base_url(self) -> str:
         """Where the Track API lives: ``TRACK_URL`` if set, else the region's host."""
-        if self.track_url:
-            return validate_track_url(self.track_url)
-        if self.region not in REGION_URLS:
-            raise ConfigurationError(
-                f"CUSTOMERIO['REGION'] must be one of {sorted(REGION_URLS)}, got {self.region!r}"
-            )
-        return REGION_URLS[self.region]
+        return self.track_url.rstrip("/") if self.track_url else REGION_URLS[self.region]
 
     @property
     def rate(self) -> Rate:
         return parse_rate(self.rate_limit)
 
-    @property
-    def needs_credentials(self) -> bool:
-        return self.backend not in OFFLINE_BACKENDS
 
-
-def validate_track_url(url: str) -> str:
+def is_http_url(url: Any) -> bool:
+    if not isinstance(url, str):
+        return False
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError("CUSTOMERIO['TRACK_URL'] must be an http:// or https:// URL")
-    return url.rstrip("/")
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
-def read_user_settings() -> dict[str, Any]:
-    """The raw ``CUSTOMERIO`` dict merged over ``DEFAULTS``; unknown keys are an error."""
+def merged_settings() -> dict[str, Any]:
+    """``settings.CUSTOMERIO`` over ``DEFAULTS``, unchecked (a non-dict counts as empty)."""
+    user = getattr(settings, "CUSTOMERIO", {})
+    return {**DEFAULTS, **user} if isinstance(user, dict) else dict(DEFAULTS)
+
+
+def find_problems() -> list[Problem]:
+    """Every problem with the shape of ``settings.CUSTOMERIO``, not only the first."""
     user = getattr(settings, "CUSTOMERIO", {})
     if not isinstance(user, dict):
-        raise ConfigurationError("settings.CUSTOMERIO must be a dict")
+        return [Problem("E001", "settings.CUSTOMERIO must be a dict")]
+    problems = []
     unknown = sorted(set(user) - set(DEFAULTS))
     if unknown:
-        raise ConfigurationError(
-            f"Unknown key(s) in settings.CUSTOMERIO: {', '.join(unknown)}. "
-            f"Known keys: {', '.join(DEFAULTS)}"
-        )
+        problems.append(Problem("E001", f"Unknown key(s) in settings.CUSTOMERIO: "
+                                        f"{', '.join(unknown)}. Known keys: {', '.join(DEFAULTS)}"))
     merged = {**DEFAULTS, **user}
     for key in _NUMBERS:
-        value = merged[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigurationError(
-                f"CUSTOMERIO['{key}'] must be a number >= 0, got {type(value).__name__}"
-            )
+        value, least = merged[key], 0 if key != "TIMEOUT" else 0.001
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and value >= least
+        ):
+            above = "above 0" if key == "TIMEOUT" else ">= 0"
+            problems.append(Problem("E001", f"CUSTOMERIO['{key}'] must be a number {above}, "
+                                            f"got {value!r}"))
     for key in _FLAGS:
         if not isinstance(merged[key], bool):
-            raise ConfigurationError(f"CUSTOMERIO['{key}'] must be True or False")
+            problems.append(Problem("E001", f"CUSTOMERIO['{key}'] must be True or False, "
+                                            f"got {merged[key]!r}"))
     for key in _NAMES:
         if not isinstance(merged[key], str) or not merged[key]:
-            raise ConfigurationError(f"CUSTOMERIO['{key}'] must be a non-empty string")
-    return merged
+            problems.append(Problem("E001", f"CUSTOMERIO['{key}'] must be a non-empty string"))
+    if isinstance(merged["REGION"], str) and merged["REGION"] not in REGION_URLS:
+        problems.append(Problem("E003", f"CUSTOMERIO['REGION'] must be one of "
+                                        f"{sorted(REGION_URLS)}, got {merged['REGION']!r}"))
+    try:
+        parse_rate(merged["RATE_LIMIT"])
+    except ConfigurationError as exc:
+        problems.append(Problem("E004", str(exc)))
+    if merged["TRACK_URL"] is not None and not is_http_url(merged["TRACK_URL"]):
+        problems.append(Problem("E005", "CUSTOMERIO['TRACK_URL'] must be an http:// or "
+                                        "https:// URL"))
+    return problems
 
 
 @functools.cache
 def get_settings() -> CIOSettings:
-    """The current django-cio settings (cached; cleared when ``CUSTOMERIO`` changes)."""
-    merged = read_user_settings()
-    return CIOSettings(**{key.lower(): value for key, value in merged.items()})
+    """The current django-cio settings (cached; cleared when ``CUSTOMERIO`` changes).
+
+    Raises ``ConfigurationError`` listing every problem ``manage.py check`` would report.
+    """
+    problems = find_problems()
+    if problems:
+        raise ConfigurationError("; ".join(problem.message for problem in problems))
+    return CIOSettings(**{key.lower(): value for key, value in merged_settings().items()})
 
 
 @receiver(setting_changed)

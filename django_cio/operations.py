@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime
+from datetime import timezone as dt_timezone
 from decimal import Decimal
 from enum import Enum
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from urllib.parse import quote
 from uuid import UUID
 
+from django.conf import settings
+from django.utils import timezone as django_timezone
 from django.utils.functional import Promise
 from ulid import ULID
 
@@ -41,9 +47,15 @@ MAX_PAGE_URL_BYTES = 1000
 # Decimal kilobytes: the stricter reading.
 MAX_V2_OP_BYTES = 32_000
 MAX_BATCH_BYTES = 500_000
+# Not documented; FCM tokens run past 150 bytes, so tokens get the attribute value limit.
+MAX_DEVICE_TOKEN_BYTES = 1000
 PLATFORMS = ("ios", "android")
+# Nesting past this is a mistake (or a cycle), not customer data.
+MAX_DEPTH = 32
 # Unix seconds stay below this until the year 5138; bigger looks like milliseconds.
 _MAX_TIMESTAMP = 10**11
+_MAX_INT = 2**63
+_PLAIN_KEY = re.compile(r"^[\w \-]{1,40}$")
 
 Json = dict[str, Any]
 
@@ -65,27 +77,53 @@ def new_event_id() -> str:
 
 
 def person_hash(person_id: str) -> str:
-    """A short, stable stand-in for a person id in logs (ids may be emails)."""
-    return hashlib.sha256(person_id.encode()).hexdigest()[:12]
+    """A short, stable stand-in for a person id in logs (ids may be emails).
+
+    Keyed with ``SECRET_KEY`` so that hashing a list of known emails doesn't reverse it.
+    """
+    key = str(getattr(settings, "SECRET_KEY", "")).encode() if settings.configured else b""
+    return hmac.new(key, person_id.encode(errors="replace"), hashlib.sha256).hexdigest()[:12]
 
 
-def _utf8_len(text: str) -> int:
-    return len(text.encode())
+def _label(key: str) -> str:
+    """A key for an error message, unless it might be data (an email used as a key, say)."""
+    return key if _PLAIN_KEY.match(key) else "<key>"
+
+
+def _utf8(kind: str, where: str, text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise ValidationError(kind, where, "is not valid Unicode (a lone surrogate)") from None
 
 
 def unix_seconds(moment: datetime | date) -> int:
-    """Datetimes and dates as Unix seconds; naive values are taken as UTC (as the SDK does)."""
+    """Datetimes and dates as Unix seconds.
+
+    Naive datetimes are in Django's ``TIME_ZONE`` (as Django itself reads them), UTC outside
+    a configured project; dates are midnight UTC.
+    """
     if not isinstance(moment, datetime):
-        moment = datetime(moment.year, moment.month, moment.day)
+        moment = datetime(moment.year, moment.month, moment.day, tzinfo=dt_timezone.utc)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        zone = django_timezone.get_default_timezone() if settings.configured else dt_timezone.utc
+        moment = moment.replace(tzinfo=zone)
     return int(moment.timestamp())
 
 
-def json_safe(value: Any, kind: str, where: str) -> Any:
+def json_safe(value: Any, kind: str, where: str, depth: int = 0) -> Any:
     """``value`` as plain JSON types, or ``ValidationError`` naming ``where`` it went wrong."""
-    if value is None or isinstance(value, (bool, int, str)):
+    if depth > MAX_DEPTH:
+        raise ValidationError(kind, where, f"nests deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        _utf8(kind, where, value)
+        return value
+    if isinstance(value, int):
+        if not -_MAX_INT < value < _MAX_INT:
+            raise ValidationError(kind, where, "is an integer too large for JSON; send a string")
+        return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValidationError(kind, where, "is NaN or infinite, which JSON cannot carry")
@@ -95,26 +133,40 @@ def json_safe(value: Any, kind: str, where: str) -> Any:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValidationError(kind, where, "is NaN or infinite, which JSON cannot carry")
-        return int(value) if value == value.to_integral_value() else float(value)
+        return json_safe(int(value) if value == value.to_integral_value() else float(value),
+                         kind, where, depth)
     if isinstance(value, (UUID, Promise)):
-        return str(value)
+        return json_safe(str(value), kind, where, depth)
     if isinstance(value, Enum):
-        return json_safe(value.value, kind, where)
+        return json_safe(value.value, kind, where, depth)
     if isinstance(value, Mapping):
-        return {_key(key, kind, where): json_safe(item, kind, f"{where}.{key}")
-                for key, item in value.items()}
+        clean = {}
+        for key, item in value.items():
+            key = _key(key, kind, where)
+            clean[key] = json_safe(item, kind, f"{where}.{_label(key)}", depth + 1)
+        return clean
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [json_safe(item, kind, f"{where}[{index}]") for index, item in enumerate(value)]
+        return [json_safe(item, kind, f"{where}[{index}]", depth + 1)
+                for index, item in enumerate(value)]
     raise ValidationError(kind, where, f"is a {type(value).__name__}, which JSON cannot carry")
 
 
 def _key(key: Any, kind: str, where: str) -> str:
     if isinstance(key, bool) or not isinstance(key, (str, int)):
         raise ValidationError(kind, where, f"has a {type(key).__name__} key; keys must be strings")
-    return str(key)
+    key = str(key)
+    _utf8(kind, where, key)
+    return key
 
 
-def check_id(kind: str, name: str, value: Any) -> str:
+def _check_size(kind: str, where: str, size: int, limit: int, what: str = "is") -> None:
+    if size > limit:
+        raise ValidationError(
+            kind, where, f"{what} {size} bytes; the limit is {limit}", f"{limit} bytes"
+        )
+
+
+def check_id(kind: str, name: str, value: Any, limit: int = MAX_ID_BYTES) -> str:
     """Person ids, anonymous ids and device tokens: non-blank strings (ints are converted)."""
     if isinstance(value, bool) or not isinstance(value, (str, int, UUID)):
         kind_of = type(value).__name__
@@ -122,11 +174,10 @@ def check_id(kind: str, name: str, value: Any) -> str:
     value = str(value)
     if not value.strip():
         raise ValidationError(kind, name, "must not be blank")
-    size = _utf8_len(value)
-    if size > MAX_ID_BYTES:
-        raise ValidationError(
-            kind, name, f"is {size} bytes; the limit is {MAX_ID_BYTES}", f"{MAX_ID_BYTES} bytes"
-        )
+    if value in (".", ".."):
+        # HTTP clients resolve them as path segments: the request would reach another URL.
+        raise ValidationError(kind, name, "must not be '.' or '..'")
+    _check_size(kind, name, len(_utf8(kind, name, value)), limit)
     return value
 
 
@@ -134,11 +185,7 @@ def check_name(kind: str, name: str, value: Any, limit: int) -> str:
     if not isinstance(value, (str, Promise)) or not str(value).strip():
         raise ValidationError(kind, name, "must be a non-blank string")
     value = str(value)
-    size = _utf8_len(value)
-    if size > limit:
-        raise ValidationError(
-            kind, name, f"is {size} bytes; the limit is {limit}", f"{limit} bytes"
-        )
+    _check_size(kind, name, len(_utf8(kind, name, value)), limit)
     return value
 
 
@@ -154,21 +201,13 @@ def check_attributes(kind: str, attributes: Mapping[str, Any]) -> Json:
     clean = {}
     for name, value in attributes.items():
         name = _key(name, kind, "attributes")
+        where = f"attributes.{_label(name)}"
         if not name:
             raise ValidationError(kind, "attributes", "has an empty attribute name")
-        if _utf8_len(name) > MAX_ATTRIBUTE_NAME_BYTES:
-            limit = f"{MAX_ATTRIBUTE_NAME_BYTES} bytes"
-            raise ValidationError(
-                kind, f"attributes.{name[:40]}...", f"name is longer than {limit}", limit
-            )
-        value = json_safe(value, kind, f"attributes.{name}")
-        size = _utf8_len(value) if isinstance(value, str) else len(dumps(value))
-        if size > MAX_ATTRIBUTE_VALUE_BYTES:
-            raise ValidationError(
-                kind, f"attributes.{name}",
-                f"value is {size} bytes; the limit is {MAX_ATTRIBUTE_VALUE_BYTES}",
-                f"{MAX_ATTRIBUTE_VALUE_BYTES} bytes",
-            )
+        _check_size(kind, where, len(name.encode()), MAX_ATTRIBUTE_NAME_BYTES, "name is")
+        value = json_safe(value, kind, where, 1)
+        size = len(value.encode()) if isinstance(value, str) else len(dumps(value))
+        _check_size(kind, where, size, MAX_ATTRIBUTE_VALUE_BYTES, "value is")
         clean[name] = value
     return clean
 
@@ -178,12 +217,7 @@ def check_data(kind: str, data: Mapping[str, Any]) -> Json:
     if not isinstance(data, Mapping):
         raise ValidationError(kind, "data", "must be a mapping")
     clean = json_safe(data, kind, "data")
-    size = len(dumps(clean))
-    if size > MAX_EVENT_DATA_BYTES:
-        raise ValidationError(
-            kind, "data", f"is {size} bytes encoded; the limit is {MAX_EVENT_DATA_BYTES}",
-            f"{MAX_EVENT_DATA_BYTES} bytes",
-        )
+    _check_size(kind, "data", len(dumps(clean)), MAX_EVENT_DATA_BYTES, "is encoded")
     return clean
 
 
@@ -215,7 +249,8 @@ def _path(*parts: str) -> str:
     return "/api/v1/" + "/".join(quote(part, safe="") for part in parts)
 
 
-@dataclass(frozen=True)
+# Frozen values with a redacted repr (see __repr__): ids and attribute values are PII.
+@dataclass(frozen=True, repr=False)
 class Operation:
     """Base of all operations. ``kind`` names it in queues and errors, ``action`` in v2."""
 
@@ -243,6 +278,19 @@ class Operation:
         return {"type": "person", "identifiers": {"id": self.person_id},
                 "action": self.action, **fields}
 
+    @cached_property
+    def v2_bytes(self) -> bytes:
+        """The encoded v2 item, as a batch request carries it (computed once)."""
+        return dumps(self.v2())
+
+    def fits_v2(self) -> bool:
+        """Whether this op may travel in a v2 batch (else it goes as a v1 request)."""
+        return self.batchable and len(self.v2_bytes) <= MAX_V2_OP_BYTES
+
+    def __repr__(self) -> str:
+        fields = " ".join(f"{key}={value}" for key, value in self.redacted().items())
+        return f"<{type(self).__name__} {fields}>"
+
     def to_dict(self) -> Json:
         """A JSON-ready dict that ``Operation.from_dict`` turns back into this op."""
         return {"kind": self.kind, **dataclasses.asdict(self)}
@@ -253,7 +301,8 @@ class Operation:
         if not isinstance(data, Mapping):
             raise ValidationError("operation", "kind", "is missing: an operation must be a mapping")
         fields = dict(data)
-        cls = OPERATIONS.get(fields.pop("kind", None))
+        kind = fields.pop("kind", None)
+        cls = OPERATIONS.get(kind) if isinstance(kind, str) else None
         if cls is None:
             raise ValidationError("operation", "kind", "is not a known operation kind")
         try:
@@ -270,7 +319,7 @@ class Operation:
         return info
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class _PersonOp(Operation):
     """An op about one person and nothing else (delete, suppress, unsuppress)."""
 
@@ -283,7 +332,7 @@ class _PersonOp(Operation):
         return self._person()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Identify(Operation):
     """Create or update a person (an upsert, safe to repeat)."""
 
@@ -310,7 +359,14 @@ def _check_event_fields(op: Event | AnonymousEvent, name_limit: int) -> None:
     op._set("timestamp", check_timestamp(op.kind, "timestamp", op.timestamp))
 
 
-@dataclass(frozen=True)
+def _v1_event_body(op: Event | AnonymousEvent, event_type: str | None) -> Json:
+    body: Json = {"name": op.name, "data": dict(op.data), "id": op.id, "timestamp": op.timestamp}
+    if event_type:
+        body["type"] = event_type
+    return body
+
+
+@dataclass(frozen=True, repr=False)
 class Event(Operation):
     """A named event for a person. ``id`` (a ULID) is fixed at creation and kept on retries."""
 
@@ -328,22 +384,16 @@ class Event(Operation):
         self._set("person_id", check_id(self.kind, "person_id", self.person_id))
         _check_event_fields(self, self.name_limit)
 
-    def _v1_body(self) -> Json:
-        body: Json = {"name": self.name, "data": dict(self.data), "id": self.id,
-                      "timestamp": self.timestamp}
-        if self.v1_type:
-            body["type"] = self.v1_type
-        return body
-
     def v1(self) -> V1Request:
-        return V1Request("POST", _path("customers", self.person_id, "events"), self._v1_body())
+        return V1Request("POST", _path("customers", self.person_id, "events"),
+                         _v1_event_body(self, self.v1_type))
 
     def v2(self) -> Json:
         return self._person(name=self.name, id=self.id, timestamp=self.timestamp,
                             attributes=dict(self.data))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Page(Event):
     """A page view by a person; ``name`` is the URL."""
 
@@ -357,7 +407,7 @@ class Page(Event):
         return self.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class AnonymousEvent(Operation):
     """An event (or, with ``type="page"``, a page view) before the person is known."""
 
@@ -382,17 +432,14 @@ class AnonymousEvent(Operation):
         return self.anonymous_id
 
     def v1(self) -> V1Request:
-        body: Json = {"name": self.name, "data": dict(self.data), "id": self.id,
-                      "timestamp": self.timestamp, "anonymous_id": self.anonymous_id}
-        if self.type != "event":
-            body["type"] = self.type
-        return V1Request("POST", "/api/v1/events", body)
+        body = _v1_event_body(self, self.type if self.type != "event" else None)
+        return V1Request("POST", "/api/v1/events", {**body, "anonymous_id": self.anonymous_id})
 
     def v2(self) -> Json:
         raise TypeError("Customer.io's v2 API has no anonymous events; send them with v1")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Delete(_PersonOp):
     """Delete a person and their data."""
 
@@ -403,7 +450,7 @@ class Delete(_PersonOp):
         return V1Request("DELETE", _path("customers", self.person_id), {})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Suppress(_PersonOp):
     """Delete a person and refuse any later data for that id."""
 
@@ -414,7 +461,7 @@ class Suppress(_PersonOp):
         return V1Request("POST", _path("customers", self.person_id, "suppress"), {})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Unsuppress(_PersonOp):
     kind = "unsuppress"
     action = "unsuppress"
@@ -423,7 +470,7 @@ class Unsuppress(_PersonOp):
         return V1Request("POST", _path("customers", self.person_id, "unsuppress"), {})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class AddDevice(Operation):
     """Register a push device (``platform`` is ``"ios"`` or ``"android"``)."""
 
@@ -437,7 +484,7 @@ class AddDevice(Operation):
 
     def __post_init__(self) -> None:
         self._set("person_id", check_id(self.kind, "person_id", self.person_id))
-        self._set("token", check_id(self.kind, "token", self.token))
+        self._set("token", check_id(self.kind, "token", self.token, MAX_DEVICE_TOKEN_BYTES))
         if self.platform not in PLATFORMS:
             raise ValidationError(self.kind, "platform", f"must be one of {', '.join(PLATFORMS)}")
         if self.last_used is not None:
@@ -472,7 +519,7 @@ def _device_attributes(kind: str, attributes: Mapping[str, Any]) -> dict[str, st
     return clean
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class DeleteDevice(Operation):
     kind = "delete_device"
     action = "delete_device"
@@ -481,7 +528,7 @@ class DeleteDevice(Operation):
 
     def __post_init__(self) -> None:
         self._set("person_id", check_id(self.kind, "person_id", self.person_id))
-        self._set("token", check_id(self.kind, "token", self.token))
+        self._set("token", check_id(self.kind, "token", self.token, MAX_DEVICE_TOKEN_BYTES))
 
     def v1(self) -> V1Request:
         return V1Request("DELETE", _path("customers", self.person_id, "devices", self.token), {})
@@ -490,7 +537,7 @@ class DeleteDevice(Operation):
         return self._person(device={"token": self.token})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Merge(Operation):
     """Merge ``secondary`` into ``primary`` (which must exist); ``secondary`` is deleted."""
 

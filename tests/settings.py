@@ -11,6 +11,7 @@ import dj_database_url
 
 SECRET_KEY = "django-cio-tests"
 USE_TZ = True
+TIME_ZONE = "UTC"
 INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",

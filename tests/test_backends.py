@@ -64,3 +64,12 @@ def test_null_drops_everything(capsys):
 def test_cio_outbox_fixture_switches_to_locmem(cio_outbox):
     get_backend().send_one(OPS[1])
     assert cio_outbox == [OPS[1]]
+
+
+def test_offline_backends_refuse_what_v2_cannot_carry():
+    from django_cio.exceptions import ValidationError
+    from django_cio.operations import AnonymousEvent
+
+    with pytest.raises(ValidationError, match="no v2 form"):
+        backend_named("locmem.LocMemBackend").send_batch([AnonymousEvent("a", "x")])
+    django_cio.outbox.clear()

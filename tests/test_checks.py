@@ -63,6 +63,12 @@ def test_process_local_dedup_cache_is_W001():
         assert check_settings() == []
 
 
+def test_every_problem_is_reported_at_once():
+    cio = {"REGION": "mars", "RATE_LIMIT": "lots", "TIMEOUT": 0, "TRACK_URL": 5, "CACHE": "x"}
+    assert sorted(ids(**cio)) == ["django_cio.E001", "django_cio.E002", "django_cio.E003",
+                                  "django_cio.E004", "django_cio.E005", "django_cio.E006"]
+
+
 def test_checks_run_under_manage_py_check():
     from django.core.management import call_command
     from django.core.management.base import SystemCheckError

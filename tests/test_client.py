@@ -177,3 +177,45 @@ def test_send_batch_refuses_what_v2_cannot_take(track):
 def test_empty_batch_sends_nothing(mocked, track):
     assert track.send_batch([]) == []
     assert len(mocked.calls) == 0
+
+
+def test_redirects_are_not_followed(mocked, track):
+    mocked.put(f"{URL}/api/v1/customers/1", status=302, headers={"Location": f"{URL}/elsewhere"})
+    with pytest.raises(PermanentError, match="redirected") as error:
+        track.identify("1", a=1)
+    assert error.value.status == 302
+    assert len(mocked.calls) == 1
+
+
+@pytest.mark.parametrize("index", [-1, 2, "x"])
+def test_207_with_an_index_out_of_range_is_transient(mocked, track, index):
+    mocked.post(f"{URL}/api/v2/batch", status=207,
+                json={"errors": [{"batch_index": index, "reason": "invalid"}]})
+    with pytest.raises(TransientError, match="unreadable 207"):
+        track.send_batch([Identify("1", {}), Identify("2", {})])
+
+
+def test_network_error_keeps_no_context(mocked, track):
+    mocked.put(f"{URL}/api/v1/customers/ada%40example.com",
+               body=requests.ConnectionError(f"/customers/{EMAIL}"))
+    with pytest.raises(TransientError) as error:
+        track.identify(EMAIL)
+    assert error.value.__context__ is None
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), "10"])
+def test_bad_timeouts_are_refused(timeout):
+    with pytest.raises(ConfigurationError, match="timeout"):
+        TrackClient("s", "k", timeout=timeout)
+
+
+def test_bad_url_is_refused():
+    with pytest.raises(ConfigurationError, match="url"):
+        TrackClient("s", "k", url="track.customer.io")
+
+
+def test_op_error_repr_is_redacted(mocked, track):
+    mocked.post(f"{URL}/api/v2/batch", status=207,
+                json={"errors": [{"batch_index": 0, "reason": "invalid"}]})
+    (error,) = track.send_batch([Identify(EMAIL, {"email": EMAIL})])
+    assert EMAIL not in repr(error)

@@ -41,7 +41,7 @@ def test_unknown_keys_are_named():
         get_settings()
 
 
-@pytest.mark.parametrize("value", [-1, "10", None, True])
+@pytest.mark.parametrize("value", [-1, "10", None, True, 0, float("nan"), float("inf")])
 def test_numbers_are_checked_by_name(value):
     with (
         override_settings(CUSTOMERIO={"TIMEOUT": value}),
@@ -79,7 +79,7 @@ def test_rate_per_second():
     assert parse_rate("4800/m").per_second == 80
 
 
-@pytest.mark.parametrize("text", ["80", "80/d", "fast", "0/s", "-1/s", 80, "/s"])
+@pytest.mark.parametrize("text", ["80", "80/d", "fast", "0/s", "-1/s", 80, "/s", "80/0s"])
 def test_bad_rates_name_the_key(text):
     with pytest.raises(ConfigurationError, match=r"CUSTOMERIO\['RATE_LIMIT'\]"):
         parse_rate(text)

@@ -97,7 +97,7 @@ def test_attribute_limits_at_and_past():
     assert error.value.field == "attributes"
 
     Identify("1", {"n" * MAX_ATTRIBUTE_NAME_BYTES: 1})
-    with pytest.raises(ValidationError, match="name is longer than 150 bytes"):
+    with pytest.raises(ValidationError, match="name is 151 bytes; the limit is 150"):
         Identify("1", {"n" * (MAX_ATTRIBUTE_NAME_BYTES + 1): 1})
 
     Identify("1", {"bio": "ü" * (MAX_ATTRIBUTE_VALUE_BYTES // 2)})
@@ -323,3 +323,91 @@ def test_redacted_keeps_no_values():
     text = json.dumps([op.redacted() for op in one_of_each()])
     assert SECRET not in text and '"42"' not in text and "tok" not in text
     assert "email" in text  # field names are fine
+
+
+# -- edge cases found in review -----------------------------------------------------------
+
+
+def test_fcm_sized_device_tokens_are_accepted():
+    token = "f" * 163  # FCM registration tokens run past the 150-byte id limit
+    assert AddDevice("1", token, "android").token == token
+    with pytest.raises(ValidationError, match="add_device: token is 1001 bytes"):
+        AddDevice("1", "f" * 1001, "android")
+
+
+@pytest.mark.parametrize("dots", [".", ".."])
+def test_dot_segments_are_refused_as_ids(dots):
+    """urllib3 resolves them, so the request would reach another endpoint."""
+    with pytest.raises(ValidationError, match=r"must not be '\.' or '\.\.'"):
+        Event(dots, "x")
+    with pytest.raises(ValidationError, match="delete_device: token"):
+        DeleteDevice("42", dots)
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: Identify("\ud800", {}), "person_id"),
+        (lambda: Identify("1", {"bio": "a\ud800"}), "attributes.bio"),
+        (lambda: Identify("1", {"\ud800": 1}), "attributes"),
+        (lambda: Event("1", "x", {"n": 10**5000}), "data.n"),
+        (lambda: Event("1", "x\udfff"), "name"),
+    ],
+)
+def test_odd_unicode_and_huge_numbers_are_validation_errors(build, field):
+    with pytest.raises(ValidationError) as error:
+        build()
+    assert error.value.field == field
+
+
+def test_cycles_and_deep_nesting_are_validation_errors():
+    data: dict = {}
+    data["self"] = data
+    with pytest.raises(ValidationError, match="nests deeper than 32"):
+        Event("1", "x", data)
+
+
+def test_data_keys_that_may_be_personal_are_not_named():
+    with pytest.raises(ValidationError) as error:
+        Event("1", "x", {SECRET: object()})
+    assert SECRET not in str(error.value)
+    assert error.value.field == "data.<key>"
+
+
+def test_from_dict_with_an_unhashable_kind():
+    with pytest.raises(ValidationError, match="operation: kind"):
+        Operation.from_dict({"kind": ["identify"]})
+
+
+def test_repr_is_redacted():
+    text = repr(Identify(SECRET, {"email": SECRET})) + repr(Event(SECRET, "paid", {"n": 1}))
+    assert SECRET not in text
+    assert "<Identify kind=identify person=" in text and "attributes=['email']" in text
+
+
+def test_person_hash_is_keyed_with_secret_key():
+    import hashlib
+
+    from django.test import override_settings
+
+    from django_cio.operations import person_hash
+
+    assert person_hash(SECRET) != hashlib.sha256(SECRET.encode()).hexdigest()[:12]
+    with override_settings(SECRET_KEY="another"):
+        other = person_hash(SECRET)
+    assert other != person_hash(SECRET) and len(other) == 12
+
+
+def test_naive_datetimes_are_in_django_time_zone():
+    from django.test import override_settings
+
+    naive = dt.datetime(2024, 1, 1, 12, 0)
+    with override_settings(TIME_ZONE="Europe/Paris"):
+        assert Identify("1", {"at": naive}).attributes["at"] == 1704106800  # 11:00 UTC
+    assert Identify("1", {"at": naive}).attributes["at"] == 1704110400  # tests run in UTC
+
+
+def test_fits_v2():
+    assert Identify("1", {"a": 1}).fits_v2()
+    assert not AnonymousEvent("a", "x").fits_v2()
+    assert not Event("1", "x", {"blob": "y" * 40_000}).fits_v2()  # valid, but v1 only

@@ -49,15 +49,16 @@ class Config:
 
 
 class TokenBucket:
-    """``rate`` requests per second with a burst of one second's worth."""
+    """``rate`` requests per second with a burst of one second's worth (at least one)."""
 
     def __init__(self, rate: float) -> None:
-        self.rate, self.tokens, self.updated = rate, rate, time.monotonic()
+        self.rate, self.capacity = rate, max(rate, 1.0)
+        self.tokens, self.updated = self.capacity, time.monotonic()
 
     def take(self) -> float:
         """0 if a request may pass now, else the seconds until one may."""
         now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1:
             self.tokens -= 1
@@ -143,7 +144,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         body: Json = {}
         headers: dict[str, str] = {}
-        status, ops, parsed = 500, 0, None
+        status, ops, parsed, raw = 500, 0, None, None
         try:
             raw = self._read_body(url.path)
             if url.path.startswith("/_fake/"):
@@ -154,11 +155,20 @@ class Handler(BaseHTTPRequestHandler):
             status, body, ops = fake.track(self.command, url.path, self._authorized(), parsed)
         except Reply as reply:
             status, body, headers = reply.status, reply.body, reply.headers
-        fake.store.record_request(self.command, url.path, parsed, status, ops)
+        except Exception as exc:  # a bug of the fake's: answer it, don't drop the connection
+            status, body = 500, {"meta": {"error": f"fake server error: {type(exc).__name__}"}}
+            self.close_connection = True
+        fake.store.record_request(self.command, url.path, parsed, status, ops, len(raw or b""))
         self._send(status, body, headers)
 
     def _read_body(self, path: str) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            raise Reply(400, {"meta": {"error": "bad Content-Length"}})
         cap = MAX_BATCH_BYTES if path == "/api/v2/batch" else (
             MAX_V2_OP_BYTES if path == "/api/v2/entity" else MAX_V1_BYTES)
         if length > cap and not path.startswith("/_fake/"):
@@ -221,6 +231,7 @@ class FakeTrackAPI:
         self._httpd.fake = self
         self._httpd.connections = set()
         self._thread: threading.Thread | None = None
+        self._serving = False
 
     @property
     def url(self) -> str:
@@ -239,10 +250,13 @@ class FakeTrackAPI:
         return self
 
     def serve_forever(self) -> None:
+        self._serving = True
         self._httpd.serve_forever(poll_interval=0.1)
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        if self._serving:  # shutdown() would wait forever for a loop that never ran
+            self._httpd.shutdown()
+            self._serving = False
         # Keep-alive connections would keep their handler threads alive: end them too.
         for connection in list(self._httpd.connections):
             with contextlib.suppress(OSError):
@@ -367,8 +381,12 @@ class FakeTrackAPI:
             with store.lock:
                 return [e for e in store.events if person is None or e["person"] == person]
         if method == "GET" and what == "requests":
+            try:
+                limit = max(0, int(query.get("limit", ["1000"])[0]))
+            except ValueError:
+                raise Reply(400, {"error": "limit must be an integer"}) from None
             with store.lock:
-                return list(store.requests)[-int(query.get("limit", ["1000"])[0]):]
+                return list(store.requests)[len(store.requests) - limit:] if limit else []
         if method == "POST" and what == "config":
             try:
                 self.configure(**json.loads(raw or b"{}"))

@@ -107,9 +107,10 @@ def check(op: Json) -> None:
 class Store:
     """Thread-safe in-memory state of the fake workspace."""
 
-    def __init__(self, request_log_size: int = 10_000) -> None:
+    def __init__(self, request_log_size: int = 2_000, logged_body_bytes: int = 8_192) -> None:
         self.lock = threading.Lock()
-        self.request_log_size = request_log_size
+        # Bounded: a load test sends millions of requests, and bulk batches are 500 KB each.
+        self.request_log_size, self.logged_body_bytes = request_log_size, logged_body_bytes
         self.reset()
 
     def reset(self) -> None:
@@ -128,7 +129,11 @@ class Store:
             self.ops_per_request: Counter[int] = Counter()
             self.started = time.time()
 
-    def record_request(self, method: str, path: str, body: Any, status: int, ops: int) -> None:
+    def record_request(
+        self, method: str, path: str, body: Any, status: int, ops: int, size: int
+    ) -> None:
+        if size > self.logged_body_bytes:
+            body = {"omitted_bytes": size}
         with self.lock:
             now = time.time()
             self.requests.append({"method": method, "path": path, "body": body,

@@ -147,3 +147,39 @@ def test_command_serves_until_sigterm(tmp_path, how):
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, process.stderr.read()
+
+
+def test_rate_below_one_per_second_still_lets_one_through(fake):
+    fake.configure(rate_limit=0.5)
+    assert call(fake, "DELETE", "/api/v1/customers/1", {}).status_code == 200
+    assert call(fake, "DELETE", "/api/v1/customers/1", {}).status_code == 429
+
+
+def test_stop_without_start_returns():
+    FakeTrackAPI().stop()
+
+
+def test_fake_server_bugs_answer_500(fake):
+    fake.configure(strict=False)
+    response = call(fake, "POST", "/api/v2/entity", {"type": "person"})  # no action
+    assert response.status_code == 500
+    assert fake.store.stats()["statuses"] == {"500": 1}
+
+
+def test_bad_content_length_is_400(fake):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", int(fake.url.rsplit(":", 1)[1])), 5) as sock:
+        sock.sendall(b"PUT /api/v1/customers/1 HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
+        assert sock.recv(100).split(b"\r\n", 1)[0] == b"HTTP/1.1 400 Bad Request"
+    assert fake.store.stats()["statuses"] == {"400": 1}
+
+
+def test_request_log_is_bounded(fake):
+    big = {"batch": [{"type": "person", "identifiers": {"id": str(i)}, "action": "identify",
+                      "attributes": {"blob": "x" * 500}} for i in range(40)]}
+    call(fake, "POST", "/api/v2/batch", big)
+    assert fake.store.requests[-1]["body"]["omitted_bytes"] > 8192
+    limited = requests.get(f"{fake.url}/_fake/requests?limit=0", timeout=5).json()
+    assert limited == []
+    assert requests.get(f"{fake.url}/_fake/requests?limit=x", timeout=5).status_code == 400
