@@ -65,3 +65,39 @@ def _check_cache(cio: dict[str, Any]) -> list[CheckMessage]:
             id="django_cio.W001",
         )]
     return []
+
+
+# Visibility timeouts the docs recommend for a Redis broker: above the longest countdown the
+# delivery task asks of the broker, and short enough that a killed worker's messages come back
+# within minutes.
+_VISIBILITY_MAX = 900
+
+
+@register(Tags.compatibility)
+def check_broker(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from celery import current_app
+
+    from .tasks import MAX_COUNTDOWN
+
+    url = str(current_app.conf.broker_url or "")
+    if not url.startswith(("redis://", "rediss://", "sentinel://", "redis+socket://")):
+        return []
+    options = current_app.conf.broker_transport_options or {}
+    visibility = options.get("visibility_timeout", 3600)
+    if visibility < 2 * MAX_COUNTDOWN:
+        return [Warning(
+            f"The Redis broker's visibility_timeout ({visibility} s) is close to the longest "
+            f"retry countdown django-cio asks of the broker ({MAX_COUNTDOWN} s): waiting "
+            "messages would be redelivered early, and sent twice",
+            hint="Set broker_transport_options = {'visibility_timeout': 300}.",
+            id="django_cio.W002",
+        )]
+    if visibility > _VISIBILITY_MAX:
+        return [Warning(
+            f"The Redis broker's visibility_timeout is {visibility} s: a killed worker's "
+            "Customer.io messages would wait that long before another worker gets them",
+            hint="Set broker_transport_options = {'visibility_timeout': 300}; django-cio "
+            "parks longer waits in its Outbox table.",
+            id="django_cio.W003",
+        )]
+    return []

@@ -1,9 +1,19 @@
+import contextlib
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from celery.contrib.testing.worker import start_worker
+from celery.signals import after_task_publish
 
+from django_cio import producer
 from django_cio.client import TrackClient
+from django_cio.conf import get_settings
 from django_cio.fakeserver import FakeTrackAPI
+from tests.celery_app import BROKERS, app
 
 
 @pytest.fixture
@@ -19,3 +29,126 @@ def track_client(fake: FakeTrackAPI) -> Iterator[TrackClient]:
     track = TrackClient(fake.site_id, fake.api_key, url=fake.url, timeout=5)
     yield track
     track.close()
+
+
+@pytest.fixture
+def cio_fake(settings, fake: FakeTrackAPI) -> FakeTrackAPI:
+    """``fake``, with CUSTOMERIO pointed at it (HTTP backend, its credentials)."""
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "TRACK_URL": fake.url,
+                           "SITE_ID": fake.site_id, "API_KEY": fake.api_key}
+    return fake
+
+
+def use_broker(url: str) -> None:
+    """Point the test Celery app (and this thread's django-cio producer) at ``url``."""
+    app.conf.broker_url = url
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
+    producer._drop_producer()
+
+
+def purge_queue() -> None:
+    with contextlib.suppress(Exception), app.connection_for_write() as connection:
+        connection.default_channel.queue_purge(get_settings().queue)
+
+
+@pytest.fixture(params=sorted(BROKERS))
+def broker(request) -> Iterator[str]:
+    """Each test using it runs once on Redis and once on RabbitMQ."""
+    use_broker(BROKERS[request.param])
+    purge_queue()
+    yield request.param
+    purge_queue()
+    use_broker(BROKERS["redis"])
+
+
+@pytest.fixture
+def published() -> Iterator[list[list[dict]]]:
+    """The ops of every ``deliver`` message published during the test, as Celery sent them.
+
+    The queue is purged after the test, so tests without a worker leave nothing behind.
+    """
+    messages: list[list[dict]] = []
+
+    def record(sender=None, body=None, **kwargs):
+        if sender == "django_cio.tasks.deliver":
+            args = body[0] if isinstance(body, (list, tuple)) else body["args"]
+            messages.append(args[0])
+
+    after_task_publish.connect(record, weak=False)
+    yield messages
+    after_task_publish.disconnect(record)
+    purge_queue()
+
+
+@pytest.fixture
+def worker(cio_fake: FakeTrackAPI) -> Iterator[Any]:
+    """A real Celery worker (in a thread) consuming django-cio's queue, delivering to the fake."""
+    purge_queue()
+    with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False,
+                      queues=[get_settings().queue], loglevel="WARNING",
+                      shutdown_timeout=30) as running:
+        yield running
+
+
+@pytest.fixture
+def wait_for():
+    """``wait_for(condition)``: poll until ``condition()`` is true; fail after ``timeout`` s."""
+    return _wait_for
+
+
+def _wait_for(condition, timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port, that a test may kill and start again."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL,
+        )
+        _wait_for(self._accepts, timeout=10)
+
+    def _accepts(self) -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def dead_broker(private_redis: RedisServer) -> Iterator[RedisServer]:
+    """The broker is a Redis that has just been killed."""
+    use_broker(private_redis.url)
+    private_redis.kill()
+    yield private_redis
+    use_broker(BROKERS["redis"])

@@ -13,6 +13,9 @@ SECRET_KEY = "django-cio-tests"
 USE_TZ = True
 TIME_ZONE = "UTC"
 INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.sessions",
+    "django.contrib.messages",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django_cio",
@@ -31,8 +34,12 @@ CACHES = {
     }
 }
 CUSTOMERIO = {
+    # A queue of this run's own: test runs on one machine must not take each other's messages.
+    "QUEUE": f"cio-tests-{os.getpid()}",
     "SITE_ID": "test-site",
     "API_KEY": "test-key-never-logged",
     "TRACK_URL": "http://127.0.0.1:9",  # tests that send start a fake server and override this
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+import tests.celery_app  # noqa: E402,F401 - like a project's proj/__init__.py

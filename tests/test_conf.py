@@ -1,4 +1,5 @@
 import pytest
+from django.conf import settings
 from django.test import override_settings
 
 from django_cio.conf import DEFAULTS, Rate, get_settings, parse_rate
@@ -17,7 +18,7 @@ def test_override_settings_is_seen_at_once():
     with override_settings(CUSTOMERIO={"REGION": "eu", "QUEUE": "cio-eu"}):
         assert get_settings().base_url == "https://track-eu.customer.io"
         assert get_settings().queue == "cio-eu"
-    assert get_settings().queue == "customerio"
+    assert get_settings().queue == settings.CUSTOMERIO["QUEUE"]
 
 
 def test_track_url_overrides_the_region():

@@ -46,6 +46,7 @@ class Config:
     strict: bool = True
     retry_after: float | None = 1  # seconds sent with 429s; None sends no header
     fail_next: list[int] = field(default_factory=list)  # statuses for the next requests
+    refuse: list[str] = field(default_factory=list)  # person ids whose batch items get a 207
 
 
 class TokenBucket:
@@ -361,6 +362,9 @@ class FakeTrackAPI:
                     raise Invalid("batch", f"operation larger than {MAX_V2_OP_BYTES} bytes")
                 if self.config.strict:
                     check(op)
+                identifiers = op.get("identifiers")
+                if isinstance(identifiers, dict) and identifiers.get("id") in self.config.refuse:
+                    raise Invalid("identifiers.id", "refused (fake server refuse list)")
                 self.store.apply(op)
             except Invalid as invalid:
                 errors.append({"batch_index": index, "reason": "invalid",

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from django_cio.models import DeadLetter
+
+
+class Command(BaseCommand):
+    help = (
+        "Queue dead letters again with their original event ids, and delete them. A replayed "
+        "op that fails again becomes a new dead letter. Choose which with --id, --reason, "
+        "--kind or --all."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--id", type=int, action="append", dest="ids", metavar="ID",
+                            help="A dead letter's id (repeatable).")
+        parser.add_argument("--reason", help="Dead letters whose reason contains this text.")
+        parser.add_argument("--kind", help="Dead letters of this op kind (identify, event, ...).")
+        parser.add_argument("--all", action="store_true", help="Every dead letter.")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="Only say how many would be replayed.")
+
+    def handle(self, *args: Any, ids: list[int] | None, reason: str | None, kind: str | None,
+               all: bool, dry_run: bool, **options: Any) -> None:
+        if not (ids or reason or kind or all):
+            raise CommandError("Say which dead letters to replay: --id, --reason, --kind or --all.")
+        letters = DeadLetter.objects.order_by("id")
+        if ids:
+            letters = letters.filter(pk__in=ids)
+        if reason:
+            letters = letters.filter(reason__icontains=reason)
+        if kind:
+            letters = letters.filter(kind=kind)
+        if dry_run:
+            self.stdout.write(f"Would replay {letters.count()} dead letter(s).")
+            return
+        count = letters.replay()
+        self.stdout.write(self.style.SUCCESS(f"Replayed {count} dead letter(s)."))

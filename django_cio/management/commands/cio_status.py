@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+from django.db.models import Count, Min
+from django.utils import timezone
+
+from django_cio.conf import get_settings
+from django_cio.models import DeadLetter, Outbox
+from django_cio.relay import databases
+
+
+class Command(BaseCommand):
+    help = (
+        "Show how delivery is doing: messages waiting in the broker's delivery queue, Outbox "
+        "messages and the age of the oldest, and dead letters by reason."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--json", action="store_true", help="Print one JSON object.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        status = {"queue": queue_status(), "outbox": outbox_status(),
+                  "dead_letters": dead_letter_status()}
+        if options["json"]:
+            self.stdout.write(json.dumps(status, indent=2))
+            return
+        queue, outbox, dead = status["queue"], status["outbox"], status["dead_letters"]
+        waiting = queue.get("messages", f"unknown ({queue.get('error')})")
+        self.stdout.write(f"Queue {queue['name']!r}: {waiting} message(s) waiting, "
+                          f"{queue.get('consumers', '?')} consumer(s)")
+        self.stdout.write(f"Outbox: {outbox['messages']} message(s), {outbox['due']} due, "
+                          f"oldest {outbox['oldest_age_seconds']} s old")
+        self.stdout.write(f"Dead letters: {dead['total']}")
+        for reason, count in dead["by_reason"].items():
+            self.stdout.write(f"  {count:>8}  {reason}")
+
+
+def queue_status() -> dict[str, Any]:
+    from django_cio.tasks import deliver
+
+    name = get_settings().queue
+    try:
+        with deliver.app.connection_for_read(connect_timeout=2) as connection:
+            _, messages, consumers = connection.default_channel.queue_declare(name, passive=True)
+    except Exception as exc:
+        return {"name": name, "error": type(exc).__name__}
+    return {"name": name, "messages": messages, "consumers": consumers}
+
+
+def outbox_status() -> dict[str, Any]:
+    now = timezone.now()
+    messages = due = 0
+    oldest = None
+    for alias in databases():
+        rows = Outbox.objects.using(alias)
+        stats = rows.aggregate(count=Count("id"), oldest=Min("created_at"))
+        messages += stats["count"]
+        due += rows.filter(not_before__lte=now).count()
+        if stats["oldest"] and (oldest is None or stats["oldest"] < oldest):
+            oldest = stats["oldest"]
+    age = round((now - oldest).total_seconds(), 1) if oldest else 0
+    return {"messages": messages, "due": due, "oldest_age_seconds": age}
+
+
+def dead_letter_status() -> dict[str, Any]:
+    rows = DeadLetter.objects.values("reason").annotate(count=Count("id")).order_by("-count")
+    by_reason = {row["reason"]: row["count"] for row in rows}
+    return {"total": sum(by_reason.values()), "by_reason": by_reason}

@@ -1,0 +1,73 @@
+"""What django-cio keeps in the database: messages waiting for the broker, and dead letters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+
+
+class Outbox(models.Model):
+    """A queued message that is not on the broker (yet).
+
+    The producer writes one when the broker is unreachable, and the delivery task parks a retry
+    here when its wait is too long for a broker countdown. ``relay_outbox`` publishes rows once
+    ``not_before`` has passed.
+    """
+
+    ops = models.JSONField(help_text="The operations, as Operation.to_dict() gives them.")
+    failures = models.PositiveIntegerField(
+        default=0, help_text="Transient failures so far, counted against MAX_RETRIES."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    not_before = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = "outbox message"
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"Outbox #{self.pk}: {len(self.ops)} op(s), due {self.not_before:%Y-%m-%d %H:%M:%S}"
+
+
+class DeadLetterQuerySet(models.QuerySet["DeadLetter"]):
+    def replay(self) -> int:
+        """Queue these ops again (with their original event ids) and delete them; the count."""
+        from .producer import send_message, split
+
+        letters = list(self)
+        for chunk in split([letter.op for letter in letters]):
+            send_message(chunk, using=self.db)  # never raises: the Outbox takes it if need be
+        self.model.objects.using(self.db).filter(pk__in=[letter.pk for letter in letters]).delete()
+        return len(letters)
+
+
+class DeadLetter(models.Model):
+    """An operation Customer.io refused or that ran out of retries; ``cio_replay`` resends it."""
+
+    op = models.JSONField(help_text="The operation, as Operation.to_dict() gives it.")
+    kind = models.CharField(max_length=32, db_index=True)
+    person_id = models.CharField(max_length=200, blank=True, db_index=True)
+    reason = models.CharField(max_length=200, db_index=True)
+    status = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="HTTP status of the last answer; empty for no answer."
+    )
+    attempts = models.PositiveIntegerField(default=1)
+    first_failed_at = models.DateTimeField(default=timezone.now)
+    last_failed_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = DeadLetterQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-last_failed_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} dead letter #{self.pk}: {self.reason}"
+
+    @classmethod
+    def for_op(cls, op: dict[str, Any], **fields: Any) -> DeadLetter:
+        kind = op.get("kind")
+        person = op.get("person_id") or op.get("primary") or op.get("anonymous_id")
+        return cls(op=op, kind=str(kind)[:32] if kind else "unknown",
+                   person_id=str(person)[:200] if person else "", **fields)

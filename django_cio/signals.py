@@ -1,0 +1,31 @@
+"""Signals around delivery, in the spirit of django-anymail's ``pre_send``/``post_send``.
+
+``pre_send(sender=backend class, ops=list)`` fires in the worker before a message's ops are
+sent. Receivers may change the list in place: remove an op to drop it, or replace one (for
+example with ``dataclasses.replace``) to change what is sent.
+
+``post_send(sender=backend class, results=list[OpResult])`` fires after, with one result per
+op: ``"sent"``, ``"failed"`` (now a dead letter) or ``"retrying"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from django.dispatch import Signal
+
+from .operations import Operation
+
+pre_send = Signal()
+post_send = Signal()
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """What became of one op: its ``status``, and for failures the ``reason`` and HTTP status."""
+
+    op: Operation
+    status: Literal["sent", "failed", "retrying"]
+    reason: str = ""
+    http_status: int | None = None

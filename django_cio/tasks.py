@@ -1,0 +1,195 @@
+"""Celery tasks: ``deliver`` sends a message's ops to Customer.io; ``relay_outbox`` publishes
+messages parked in the Outbox.
+
+Run a worker on the dedicated queue with one message in hand at a time::
+
+    celery -A proj worker -Q customerio --prefetch-multiplier 1
+
+``deliver`` acknowledges a message only once each op in it is sent, dead-lettered or handed to a
+new message for retry (``acks_late``), and a worker that dies mid-message leaves it to be
+redelivered (``reject_on_worker_lost``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import shared_task
+from celery.exceptions import Reject
+from django.core.cache import caches
+from django.db import router
+
+from . import producer
+from .backends import BaseBackend, get_backend
+from .batching import pack
+from .conf import CIOSettings, get_settings
+from .exceptions import APIError, PermanentError, RateLimited, ValidationError
+from .models import DeadLetter
+from .operations import Json, Operation
+from .relay import relay
+from .signals import OpResult, post_send, pre_send
+
+logger = logging.getLogger("django_cio")
+
+# Waits longer than this are parked in the Outbox rather than held by the broker: a Redis
+# broker redelivers a countdown longer than its visibility timeout, and RabbitMQ closes a
+# channel that keeps a message unacknowledged past its consumer_timeout.
+MAX_COUNTDOWN = 60
+# A message whose worker died this many times (an op that crashes or starves the worker)
+# becomes dead letters instead of killing workers forever.
+MAX_DELIVERIES = 5
+_DELIVERIES_TTL = 24 * 3600
+
+
+@shared_task(
+    name="django_cio.tasks.deliver", bind=True, acks_late=True, reject_on_worker_lost=True,
+    ignore_result=True, max_retries=None,
+)
+def deliver(self: Any, ops: list[Json], failures: int = 0) -> None:
+    """Send ``ops`` (``Operation.to_dict()`` output); ``failures`` counts earlier attempts."""
+    try:
+        if self.request.delivery_info.get("redelivered") and _too_many_deliveries(self.request.id):
+            _dead_letters([(raw, "worker lost too often", None) for raw in ops], failures + 1)
+        else:
+            Delivery(ops, failures).run()
+    except Exception as exc:
+        # The database (dead letters) or the broker and the Outbox are down: put the message
+        # back rather than lose it. The delivery count above stops an endless loop.
+        logger.exception("customerio: delivery failed (%s); message requeued", type(exc).__name__)
+        raise Reject(type(exc).__name__, requeue=True) from None
+
+
+@shared_task(name="django_cio.tasks.relay_outbox", ignore_result=True)
+def relay_outbox(limit: int = 1000) -> int:
+    """Publish due Outbox messages of every database that holds the table; return the count."""
+    return relay(limit=limit)
+
+
+def beat_schedule(every: float = 5.0) -> dict[str, Json]:
+    """Celery beat entry for the relay: ``app.conf.beat_schedule.update(beat_schedule())``."""
+    return {
+        "django-cio-relay-outbox": {
+            "task": "django_cio.tasks.relay_outbox",
+            "schedule": every,
+            # A relay that waited longer than its period is superseded by the next one.
+            "options": {"queue": get_settings().queue, "expires": every},
+        }
+    }
+
+
+@dataclass
+class Delivery:
+    """One message's ops on their way out, and what became of each."""
+
+    raw: list[Json]
+    failures: int = 0
+    results: list[OpResult] = field(default_factory=list)
+    pending: list[Operation] = field(default_factory=list)
+    error: APIError | None = None
+
+    def run(self) -> None:
+        cio, backend = get_settings(), get_backend()
+        ops = self.parse()
+        pre_send.send(sender=type(backend), ops=ops)
+        self.send(backend, ops, cio)
+        if self.pending:
+            self.retry_later(cio)
+        failed = [result for result in self.results if result.status == "failed"]
+        _dead_letters([(r.op.to_dict(), r.reason, r.http_status) for r in failed],
+                      self.failures + 1)
+        post_send.send(sender=type(backend), results=self.results)
+
+    def parse(self) -> list[Operation]:
+        """The ops of the message; a malformed one becomes a dead letter, not a crash loop."""
+        if not isinstance(self.raw, list):
+            self.raw = [self.raw]
+        ops = []
+        for raw in self.raw:
+            try:
+                ops.append(Operation.from_dict(raw))
+            except ValidationError as exc:
+                _dead_letters([(raw if isinstance(raw, dict) else {"raw": raw},
+                                f"malformed: {exc}", None)], self.failures + 1)
+        return ops
+
+    def send(self, backend: BaseBackend, ops: list[Operation], cio: CIOSettings) -> None:
+        requests = list(pack(ops, batch=cio.batch))
+        for number, request in enumerate(requests):
+            try:
+                if request.batch:
+                    refused = backend.send_batch(request.ops)
+                else:
+                    backend.send_one(request.ops[0])
+                    refused = []
+            except PermanentError as exc:
+                self.results += [OpResult(op, "failed", exc.reason, exc.status)
+                                 for op in request.ops]
+                continue
+            except ValidationError as exc:
+                self.results += [OpResult(op, "failed", f"invalid: {exc}") for op in request.ops]
+                continue
+            except APIError as exc:  # transient: stop hammering, retry what is left later
+                self.error = exc
+                self.pending = [op for later in requests[number:] for op in later.ops]
+                return
+            bad = {error.index: error for error in refused}
+            for index, op in enumerate(request.ops):
+                if index in bad:
+                    where = f" ({bad[index].field})" if bad[index].field else ""
+                    self.results.append(OpResult(op, "failed", bad[index].reason + where, 207))
+                else:
+                    self.results.append(OpResult(op, "sent"))
+
+    def retry_later(self, cio: CIOSettings) -> None:
+        error = self.error
+        assert error is not None
+        if isinstance(error, RateLimited):
+            # Being told to slow down is not a failure of these ops: keep the retry budget.
+            failures = self.failures
+            wait = error.retry_after if error.retry_after is not None else backoff(1, cio)
+            wait = min(wait, cio.retry_after_max)
+        else:
+            failures = self.failures + 1
+            if failures > cio.max_retries:
+                self.results += [OpResult(op, "failed", error.reason, error.status)
+                                 for op in self.pending]
+                return
+            wait = backoff(failures, cio)
+        self.results += [OpResult(op, "retrying", error.reason, error.status)
+                         for op in self.pending]
+        ops = [op.to_dict() for op in self.pending]  # same event ids: repeats are dropped
+        if wait <= MAX_COUNTDOWN:
+            producer.send_message(ops, failures=failures, delay=wait)
+        else:
+            producer.park(ops, failures=failures, delay=wait)
+
+
+def backoff(failures: int, cio: CIOSettings) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, 2 ** failures)] seconds."""
+    return random.uniform(0, min(cio.retry_backoff_max, 2.0 ** failures))
+
+
+def _dead_letters(failed: list[tuple[Json, str, int | None]], attempts: int) -> None:
+    if not failed:
+        return
+    alias = router.db_for_write(DeadLetter)
+    DeadLetter.objects.using(alias).bulk_create(
+        DeadLetter.for_op(op, reason=reason[:200], status=status, attempts=attempts)
+        for op, reason, status in failed
+    )
+    logger.warning("customerio: %d op(s) dead-lettered (%s)", len(failed),
+                   ", ".join(sorted({reason for _, reason, _ in failed}))[:200])
+
+
+def _too_many_deliveries(task_id: str) -> bool:
+    """Count redeliveries of a message in the cache; if the cache is down, deliver anyway."""
+    try:
+        cache = caches[get_settings().cache]
+        key = f"django_cio:deliveries:{task_id}"
+        cache.add(key, 0, _DELIVERIES_TTL)
+        return cache.incr(key) >= MAX_DELIVERIES
+    except Exception:
+        return False

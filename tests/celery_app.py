@@ -1,0 +1,29 @@
+"""The Celery app of the test project, set up the way the docs tell users to."""
+
+import os
+
+from celery import Celery
+from celery.signals import task_postrun
+from django.db import connections
+
+BROKERS = {
+    "redis": os.environ.get("CIO_TEST_REDIS_BROKER", "redis://127.0.0.1:6379/14"),
+    "rabbitmq": os.environ.get("CIO_TEST_AMQP_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
+}
+
+app = Celery("django_cio_tests")
+app.conf.update(
+    broker_url=BROKERS["redis"],
+    broker_transport_options={"visibility_timeout": 300},
+    broker_connection_retry_on_startup=True,
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+)
+app.set_default()
+
+
+@task_postrun.connect
+def close_connections(**kwargs):
+    # Worker threads must not keep connections to the test database open past the test.
+    connections.close_all()

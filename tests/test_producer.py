@@ -1,0 +1,136 @@
+"""The producer on the real (Redis) broker: what is published, when, and how it is grouped."""
+
+import logging
+
+import pytest
+from django.db import transaction
+
+import django_cio
+from django_cio import producer
+from django_cio.exceptions import ValidationError
+from django_cio.models import Outbox
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def kinds(message):
+    return [op["kind"] for op in message]
+
+
+def test_a_transactions_ops_leave_as_one_message_after_commit(published):
+    with transaction.atomic():
+        django_cio.identify("u1", email="u1@example.com")
+        for number in range(9):
+            django_cio.track("u1", "clicked", number=number)
+        assert published == []  # nothing before the commit
+    assert len(published) == 1
+    assert kinds(published[0]) == ["identify"] + ["event"] * 9
+
+
+def test_a_rolled_back_transaction_sends_nothing(published):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        django_cio.identify("u1", email="u1@example.com")
+        raise RuntimeError
+    assert published == []
+
+
+def test_a_rolled_back_savepoint_drops_only_its_own_ops(published):
+    with transaction.atomic():
+        django_cio.track("u1", "kept_before")
+        with pytest.raises(RuntimeError), transaction.atomic():
+            django_cio.track("u1", "dropped")
+            raise RuntimeError
+        with transaction.atomic():
+            django_cio.track("u1", "kept_inside")
+        django_cio.track("u1", "kept_after")
+    assert [[op["name"] for op in message] for message in published] == [
+        ["kept_before", "kept_inside", "kept_after"]
+    ]
+
+
+@pytest.mark.parametrize("inner_commits", [True, False])
+def test_ops_in_a_last_savepoint_are_never_lost(published, inner_commits):
+    with transaction.atomic():
+        django_cio.track("u1", "outer")
+        with transaction.atomic():
+            django_cio.track("u1", "inner")
+            if not inner_commits:
+                transaction.set_rollback(True)
+    names = [op["name"] for message in published for op in message]
+    assert names == (["outer", "inner"] if inner_commits else ["outer"])
+
+
+def test_a_call_outside_any_transaction_is_sent_at_once(published):
+    django_cio.identify("u1", plan="free")
+    django_cio.track("u1", "upgraded")
+    assert [kinds(message) for message in published] == [["identify"], ["event"]]
+
+
+def test_batch_groups_calls_and_committed_transactions_into_one_message(published):
+    with django_cio.batch():
+        django_cio.identify("u1", plan="free")
+        with transaction.atomic():
+            django_cio.track("u1", "ordered")
+        with pytest.raises(RuntimeError), transaction.atomic():
+            django_cio.track("u1", "rolled_back")
+            raise RuntimeError
+        django_cio.page("u1", "https://example.com/thanks")
+        assert published == []
+    assert [kinds(message) for message in published] == [["identify", "event", "page"]]
+    assert published[0][2]["name"] == "https://example.com/thanks"
+
+
+def test_ops_on_another_database_alias_follow_that_transaction(published):
+    with transaction.atomic(using="default"):
+        producer.enqueue(django_cio.Identify("u1", {}), using="default")
+    assert len(published) == 1
+
+
+def test_bad_input_raises_at_call_time_naming_the_field(published):
+    with pytest.raises(ValidationError, match=r"attributes\.email") as caught:
+        django_cio.identify("u1", email="x" * 2000)
+    assert caught.value.field == "attributes.email"
+    assert "xxxx" not in str(caught.value)
+    assert published == []
+
+
+def test_disabled_validates_then_drops(settings, published):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "ENABLED": False}
+    with pytest.raises(ValidationError):
+        django_cio.track("", "nameless person")
+    with transaction.atomic():
+        django_cio.track("u1", "dropped")
+    assert published == []
+
+
+def test_big_messages_are_split_under_the_size_cap(published):
+    with transaction.atomic():
+        for number in range(40):
+            django_cio.identify(f"u{number}", bio="b" * 900, notes="n" * 900, more="m" * 900,
+                                extra="e" * 900, other="o" * 900, last="l" * 900, x="x" * 900,
+                                y="y" * 900)
+    assert len(published) == 2
+    assert sum(len(message) for message in published) == 40
+    sizes = [len(producer.dumps(message)) for message in published]
+    assert max(sizes) <= producer.MAX_MESSAGE_BYTES
+
+
+def test_event_ids_are_given_when_the_op_is_made(published):
+    with transaction.atomic():
+        django_cio.track("u1", "a")
+        django_cio.track("u1", "a")
+    first, second = published[0]
+    assert first["id"] != second["id"] and len(first["id"]) == 26  # two ULIDs
+
+
+def test_when_the_broker_is_down_the_request_succeeds_and_the_outbox_keeps_the_ops(
+    published, dead_broker, caplog
+):
+    with caplog.at_level(logging.WARNING, "django_cio"), transaction.atomic():
+        django_cio.identify("u1", email="secret@example.com")
+        django_cio.track("u1", "signup")
+    assert published == []
+    row = Outbox.objects.get()
+    assert kinds(row.ops) == ["identify", "event"] and row.failures == 0
+    assert "broker unavailable" in caplog.text
+    assert "secret@example.com" not in caplog.text and "u1" not in caplog.text
