@@ -169,7 +169,7 @@ def send_message(
     """Publish one ``deliver`` message; on any broker error, park it in the Outbox instead."""
     try:
         publish_to_broker(ops, failures=failures, countdown=delay)
-    except Exception as exc:
+    except Exception as exc:  # whatever the broker does, the caller must not see it
         logger.warning(
             "customerio: broker unavailable (%s); %d op(s) kept in the outbox",
             type(exc).__name__, len(ops),

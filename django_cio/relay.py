@@ -79,7 +79,7 @@ def _relay_leased(alias: str, limit: int) -> int:
 def _publish(row: Outbox) -> bool:
     try:
         publish_to_broker(row.ops, failures=row.failures)
-    except Exception as exc:
+    except Exception as exc:  # the row stays for the next relay
         logger.warning("customerio: outbox relay cannot reach the broker (%s)", type(exc).__name__)
         return False
     return True

@@ -45,7 +45,7 @@ def queue_status() -> dict[str, Any]:
     try:
         with deliver.app.connection_for_read(connect_timeout=2) as connection:
             _, messages, consumers = connection.default_channel.queue_declare(name, passive=True)
-    except Exception as exc:
+    except Exception as exc:  # a down broker or a missing queue is a status too
         return {"name": name, "error": type(exc).__name__}
     return {"name": name, "messages": messages, "consumers": consumers}
 
