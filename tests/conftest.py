@@ -64,18 +64,27 @@ def broker(request) -> Iterator[str]:
     use_broker(BROKERS["redis"])
 
 
+class Published(list):
+    """The ops of each message; ``details`` has its kwargs and ETA (``None`` if sent now)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.details: list[dict] = []
+
+
 @pytest.fixture
-def published() -> Iterator[list[list[dict]]]:
+def published() -> Iterator[Published]:
     """The ops of every ``deliver`` message published during the test, as Celery sent them.
 
     The queue is purged after the test, so tests without a worker leave nothing behind.
     """
-    messages: list[list[dict]] = []
+    messages = Published()
 
-    def record(sender=None, body=None, **kwargs):
+    def record(sender=None, body=None, headers=None, **kwargs):
         if sender == "django_cio.tasks.deliver":
-            args = body[0] if isinstance(body, (list, tuple)) else body["args"]
+            args, task_kwargs, _ = body
             messages.append(args[0])
+            messages.details.append({"kwargs": task_kwargs, "eta": headers.get("eta")})
 
     after_task_publish.connect(record, weak=False)
     yield messages
@@ -90,6 +99,7 @@ def worker(cio_fake: FakeTrackAPI) -> Iterator[Any]:
     with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False,
                       queues=[get_settings().queue], loglevel="WARNING",
                       shutdown_timeout=30) as running:
+        running.cio_fake = cio_fake
         yield running
 
 

@@ -2,7 +2,9 @@ import pytest
 from django.core.checks import Error, Warning
 from django.test import override_settings
 
-from django_cio.checks import check_settings
+from django_cio.checks import check_broker, check_settings
+from tests.celery_app import BROKERS
+from tests.celery_app import app as celery_app
 
 LOCMEM_CACHE = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 GOOD = {"SITE_ID": "s", "API_KEY": "k"}
@@ -78,3 +80,35 @@ def test_checks_run_under_manage_py_check():
     ) as error:
         call_command("check")
     assert "django_cio.E003" in str(error.value)
+
+
+@pytest.fixture
+def transport_options():
+    """The test Celery app's broker transport options, restored after the test."""
+    saved = dict(celery_app.conf.broker_transport_options)
+    yield celery_app.conf.broker_transport_options
+    celery_app.conf.broker_transport_options = saved
+
+
+def test_documented_redis_visibility_timeout_passes(transport_options):
+    assert check_broker() == []
+
+
+def test_visibility_timeout_near_the_retry_countdown_is_W002(transport_options):
+    transport_options["visibility_timeout"] = 90
+    assert [message.id for message in check_broker()] == ["django_cio.W002"]
+
+
+def test_default_hour_long_visibility_timeout_is_W003(transport_options):
+    del transport_options["visibility_timeout"]
+    (message,) = check_broker()
+    assert message.id == "django_cio.W003" and "3600 s" in message.msg
+
+
+def test_visibility_timeout_is_only_a_redis_concern(transport_options):
+    transport_options["visibility_timeout"] = 10
+    celery_app.conf.broker_url = "amqp://guest:guest@127.0.0.1:5672//"
+    try:
+        assert check_broker() == []
+    finally:
+        celery_app.conf.broker_url = BROKERS["redis"]

@@ -289,7 +289,7 @@ class FakeTrackAPI:
                 self._bucket = TokenBucket(rate) if rate else None
 
     def fail_next(self, *statuses: int) -> None:
-        """Answer the next requests with these statuses (e.g. ``503, 503`` or ``429``)."""
+        """Answer the next requests with these statuses (``503, 503``; ``0, 429``: the second)."""
         with self._lock:
             self.config.fail_next.extend(statuses)
 
@@ -297,7 +297,8 @@ class FakeTrackAPI:
         """Injected failures and the rate cap, before a request is looked at."""
         with self._lock:
             config = self.config
-            status = config.fail_next.pop(0) if config.fail_next else None
+            # 0 in fail_next lets that request through, to fail a later one.
+            status = (config.fail_next.pop(0) or None) if config.fail_next else None
             retry_after = config.retry_after
             if status is None and config.error_rate and random.random() < config.error_rate:
                 status = 503

@@ -1,0 +1,59 @@
+"""The Outbox relay on PostgreSQL: due rows go to the broker once, even with relays racing."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from django_cio import relay
+from django_cio.models import Outbox
+from django_cio.operations import Identify
+from django_cio.tasks import relay_outbox
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def add_rows(count, **fields):
+    Outbox.objects.bulk_create(
+        Outbox(ops=[Identify(f"u{number}", {}).to_dict()], **fields) for number in range(count)
+    )
+
+
+def test_due_rows_are_published_and_deleted_and_later_ones_wait(published):
+    add_rows(3, failures=2)
+    Outbox.objects.create(ops=[Identify("later", {}).to_dict()],
+                          not_before=timezone.now() + timedelta(minutes=5))
+    assert relay_outbox.apply().get() == 3
+    assert sorted(message[0]["person_id"] for message in published) == ["u0", "u1", "u2"]
+    assert published.details[0]["kwargs"] == {"failures": 2}  # the retry budget travels on
+    assert list(Outbox.objects.values_list("ops", flat=True)) == [[Identify("later", {}).to_dict()]]
+
+
+def test_rows_stay_while_the_broker_is_down(published, dead_broker):
+    add_rows(5)
+    assert relay.relay() == 0
+    assert Outbox.objects.count() == 5
+
+
+@pytest.mark.parametrize("claim", [relay._relay_locked, relay._relay_leased],
+                         ids=["skip-locked", "lease"])
+def test_concurrent_relays_never_send_a_row_twice(published, claim):
+    add_rows(300)
+
+    def relay_until_empty():
+        try:
+            while claim("default", 20):
+                pass
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=relay_until_empty) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    people = [message[0]["person_id"] for message in published]
+    assert len(people) == 300 and len(set(people)) == 300
+    assert not Outbox.objects.exists()

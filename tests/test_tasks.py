@@ -1,0 +1,167 @@
+"""The delivery task against the fake Track API (real HTTP) and the real Redis broker.
+
+The task runs in this process (``deliver.apply``); retries are real messages on the broker,
+recorded by the ``published`` fixture. End-to-end runs with a worker are in integration/.
+"""
+
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from django.dispatch import receiver
+
+from django_cio import tasks
+from django_cio.models import DeadLetter, Outbox
+from django_cio.operations import AnonymousEvent, Event, Identify
+from django_cio.signals import post_send, pre_send
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def deliver(*ops, failures=0):
+    tasks.deliver.apply(args=([op.to_dict() for op in ops],), kwargs={"failures": failures})
+
+
+def countdown(detail):
+    eta = datetime.fromisoformat(detail["eta"])
+    return (eta - datetime.now(timezone.utc)).total_seconds()
+
+
+def test_ops_are_delivered_in_one_batch_request(cio_fake, published):
+    deliver(Identify("u1", {"email": "u1@example.com"}), Event("u1", "signup", {}))
+    assert cio_fake.store.people["u1"]["email"] == "u1@example.com"
+    assert cio_fake.store.stats()["ops_per_request"] == {"2": 1}
+    assert published == [] and not DeadLetter.objects.exists()
+
+
+def test_without_batch_each_op_is_its_own_v1_request(settings, cio_fake):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "BATCH": False}
+    deliver(Identify("u1", {}), Event("u1", "signup", {}))
+    assert [request["path"] for request in cio_fake.store.requests] == [
+        "/api/v1/customers/u1", "/api/v1/customers/u1/events"
+    ]
+
+
+def test_ops_refused_in_a_207_become_dead_letters_and_the_rest_is_delivered(cio_fake, published):
+    cio_fake.configure(refuse=["bad"])
+    deliver(Identify("good", {}), Identify("bad", {"email": "bad@example.com"}),
+            Event("good", "x", {}))
+    assert set(cio_fake.store.people) == {"good"} and len(cio_fake.store.events) == 1
+    letter = DeadLetter.objects.get()
+    assert (letter.kind, letter.person_id, letter.status) == ("identify", "bad", 207)
+    assert letter.reason == "invalid (identifiers.id)"
+    assert letter.op["attributes"] == {"email": "bad@example.com"}  # replayable as it was
+    assert published == []  # nothing retried
+
+
+def test_a_server_error_retries_only_undelivered_ops_with_their_event_ids(settings, cio_fake,
+                                                                          published):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "BATCH": False}
+    cio_fake.fail_next(0, 503)  # the identify gets through, the event does not
+    event = Event("u1", "signup", {})
+    deliver(Identify("u1", {}), event, Event("u1", "later", {}))
+    assert list(cio_fake.store.people) == ["u1"] and cio_fake.store.events == []
+    assert [[op["kind"] for op in message] for message in published] == [["event", "event"]]
+    assert published[0][0]["id"] == event.id
+    assert published.details[0]["kwargs"] == {"failures": 1}
+    assert 0 <= countdown(published.details[0]) <= 2.5  # full jitter over 2 ** 1 seconds
+
+
+def test_429_waits_for_retry_after_without_using_the_retry_budget(cio_fake, published):
+    cio_fake.configure(retry_after=7)
+    cio_fake.fail_next(429)
+    deliver(Event("u1", "signup", {}), failures=3)
+    assert published.details[0]["kwargs"] == {"failures": 3}
+    assert 5.5 <= countdown(published.details[0]) <= 7.5
+
+
+def test_retry_after_is_capped(settings, cio_fake, published):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "RETRY_AFTER_MAX": 2}
+    cio_fake.configure(retry_after=3600)
+    cio_fake.fail_next(429)
+    deliver(Event("u1", "signup", {}))
+    assert 0.5 <= countdown(published.details[0]) <= 2.5
+
+
+def test_a_wait_too_long_for_the_broker_is_parked_in_the_outbox(settings, cio_fake, published):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "RETRY_AFTER_MAX": 600}
+    cio_fake.configure(retry_after=300)
+    cio_fake.fail_next(429)
+    event = Event("u1", "signup", {})
+    deliver(event)
+    assert published == []
+    row = Outbox.objects.get()
+    assert row.ops == [event.to_dict()]
+    assert 290 <= (row.not_before - row.created_at).total_seconds() <= 310
+
+
+def test_retries_exhausted_become_dead_letters(settings, cio_fake, published):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "MAX_RETRIES": 2}
+    cio_fake.fail_next(503)
+    deliver(Event("u1", "signup", {}), failures=2)
+    letter = DeadLetter.objects.get()
+    assert (letter.reason, letter.status, letter.attempts) == ("server error", 503, 3)
+    assert published == []
+
+
+def test_a_permanent_error_dead_letters_the_requests_ops(cio_fake, published):
+    cio_fake.fail_next(400)
+    deliver(Identify("u1", {}), Event("u1", "signup", {}))
+    assert sorted(DeadLetter.objects.values_list("kind", "status")) == [
+        ("event", 400), ("identify", 400)
+    ]
+    assert published == []
+
+
+def test_a_malformed_message_becomes_dead_letters_not_a_crash(cio_fake, published):
+    tasks.deliver.apply(args=([{"kind": "bogus"}, "junk", Identify("u1", {}).to_dict()],))
+    assert list(cio_fake.store.people) == ["u1"]
+    reasons = sorted(DeadLetter.objects.values_list("reason", flat=True))
+    assert reasons == ["malformed: operation: kind is missing: an operation must be a mapping",
+                       "malformed: operation: kind is not a known operation kind"]
+    assert DeadLetter.objects.filter(op={"raw": "junk"}).exists()
+
+
+def test_anonymous_events_go_by_v1_next_to_a_batch(cio_fake):
+    deliver(Identify("u1", {}), AnonymousEvent("visitor-1", "viewed", {}))
+    assert [request["path"] for request in cio_fake.store.requests] == [
+        "/api/v2/batch", "/api/v1/events"
+    ]
+
+
+def test_pre_send_receivers_may_drop_and_change_ops_and_post_send_reports_each(cio_fake):
+    results = []
+
+    @receiver(pre_send, weak=False)
+    def only_identifies(sender, ops, **kwargs):
+        ops[:] = [Identify(op.person_id, {"vip": True}) for op in ops if op.kind == "identify"]
+
+    @receiver(post_send, weak=False)
+    def report(sender, results=(), **kwargs):
+        results_seen.extend(results)
+
+    results_seen = results
+    try:
+        deliver(Identify("u1", {}), Event("u1", "signup", {}))
+    finally:
+        pre_send.disconnect(only_identifies)
+        post_send.disconnect(report)
+    assert cio_fake.store.people["u1"] == {"vip": True} and cio_fake.store.events == []
+    assert [(result.op.kind, result.status) for result in results] == [("identify", "sent")]
+
+
+def test_a_message_redelivered_too_often_is_recognised():
+    task_id = str(uuid.uuid4())
+    assert [tasks._too_many_deliveries(task_id) for _ in range(tasks.MAX_DELIVERIES)] == [
+        False
+    ] * (tasks.MAX_DELIVERIES - 1) + [True]
+
+
+def test_backoff_is_full_jitter_under_the_cap(settings):
+    from django_cio.conf import get_settings
+
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "RETRY_BACKOFF_MAX": 10}
+    cio = get_settings()
+    waits = [tasks.backoff(failures, cio) for failures in range(1, 12) for _ in range(50)]
+    assert min(waits) >= 0 and max(waits) <= 10
+    assert max(waits) > 5  # not stuck low
