@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+__version__ = "0.1.0.dev0"  # before the imports: the client's User-Agent reads it
+
 from .operations import (
     AddDevice,
     AnonymousEvent,
@@ -27,8 +29,6 @@ from .operations import (
     Unsuppress,
 )
 from .producer import batch, enqueue
-
-__version__ = "0.1.0.dev0"
 
 # Ops recorded by the locmem backend, like ``django.core.mail.outbox``.
 outbox: list[Operation] = []

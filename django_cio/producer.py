@@ -24,6 +24,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
 from django.utils import timezone
 
+from .backends import backend_class
 from .conf import get_settings
 from .operations import Json, Operation, dumps
 
@@ -144,6 +145,11 @@ def _transaction_buffer(alias: str) -> _TransactionBuffer:
 
 def publish(ops: Sequence[Operation], using: str = DEFAULT_DB_ALIAS) -> None:
     """Send ops to the broker in as few messages as fit; never raises."""
+    if backend_class().delivers_inline:
+        from .tasks import Delivery
+
+        Delivery([op.to_dict() for op in ops]).run()
+        return
     for chunk in split([op.to_dict() for op in ops]):
         send_message(chunk, using=using)
 

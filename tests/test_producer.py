@@ -134,3 +134,20 @@ def test_when_the_broker_is_down_the_request_succeeds_and_the_outbox_keeps_the_o
     assert kinds(row.ops) == ["identify", "event"] and row.failures == 0
     assert "broker unavailable" in caplog.text
     assert "secret@example.com" not in caplog.text and "u1" not in caplog.text
+
+
+def test_offline_backends_deliver_at_commit_without_broker_or_worker(cio_outbox, published):
+    with transaction.atomic():
+        django_cio.identify("u1", plan="pro")
+        assert cio_outbox == []
+    assert [(op.kind, op.person_id) for op in cio_outbox] == [("identify", "u1")]
+    assert published == []
+
+
+@pytest.mark.django_db(transaction=False)
+def test_cio_outbox_with_pytest_djangos_on_commit_capture(
+    cio_outbox, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        django_cio.track("u1", "signup")
+    assert [op.kind for op in cio_outbox] == ["event"]

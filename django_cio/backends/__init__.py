@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 
 from django.utils.module_loading import import_string
@@ -23,4 +24,14 @@ def get_backend() -> BaseBackend:
         return _cached[1]
 
 
-__all__ = ["BaseBackend", "get_backend"]
+@functools.cache
+def _import(path: str) -> type[BaseBackend]:
+    return import_string(path)
+
+
+def backend_class() -> type[BaseBackend]:
+    """The class named by ``CUSTOMERIO['BACKEND']``, without making one (nor needing keys)."""
+    return _import(get_settings().backend)
+
+
+__all__ = ["BaseBackend", "backend_class", "get_backend"]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from ..client import OpError, encode_batch
 from ..conf import CIOSettings
@@ -14,6 +15,10 @@ class BaseBackend:
     ops Customer.io refused one by one. Backends that never leave the process only implement
     ``handle``.
     """
+
+    # Backends that never leave the process run at commit, in the caller, with no broker or
+    # worker: tests see ``django_cio.outbox`` filled as soon as the transaction commits.
+    delivers_inline: ClassVar[bool] = True
 
     def __init__(self, cio: CIOSettings) -> None:
         self.settings = cio

@@ -10,7 +10,9 @@ from .base import BaseBackend
 
 
 class TrackAPIBackend(BaseBackend):
-    """The real thing: ops go to the Track API through a ``TrackClient``."""
+    """The real thing: ops go to the Track API through a ``TrackClient``, from Celery workers."""
+
+    delivers_inline = False
 
     def __init__(self, cio: CIOSettings) -> None:
         super().__init__(cio)
