@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
@@ -36,6 +37,10 @@ MAX_MESSAGE_BYTES = 256 * 1024
 # Seconds the request may spend reaching the broker before it gives up and writes the Outbox.
 PUBLISH_TIMEOUT = 1.0
 
+# Open batch() blocks, innermost last. A context variable, so that concurrent requests served
+# by one thread (async views) keep their own. Transaction buffers follow DB connections, which
+# belong to a thread.
+_batch: ContextVar[tuple[list[Operation], ...]] = ContextVar("django_cio_batch", default=())
 _local = threading.local()
 
 
@@ -49,8 +54,8 @@ def enqueue(op: Operation, using: str | None = None) -> None:
     connection = transaction.get_connection(alias)
     if connection.in_atomic_block:
         _transaction_buffer(alias).add(op, connection)
-    elif _batches():
-        _batches()[-1].append(op)
+    elif _batch.get():
+        _batch.get()[-1].append(op)
     else:
         publish([op], alias)
 
@@ -60,19 +65,13 @@ def batch() -> Iterator[None]:
     """Send every op made inside the block (and committed, if made in a transaction) as one
     message when the block exits. The middleware wraps each request in one."""
     ops: list[Operation] = []
-    _batches().append(ops)
+    token = _batch.set((*_batch.get(), ops))
     try:
         yield
     finally:
-        _batches().pop()
+        _batch.reset(token)
         if ops:
             _hand_on(ops, DEFAULT_DB_ALIAS)
-
-
-def _batches() -> list[list[Operation]]:
-    if not hasattr(_local, "batches"):
-        _local.batches = []
-    return _local.batches
 
 
 def _atomic_alias() -> str:
@@ -87,8 +86,8 @@ def _atomic_alias() -> str:
 
 def _hand_on(ops: list[Operation], alias: str) -> None:
     """Committed ops join the enclosing batch if there is one, else go to the broker."""
-    if _batches():
-        _batches()[-1].extend(ops)
+    if _batch.get():
+        _batch.get()[-1].extend(ops)
     else:
         publish(ops, alias)
 
@@ -131,7 +130,8 @@ class _TransactionBuffer:
                 step.flushes = False
         step = _Step(self, op, savepoints)
         self.flushers = [*(s for s in self.flushers if s.flushes), step]
-        transaction.on_commit(step, using=self.alias)
+        # robust: should a step fail anyway, Django logs it and runs the app's other hooks.
+        transaction.on_commit(step, using=self.alias, robust=True)
 
 
 def _transaction_buffer(alias: str) -> _TransactionBuffer:

@@ -50,16 +50,19 @@ _DELIVERIES_TTL = 24 * 3600
 )
 def deliver(self: Any, ops: list[Json], failures: int = 0) -> None:
     """Send ``ops`` (``Operation.to_dict()`` output); ``failures`` counts earlier attempts."""
+    if not isinstance(ops, list):  # malformed: let each item become a dead letter
+        ops = [ops]
     try:
         if self.request.delivery_info.get("redelivered") and _too_many_deliveries(self.request.id):
             _dead_letters([(raw, "worker lost too often", None) for raw in ops], failures + 1)
         else:
             Delivery(ops, failures).run()
     except Exception as exc:
-        # The database (dead letters) or the broker and the Outbox are down: put the message
-        # back rather than lose it. The delivery count above stops an endless loop.
-        logger.exception("customerio: delivery failed (%s); message requeued", type(exc).__name__)
-        raise Reject(type(exc).__name__, requeue=True) from None
+        # A bug, or the database down (dead letters): try again later like a transient error.
+        # Only the type is logged: a database error's text may quote the op's values.
+        logger.error("customerio: delivery crashed (%s); retrying", type(exc).__name__)
+        logger.debug("customerio: delivery crash", exc_info=True)
+        _retry_after_crash(ops, failures, type(exc).__name__)
 
 
 @shared_task(name="django_cio.tasks.relay_outbox", ignore_result=True)
@@ -104,8 +107,6 @@ class Delivery:
 
     def parse(self) -> list[Operation]:
         """The ops of the message; a malformed one becomes a dead letter, not a crash loop."""
-        if not isinstance(self.raw, list):
-            self.raw = [self.raw]
         ops = []
         for raw in self.raw:
             try:
@@ -182,6 +183,20 @@ def _dead_letters(failed: list[tuple[Json, str, int | None]], attempts: int) -> 
     )
     logger.warning("customerio: %d op(s) dead-lettered (%s)", len(failed),
                    ", ".join(sorted({reason for _, reason, _ in failed}))[:200])
+
+
+def _retry_after_crash(ops: list[Json], failures: int, error: str) -> None:
+    cio = get_settings()
+    try:
+        if failures + 1 > cio.max_retries:
+            _dead_letters([(raw, f"crashed ({error})", None) for raw in ops], failures + 1)
+        else:
+            # Straight to the broker: the Outbox may be what is down.
+            producer.publish_to_broker(ops, failures=failures + 1,
+                                       countdown=min(backoff(failures + 1, cio), MAX_COUNTDOWN))
+    except Exception:
+        # Nowhere to put it: give the message back to the broker rather than lose it.
+        raise Reject(error, requeue=True) from None
 
 
 def _too_many_deliveries(task_id: str) -> bool:

@@ -6,6 +6,7 @@ runs the suite on SQLite, the embedded default.
 """
 
 import os
+import tempfile
 
 import dj_database_url
 
@@ -25,6 +26,13 @@ DATABASES = {
         os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/django_cio")
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not the shared in-memory database, so threads (relays, workers) lock like
+    # processes do; IMMEDIATE so a transaction that will write waits instead of failing.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.path.join(tempfile.gettempdir(), f"django_cio_tests_{os.getpid()}.sqlite3")
+    }
+    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13")
 CACHES = {
     "default": {

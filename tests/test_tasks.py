@@ -165,3 +165,32 @@ def test_backoff_is_full_jitter_under_the_cap(settings):
     waits = [tasks.backoff(failures, cio) for failures in range(1, 12) for _ in range(50)]
     assert min(waits) >= 0 and max(waits) <= 10
     assert max(waits) > 5  # not stuck low
+
+
+@pytest.fixture
+def crashing_receiver():
+    def crash(sender, ops, **kwargs):
+        raise RuntimeError("boom with secret@example.com")
+
+    pre_send.connect(crash, weak=False)
+    yield
+    pre_send.disconnect(crash)
+
+
+def test_a_crash_is_retried_later_and_logged_without_details(
+    cio_fake, published, crashing_receiver, caplog
+):
+    event = Event("u1", "signup", {"email": "secret@example.com"})
+    deliver(event, failures=1)
+    assert published == [[event.to_dict()]]
+    assert published.details[0]["kwargs"] == {"failures": 2}
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert errors == ["customerio: delivery crashed (RuntimeError); retrying"]
+
+
+def test_a_crash_past_the_retry_budget_is_a_dead_letter(settings, cio_fake, published,
+                                                        crashing_receiver):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "MAX_RETRIES": 1}
+    deliver(Event("u1", "signup", {}), failures=1)
+    assert published == []
+    assert DeadLetter.objects.get().reason == "crashed (RuntimeError)"
