@@ -91,6 +91,9 @@ def _label(key: str) -> str:
 
 
 def _utf8(kind: str, where: str, text: str) -> bytes:
+    if "\x00" in text:
+        # PostgreSQL's JSON refuses it: the op could be neither parked nor dead-lettered.
+        raise ValidationError(kind, where, "contains a NUL character")
     try:
         return text.encode()
     except UnicodeEncodeError:

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
@@ -53,7 +54,7 @@ def enqueue(op: Operation, using: str | None = None) -> None:
     alias = using or _atomic_alias()
     connection = transaction.get_connection(alias)
     if connection.in_atomic_block:
-        _transaction_buffer(alias).add(op, connection)
+        _transaction_ops(alias, connection).add(op, connection)
     elif _batch.get():
         _batch.get()[-1].append(op)
     else:
@@ -94,51 +95,50 @@ def _hand_on(ops: list[Operation], alias: str) -> None:
 
 # -- one transaction's ops ----------------------------------------------------------------
 
-class _Step:
-    """The ``on_commit`` callback of one op. Django drops it if its savepoint rolls back.
+class _TransactionOps:
+    """The ops of one transaction on one database, sent by one flush after it commits.
 
-    Every step collects its op on commit; a step with ``flushes`` set then sends what was
-    collected. A step stops flushing when a later one is registered at the same or an outer
-    savepoint level: that one runs after it and is only ever dropped together with it, so the
-    last step that runs always flushes, and a transaction's ops leave as one message.
+    Each op is registered with ``on_commit``, so Django drops it if its savepoint rolls back;
+    at commit it joins ``committed``. The flush is a single entry that this class keeps at the
+    end of the connection's commit hooks and outside every savepoint, so it runs once, after
+    every surviving op, and sends them as one message. Django has no public call for "last,
+    at the outer level", so this reads and edits ``connection.run_on_commit`` (a list of
+    ``(savepoint ids, callable, robust)`` since Django 4.2); the tests pin that contract.
     """
 
-    __slots__ = ("alias", "buffer", "flushes", "op", "savepoints")
-
-    def __init__(self, buffer: _TransactionBuffer, op: Operation, savepoints: frozenset[str]):
-        self.buffer, self.op, self.savepoints = buffer, op, savepoints
-        self.flushes = True
-
-    def __call__(self) -> None:
-        buffer = self.buffer
-        buffer.committed.append(self.op)
-        if self.flushes:
-            ops, buffer.committed = buffer.committed, []
-            _hand_on(ops, buffer.alias)
-
-
-class _TransactionBuffer:
     def __init__(self, alias: str) -> None:
         self.alias = alias
         self.committed: list[Operation] = []
-        self.flushers: list[_Step] = []
 
     def add(self, op: Operation, connection: Any) -> None:
-        savepoints = frozenset(sid for sid in connection.savepoint_ids if sid)
-        for step in self.flushers:
-            if savepoints <= step.savepoints:
-                step.flushes = False
-        step = _Step(self, op, savepoints)
-        self.flushers = [*(s for s in self.flushers if s.flushes), step]
-        # robust: should a step fail anyway, Django logs it and runs the app's other hooks.
-        transaction.on_commit(step, using=self.alias, robust=True)
+        hooks = connection.run_on_commit
+        if hooks and hooks[-1][1] == self.flush:
+            hooks.pop()
+        else:
+            connection.run_on_commit = [hook for hook in hooks if hook[1] != self.flush]
+        # robust: should a hook of ours fail anyway, Django logs it and runs the app's others.
+        transaction.on_commit(partial(self.committed.append, op), using=self.alias, robust=True)
+        connection.run_on_commit.append((set(), self.flush, True))
+
+    def owns(self, connection: Any) -> bool:
+        """Whether the connection's current transaction is this one (its flush is pending)."""
+        hooks = connection.run_on_commit
+        return bool(hooks) and (hooks[-1][1] == self.flush
+                                or any(hook[1] == self.flush for hook in hooks))
+
+    def flush(self) -> None:
+        ops, self.committed = self.committed, []
+        if ops:
+            _hand_on(ops, self.alias)
 
 
-def _transaction_buffer(alias: str) -> _TransactionBuffer:
-    buffers = _local.__dict__.setdefault("transactions", {})
-    if alias not in buffers:
-        buffers[alias] = _TransactionBuffer(alias)
-    return buffers[alias]
+def _transaction_ops(alias: str, connection: Any) -> _TransactionOps:
+    """The ops of the transaction open on ``connection``, a new group for a new transaction."""
+    groups = _local.__dict__.setdefault("transactions", {})
+    group = groups.get(alias)
+    if group is None or not group.owns(connection):
+        group = groups[alias] = _TransactionOps(alias)
+    return group
 
 
 # -- to the broker, or the Outbox -----------------------------------------------------------
@@ -172,7 +172,8 @@ def split(ops: Sequence[Json], limit: int = MAX_MESSAGE_BYTES) -> Iterator[list[
 def send_message(
     ops: list[Json], *, failures: int = 0, delay: float = 0, using: str = DEFAULT_DB_ALIAS
 ) -> None:
-    """Publish one ``deliver`` message; on any broker error, park it in the Outbox instead."""
+    """Publish one ``deliver`` message, else park it in the Outbox; never raises (the request
+    path: neither the broker nor the database may fail the caller's request)."""
     try:
         publish_to_broker(ops, failures=failures, countdown=delay)
     except Exception as exc:  # whatever the broker does, the caller must not see it
@@ -180,23 +181,23 @@ def send_message(
             "customerio: broker unavailable (%s); %d op(s) kept in the outbox",
             type(exc).__name__, len(ops),
         )
-        park(ops, failures=failures, delay=delay, using=using)
+        try:
+            park(ops, failures=failures, delay=delay, using=using)
+        except Exception as db_error:  # only the type: a database error may quote the values
+            logger.error("customerio: broker and outbox both unavailable (%s); %d op(s) lost",
+                         type(db_error).__name__, len(ops))
 
 
 def park(ops: list[Json], *, failures: int = 0, delay: float = 0,
          using: str = DEFAULT_DB_ALIAS) -> None:
-    """Write a message to the Outbox, for ``relay_outbox`` to publish after ``delay`` s."""
+    """Write a message to the Outbox, for the relay to publish after ``delay`` s. Raises on
+    database errors."""
     from .models import Outbox
 
     alias = using if router.allow_migrate_model(using, Outbox) else router.db_for_write(Outbox)
-    try:
-        Outbox.objects.using(alias).create(
-            ops=ops, failures=failures, not_before=timezone.now() + timedelta(seconds=delay)
-        )
-    except Exception:
-        logger.exception(
-            "customerio: broker and outbox both unavailable; %d op(s) lost", len(ops)
-        )
+    Outbox.objects.using(alias).create(
+        ops=ops, failures=failures, not_before=timezone.now() + timedelta(seconds=delay)
+    )
 
 
 def publish_to_broker(ops: list[Json], *, failures: int = 0, countdown: float = 0) -> None:
@@ -209,6 +210,8 @@ def publish_to_broker(ops: list[Json], *, failures: int = 0, countdown: float = 
             args=(ops,), kwargs={"failures": failures} if failures else None,
             queue=get_settings().queue, countdown=countdown or None,
             producer=producer, retry=False,
+            # Celery copies the arguments' repr into headers, events and Flower: no values.
+            argsrepr=f"[<{len(ops)} ops>]", kwargsrepr=f"{{'failures': {failures}}}",
         )
     except Exception:
         _drop_producer()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from django.db import connections, router, transaction
+from django.db import DatabaseError, connections, router, transaction
 from django.utils import timezone
 
 from .models import Outbox
@@ -34,10 +34,13 @@ def relay(limit: int = 1000, using: str | None = None) -> int:
     """Publish up to ``limit`` due messages per database; return how many were published."""
     published = 0
     for alias in [using] if using else databases():
-        if connections[alias].features.has_select_for_update_skip_locked:
-            published += _relay_locked(alias, limit)
-        else:
-            published += _relay_leased(alias, limit)
+        claim = (_relay_locked if connections[alias].features.has_select_for_update_skip_locked
+                 else _relay_leased)
+        try:
+            published += claim(alias, limit)
+        except DatabaseError as exc:  # one database down must not stop the others' relay
+            logger.warning("customerio: outbox relay failed on database %r (%s)",
+                           alias, type(exc).__name__)
     return published
 
 
@@ -57,15 +60,14 @@ def _relay_locked(alias: str, limit: int) -> int:
 
 
 def _relay_leased(alias: str, limit: int) -> int:
-    now = timezone.now()
     due = list(
-        Outbox.objects.using(alias).filter(not_before__lte=now).order_by("id")
+        Outbox.objects.using(alias).filter(not_before__lte=timezone.now()).order_by("id")
         .values_list("pk", "not_before")[:limit]
     )
     published = 0
     for pk, not_before in due:
         rows = Outbox.objects.using(alias).filter(pk=pk, not_before=not_before)
-        if not rows.update(not_before=now + LEASE):
+        if not rows.update(not_before=timezone.now() + LEASE):
             continue  # another relay took it
         row = Outbox.objects.using(alias).get(pk=pk)
         if not _publish(row):

@@ -52,17 +52,20 @@ def deliver(self: Any, ops: list[Json], failures: int = 0) -> None:
     """Send ``ops`` (``Operation.to_dict()`` output); ``failures`` counts earlier attempts."""
     if not isinstance(ops, list):  # malformed: let each item become a dead letter
         ops = [ops]
+    if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
+        failures = 0
+    delivery = Delivery(ops, failures)
     try:
         if self.request.delivery_info.get("redelivered") and _too_many_deliveries(self.request.id):
             _dead_letters([(raw, "worker lost too often", None) for raw in ops], failures + 1)
         else:
-            Delivery(ops, failures).run()
+            delivery.run()
     except Exception as exc:
         # A bug, or the database down (dead letters): try again later like a transient error.
         # Only the type is logged: a database error's text may quote the op's values.
         logger.error("customerio: delivery crashed (%s); retrying", type(exc).__name__)
         logger.debug("customerio: delivery crash", exc_info=True)
-        _retry_after_crash(ops, failures, type(exc).__name__)
+        _retry_after_crash(delivery.unsent(), failures, type(exc).__name__)
 
 
 @shared_task(name="django_cio.tasks.relay_outbox", ignore_result=True)
@@ -89,21 +92,32 @@ class Delivery:
 
     raw: list[Json]
     failures: int = 0
+    ops: list[Operation] | None = None  # parsed, as pre_send left them
     results: list[OpResult] = field(default_factory=list)
     pending: list[Operation] = field(default_factory=list)
     error: APIError | None = None
 
     def run(self) -> None:
         cio, backend = get_settings(), get_backend()
-        ops = self.parse()
-        pre_send.send(sender=type(backend), ops=ops)
-        self.send(backend, ops, cio)
+        self.ops = self.parse()
+        pre_send.send(sender=type(backend), ops=self.ops)
+        self.send(backend, self.ops, cio)
         if self.pending:
             self.retry_later(cio)
         failed = [result for result in self.results if result.status == "failed"]
         _dead_letters([(r.op.to_dict(), r.reason, r.http_status) for r in failed],
                       self.failures + 1)
-        post_send.send(sender=type(backend), results=self.results)
+        for _, response in post_send.send_robust(sender=type(backend), results=self.results):
+            if isinstance(response, Exception):  # delivered is delivered: log, carry on
+                logger.error("customerio: a post_send receiver raised %s",
+                             type(response).__name__)
+
+    def unsent(self) -> list[Json]:
+        """The ops not sent yet, for a retry after a crash (sent ones are not sent again)."""
+        if self.ops is None:
+            return self.raw
+        sent = {id(result.op) for result in self.results if result.status == "sent"}
+        return [op.to_dict() for op in self.ops if id(op) not in sent]
 
     def parse(self) -> list[Operation]:
         """The ops of the message; a malformed one becomes a dead letter, not a crash loop."""
@@ -162,10 +176,19 @@ class Delivery:
         self.results += [OpResult(op, "retrying", error.reason, error.status)
                          for op in self.pending]
         ops = [op.to_dict() for op in self.pending]  # same event ids: repeats are dropped
-        if wait <= MAX_COUNTDOWN:
-            producer.send_message(ops, failures=failures, delay=wait)
-        else:
-            producer.park(ops, failures=failures, delay=wait)
+        schedule(ops, failures, wait)
+
+
+def schedule(ops: list[Json], failures: int, wait: float) -> None:
+    """A retry: on the broker with a countdown, or parked in the Outbox when the wait is long
+    or the broker is down. Raises if neither takes it, so the message is not acknowledged."""
+    if wait <= MAX_COUNTDOWN:
+        try:
+            producer.publish_to_broker(ops, failures=failures, countdown=wait)
+            return
+        except Exception as exc:  # the Outbox below takes it
+            logger.warning("customerio: broker unavailable for a retry (%s)", type(exc).__name__)
+    producer.park(ops, failures=failures, delay=wait)
 
 
 def backoff(failures: int, cio: CIOSettings) -> float:
@@ -186,6 +209,8 @@ def _dead_letters(failed: list[tuple[Json, str, int | None]], attempts: int) -> 
 
 
 def _retry_after_crash(ops: list[Json], failures: int, error: str) -> None:
+    if not ops:
+        return
     cio = get_settings()
     try:
         if failures + 1 > cio.max_retries:

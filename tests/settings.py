@@ -33,6 +33,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "NAME": os.path.join(tempfile.gettempdir(), f"django_cio_tests_{os.getpid()}.sqlite3")
     }
     DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
+# A second alias on the same database, as a replica or a sharded setup would have. django-cio's
+# tables live only in "default" (see tests/routers.py).
+DATABASES["other"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+DATABASE_ROUTERS = ["tests.routers.CustomerIOTablesOnDefault"]
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13")
 CACHES = {
     "default": {

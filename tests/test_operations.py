@@ -411,3 +411,15 @@ def test_fits_v2():
     assert Identify("1", {"a": 1}).fits_v2()
     assert not AnonymousEvent("a", "x").fits_v2()
     assert not Event("1", "x", {"blob": "y" * 40_000}).fits_v2()  # valid, but v1 only
+
+
+@pytest.mark.parametrize("build", [
+    lambda: Identify("a\x00b", {}),
+    lambda: Identify("u1", {"bio": "a\x00b"}),
+    lambda: Identify("u1", {"a\x00": 1}),
+    lambda: Event("u1", "sign\x00up", {}),
+    lambda: Event("u1", "signup", {"tags": ["ok", "x\x00"]}),
+])
+def test_nul_characters_are_refused(build):
+    with pytest.raises(ValidationError, match="NUL"):
+        build()

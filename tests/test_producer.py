@@ -49,15 +49,39 @@ def test_a_rolled_back_savepoint_drops_only_its_own_ops(published):
 
 
 @pytest.mark.parametrize("inner_commits", [True, False])
-def test_ops_in_a_last_savepoint_are_never_lost(published, inner_commits):
+def test_ops_in_a_last_savepoint_join_the_one_message(published, inner_commits):
     with transaction.atomic():
         django_cio.track("u1", "outer")
         with transaction.atomic():
             django_cio.track("u1", "inner")
             if not inner_commits:
                 transaction.set_rollback(True)
-    names = [op["name"] for message in published for op in message]
-    assert names == (["outer", "inner"] if inner_commits else ["outer"])
+    assert [[op["name"] for op in message] for message in published] == (
+        [["outer", "inner"]] if inner_commits else [["outer"]]
+    )
+
+
+def test_the_flush_runs_after_hooks_registered_later_by_the_app(published):
+    seen = []
+    with transaction.atomic():
+        django_cio.track("u1", "first")
+        transaction.on_commit(lambda: seen.append(len(published)))
+        django_cio.track("u1", "second")
+    assert seen == [0]  # the app's hook ran before the flush
+    assert [[op["name"] for op in message] for message in published] == [["first", "second"]]
+
+
+def test_a_transaction_opened_by_a_commit_hook_gets_its_own_message(published):
+    def hook_with_its_own_transaction():
+        with transaction.atomic():
+            django_cio.track("u2", "from_hook")
+
+    with transaction.atomic():
+        django_cio.track("u1", "a")
+        transaction.on_commit(hook_with_its_own_transaction)
+        django_cio.track("u1", "b")
+    names = sorted([op["name"] for op in message] for message in published)
+    assert names == [["a", "b"], ["from_hook"]]
 
 
 def test_a_call_outside_any_transaction_is_sent_at_once(published):
@@ -80,10 +104,15 @@ def test_batch_groups_calls_and_committed_transactions_into_one_message(publishe
     assert published[0][2]["name"] == "https://example.com/thanks"
 
 
-def test_ops_on_another_database_alias_follow_that_transaction(published):
-    with transaction.atomic(using="default"):
-        producer.enqueue(django_cio.Identify("u1", {}), using="default")
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_ops_follow_the_transaction_of_the_database_that_has_one(published):
+    with transaction.atomic(using="other"):
+        django_cio.identify("u1")
+        assert published == []  # waits for the commit of "other"
     assert len(published) == 1
+    with transaction.atomic(using="other"):
+        producer.enqueue(django_cio.Identify("u2", {}), using="default")  # no transaction there
+    assert len(published) == 2
 
 
 def test_bad_input_raises_at_call_time_naming_the_field(published):

@@ -16,9 +16,10 @@ class BaseBackend:
     ``handle``.
     """
 
-    # Backends that never leave the process run at commit, in the caller, with no broker or
-    # worker: tests see ``django_cio.outbox`` filled as soon as the transaction commits.
-    delivers_inline: ClassVar[bool] = True
+    # True for backends that never leave the process (locmem, console, null): they run at
+    # commit, in the caller, with no broker or worker, so tests see ``django_cio.outbox``
+    # filled as soon as the transaction commits. Anything that does I/O runs in workers.
+    delivers_inline: ClassVar[bool] = False
 
     def __init__(self, cio: CIOSettings) -> None:
         self.settings = cio

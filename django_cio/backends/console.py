@@ -12,6 +12,8 @@ from .base import BaseBackend
 class ConsoleBackend(BaseBackend):
     """Prints each op to stdout, redacted: kind, person hash and field names, no values."""
 
+    delivers_inline = True
+
     _lock = threading.Lock()
 
     def handle(self, ops: Sequence[Operation]) -> None:

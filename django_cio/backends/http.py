@@ -12,8 +12,6 @@ from .base import BaseBackend
 class TrackAPIBackend(BaseBackend):
     """The real thing: ops go to the Track API through a ``TrackClient``, from Celery workers."""
 
-    delivers_inline = False
-
     def __init__(self, cio: CIOSettings) -> None:
         super().__init__(cio)
         if not cio.site_id or not cio.api_key:

@@ -9,5 +9,7 @@ from .base import BaseBackend
 class NullBackend(BaseBackend):
     """Drops every op."""
 
+    delivers_inline = True
+
     def handle(self, ops: Sequence[Operation]) -> None:
         pass
