@@ -35,7 +35,8 @@ def main() -> None:
         USE_TZ=True, SECRET_KEY="bench",
         INSTALLED_APPS=["django_cio"],
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
-        CUSTOMERIO={"BACKEND": "django_cio.backends.null.NullBackend", "QUEUE": queue},
+        # The HTTP backend, so ops go to the broker; no worker runs, the queue is deleted after.
+        CUSTOMERIO={"SITE_ID": "bench", "API_KEY": "bench", "QUEUE": queue},
     )
     django.setup()
     from celery import Celery
@@ -73,6 +74,7 @@ def main() -> None:
             published.clear()
             our_time = _median(lambda tag, n=n: ours(n, tag), args.repeat)
             messages = len(published) / args.repeat
+            assert messages == 1.0, f"{messages} messages per request, expected 1"
             sdk_time = _median(lambda tag, n=n: inline(n, tag), max(2, 40 // n))
             print(f"{n:>5} {our_time * 1000:>10.2f}ms {messages:>9.1f} "
                   f"{sdk_time * 1000:>10.1f}ms {sdk_time / our_time:>8.0f}x")

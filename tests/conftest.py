@@ -1,4 +1,5 @@
 import contextlib
+import signal
 import socket
 import subprocess
 import time
@@ -84,7 +85,8 @@ def published() -> Iterator[Published]:
         if sender == "django_cio.tasks.deliver":
             args, task_kwargs, _ = body
             messages.append(args[0])
-            messages.details.append({"kwargs": task_kwargs, "eta": headers.get("eta")})
+            messages.details.append({"kwargs": task_kwargs, "eta": headers.get("eta"),
+                                     "argsrepr": headers.get("argsrepr")})
 
     after_task_publish.connect(record, weak=False)
     yield messages
@@ -119,13 +121,18 @@ def _wait_for(condition, timeout: float = 20.0, interval: float = 0.05) -> Any:
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (now)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class RedisServer:
     """A private ``redis-server`` on a free port, that a test may kill and start again."""
 
     def __init__(self) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
 
@@ -140,8 +147,16 @@ class RedisServer:
         with socket.socket() as probe:
             return probe.connect_ex(("127.0.0.1", self.port)) == 0
 
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers (a hung broker)."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         if self.process is not None:
+            self.resume()
             self.process.kill()
             self.process.wait()
             self.process = None

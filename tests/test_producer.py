@@ -1,6 +1,7 @@
 """The producer on the real (Redis) broker: what is published, when, and how it is grouped."""
 
 import logging
+import threading
 
 import pytest
 from django.db import transaction
@@ -9,6 +10,8 @@ import django_cio
 from django_cio import producer
 from django_cio.exceptions import ValidationError
 from django_cio.models import Outbox
+from tests.celery_app import BROKERS
+from tests.conftest import use_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -180,3 +183,23 @@ def test_cio_outbox_with_pytest_djangos_on_commit_capture(
     with django_capture_on_commit_callbacks(execute=True):
         django_cio.track("u1", "signup")
     assert [op.kind for op in cio_outbox] == ["event"]
+
+
+def test_a_hung_broker_does_not_hang_the_request(published, private_redis):
+    use_broker(private_redis.url)
+    try:
+        django_cio.identify("warm-up")  # connected and declared while the broker answers
+        private_redis.pause()
+        request = threading.Thread(target=django_cio.identify, args=("u1",), daemon=True)
+        request.start()
+        request.join(timeout=30)  # a liveness bound, 30 times the publish timeout
+        assert not request.is_alive()
+    finally:
+        private_redis.resume()
+        use_broker(BROKERS["redis"])
+    assert [op["person_id"] for op in Outbox.objects.get().ops] == ["u1"]
+
+
+def test_message_headers_carry_no_values(published):
+    django_cio.identify("u1", email="secret@example.com")
+    assert published.details[0]["argsrepr"] == "[<1 ops>]"

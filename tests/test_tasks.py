@@ -194,3 +194,30 @@ def test_a_crash_past_the_retry_budget_is_a_dead_letter(settings, cio_fake, publ
     deliver(Event("u1", "signup", {}), failures=1)
     assert published == []
     assert DeadLetter.objects.get().reason == "crashed (RuntimeError)"
+
+
+def test_a_retry_the_broker_cannot_take_is_parked(settings, cio_fake, dead_broker):
+    cio_fake.fail_next(503)
+    event = Event("u1", "signup", {})
+    deliver(event)
+    row = Outbox.objects.get()
+    assert (row.ops, row.failures) == ([event.to_dict()], 1)
+
+
+def test_a_raising_post_send_receiver_does_not_resend_delivered_ops(cio_fake, published):
+    def broken(sender, **kwargs):
+        raise RuntimeError("receiver bug")
+
+    post_send.connect(broken, weak=False)
+    try:
+        deliver(Event("u1", "signup", {}))
+    finally:
+        post_send.disconnect(broken)
+    assert len(cio_fake.store.events) == 1
+    assert published == [] and not DeadLetter.objects.exists()
+
+
+def test_a_malformed_failure_count_counts_as_zero(cio_fake, published):
+    tasks.deliver.apply(args=([Event("u1", "signup", {}).to_dict()],),
+                        kwargs={"failures": "many"})
+    assert len(cio_fake.store.events) == 1 and published == []

@@ -1,13 +1,17 @@
 """End to end: commit -> broker (Redis and RabbitMQ) -> a real Celery worker -> fake Track API."""
 
+from datetime import timedelta
+
 import pytest
 from django.core.management import call_command
 from django.db import transaction
+from django.utils import timezone
 
 import django_cio
 from django_cio.models import DeadLetter, Outbox
 from django_cio.tasks import relay_outbox
-from tests.conftest import use_broker
+from tests.celery_app import BROKERS
+from tests.conftest import free_port, use_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -82,24 +86,42 @@ def test_replayed_dead_letters_are_delivered(worker, wait_for):
     assert not DeadLetter.objects.exists()
 
 
+@pytest.mark.parametrize("broker_kind", ["redis", "rabbitmq"])
 def test_broker_down_the_request_succeeds_and_the_relay_delivers_later(
-    private_redis, cio_fake, wait_for, request
+    broker_kind, private_redis, cio_fake, wait_for, request
 ):
-    use_broker(private_redis.url)
-    request.addfinalizer(lambda: use_broker(_redis_broker()))
-    worker = request.getfixturevalue("worker")
-    private_redis.kill()
+    live = private_redis.url if broker_kind == "redis" else BROKERS["rabbitmq"]
+    use_broker(live)
+    request.addfinalizer(lambda: use_broker(BROKERS["redis"]))
+    request.getfixturevalue("worker")
+    if broker_kind == "redis":
+        private_redis.kill()
+    else:  # the shared RabbitMQ stays up: this process loses its way to it instead
+        use_broker(f"amqp://guest:guest@127.0.0.1:{free_port()}//")
     with transaction.atomic():
         django_cio.identify("u1", plan="pro")
         django_cio.track("u1", "signup")
     assert Outbox.objects.count() == 1  # the request went on; the message is safe
-    private_redis.start()  # the broker comes back (empty: it keeps nothing on disk)
+    if broker_kind == "redis":
+        private_redis.start()  # the broker comes back (empty: it keeps nothing on disk)
+    else:
+        use_broker(live)
     assert relay_outbox.apply().get() == 1
-    wait_for(lambda: worker.cio_fake.store.events, timeout=60)
+    wait_for(lambda: cio_fake.store.events, timeout=60)
     assert list(cio_fake.store.people) == ["u1"] and not Outbox.objects.exists()
 
 
-def _redis_broker():
-    from tests.celery_app import BROKERS
-
-    return BROKERS["redis"]
+def test_a_long_retry_wait_is_parked_then_relayed_and_delivered(settings, worker, wait_for):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "RETRY_AFTER_MAX": 600}
+    fake = worker.cio_fake
+    fake.configure(retry_after=300)
+    fake.fail_next(429)
+    django_cio.track("u1", "signup")
+    row = wait_for(Outbox.objects.first)
+    assert row.not_before > timezone.now() + timedelta(seconds=250)
+    assert relay_outbox.apply().get() == 0  # not due yet
+    Outbox.objects.update(not_before=timezone.now())  # five minutes later
+    assert relay_outbox.apply().get() == 1
+    wait_for(lambda: fake.store.events)
+    statuses = [request["status"] for request in fake.store.requests]
+    assert statuses == [429, 200] and fake.store.stats()["duplicate_event_ids"] == 0
