@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "TRACK_URL": None,
     "BACKEND": HTTP_BACKEND,
     "RATE_LIMIT": "80/s",
+    "RATE_LIMIT_WORKERS": 4,
     "QUEUE": "customerio",
     "BATCH": True,
     "DEDUP_TTL": 300,
@@ -100,6 +101,7 @@ class CIOSettings:
     track_url: str | None
     backend: str
     rate_limit: str
+    rate_limit_workers: int
     queue: str
     batch: bool
     dedup_ttl: float
@@ -153,6 +155,10 @@ def find_problems() -> list[Problem]:
             above = "above 0" if key == "TIMEOUT" else ">= 0"
             problems.append(Problem("E001", f"CUSTOMERIO['{key}'] must be a number {above}, "
                                             f"got {value!r}"))
+    workers = merged["RATE_LIMIT_WORKERS"]
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        problems.append(Problem("E001", f"CUSTOMERIO['RATE_LIMIT_WORKERS'] must be an integer "
+                                        f">= 1, got {workers!r}"))
     for key in _FLAGS:
         if not isinstance(merged[key], bool):
             problems.append(Problem("E001", f"CUSTOMERIO['{key}'] must be True or False, "

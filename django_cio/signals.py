@@ -5,7 +5,8 @@ sent. Receivers may change the list in place: remove an op to drop it, or replac
 example with ``dataclasses.replace``) to change what is sent.
 
 ``post_send(sender=backend class, results=list[OpResult])`` fires after, with one result per
-op: ``"sent"``, ``"failed"`` (now a dead letter) or ``"retrying"``.
+op: ``"sent"``, ``"skipped"`` (an identify Customer.io already has, see ``dedup``),
+``"failed"`` (now a dead letter) or ``"retrying"``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,6 @@ class OpResult:
     """What became of one op: its ``status``, and for failures the ``reason`` and HTTP status."""
 
     op: Operation
-    status: Literal["sent", "failed", "retrying"]
+    status: Literal["sent", "skipped", "failed", "retrying"]
     reason: str = ""
     http_status: int | None = None

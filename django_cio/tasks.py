@@ -22,13 +22,14 @@ from celery.exceptions import Reject
 from django.core.cache import caches
 from django.db import router
 
-from . import producer
+from . import dedup, producer
 from .backends import BaseBackend, get_backend
 from .batching import pack
 from .conf import CIOSettings, get_settings
 from .exceptions import APIError, PermanentError, RateLimited, ValidationError
 from .models import DeadLetter
-from .operations import Json, Operation
+from .operations import Identify, Json, Operation
+from .ratelimit import Throttled, get_limiter
 from .relay import relay
 from .signals import OpResult, post_send, pre_send
 
@@ -42,6 +43,9 @@ MAX_COUNTDOWN = 60
 # becomes dead letters instead of killing workers forever.
 MAX_DELIVERIES = 5
 _DELIVERIES_TTL = 24 * 3600
+# Longest a worker sleeps for the shared rate limit before handing the ops back to the broker
+# (a backlog larger than this many seconds of the limit waits in the queue, not in workers).
+MAX_LIMITER_WAIT = 5
 
 
 @shared_task(
@@ -96,6 +100,7 @@ class Delivery:
     results: list[OpResult] = field(default_factory=list)
     pending: list[Operation] = field(default_factory=list)
     error: APIError | None = None
+    throttled_for: float | None = None
 
     def run(self) -> None:
         cio, backend = get_settings(), get_backend()
@@ -131,8 +136,23 @@ class Delivery:
         return ops
 
     def send(self, backend: BaseBackend, ops: list[Operation], cio: CIOSettings) -> None:
+        limiter = None
+        if not backend.delivers_inline:  # what leaves the process: one limit, no repeats
+            limiter = get_limiter()
+            fresh = dedup.drop_seen(dedup.collapse(ops))
+            kept = {id(op) for op in fresh}
+            self.results += [OpResult(op, "skipped") for op in ops
+                             if id(op) not in kept and isinstance(op, Identify)]
+            ops = fresh
         requests = list(pack(ops, batch=cio.batch))
         for number, request in enumerate(requests):
+            if limiter is not None:
+                try:
+                    limiter.acquire(max_wait=MAX_LIMITER_WAIT)
+                except Throttled as throttled:  # our own limit: come back when it has room
+                    self.throttled_for = throttled.wait
+                    self.pending = [op for later in requests[number:] for op in later.ops]
+                    break
             try:
                 if request.batch:
                     refused = backend.send_batch(request.ops)
@@ -149,7 +169,7 @@ class Delivery:
             except APIError as exc:  # transient: stop hammering, retry what is left later
                 self.error = exc
                 self.pending = [op for later in requests[number:] for op in later.ops]
-                return
+                break
             bad = {error.index: error for error in refused}
             for index, op in enumerate(request.ops):
                 if index in bad:
@@ -157,10 +177,16 @@ class Delivery:
                     self.results.append(OpResult(op, "failed", bad[index].reason + where, 207))
                 else:
                     self.results.append(OpResult(op, "sent"))
+        if limiter is not None:
+            dedup.remember(result.op for result in self.results if result.status == "sent")
 
     def retry_later(self, cio: CIOSettings) -> None:
         error = self.error
-        assert error is not None
+        if error is None:  # only our own limiter held them back
+            self.results += [OpResult(op, "retrying", "throttled") for op in self.pending]
+            schedule([op.to_dict() for op in self.pending], self.failures,
+                     min(self.throttled_for or 0, cio.retry_after_max))
+            return
         if isinstance(error, RateLimited):
             # Being told to slow down is not a failure of these ops: keep the retry budget.
             failures = self.failures

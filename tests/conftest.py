@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from celery.contrib.testing.worker import start_worker
 from celery.signals import after_task_publish
+from django.core.cache import caches
 
 from django_cio import producer
 from django_cio.client import TrackClient
@@ -30,6 +31,14 @@ def track_client(fake: FakeTrackAPI) -> Iterator[TrackClient]:
     track = TrackClient(fake.site_id, fake.api_key, url=fake.url, timeout=5)
     yield track
     track.close()
+
+
+@pytest.fixture(autouse=True)
+def _forget_dedup_memory():
+    """Each test starts with no identify remembered (only this run's keys are touched)."""
+    yield
+    with contextlib.suppress(Exception):
+        caches["default"].delete_pattern("django_cio:*")
 
 
 @pytest.fixture

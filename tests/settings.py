@@ -42,7 +42,8 @@ CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": "django-cio-tests",
+        # A prefix per run: runs on one machine must not see each other's dedup memory.
+        "KEY_PREFIX": f"django-cio-tests-{os.getpid()}",
     }
 }
 CUSTOMERIO = {

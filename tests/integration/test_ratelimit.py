@@ -1,0 +1,78 @@
+"""The shared limiter with real processes, real Redis and the fake server's request log."""
+
+import multiprocessing
+import os
+import time
+
+import pytest
+from django.test import override_settings
+
+from django_cio.client import TrackClient
+from django_cio.fakeserver import FakeTrackAPI
+from django_cio.ratelimit import get_limiter
+
+pytestmark = pytest.mark.integration
+
+
+def _send_under_limit(url, site_id, api_key, cio, seconds, start_at):
+    """A worker process: acquire, then send one small request, until ``seconds`` pass."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+    django.setup()
+    with override_settings(CUSTOMERIO=cio):
+        limiter = get_limiter()
+        client = TrackClient(site_id, api_key, url=url, timeout=5)
+        time.sleep(max(0.0, start_at - time.time()))
+        deadline = start_at + seconds
+        number = 0
+        while True:
+            limiter.acquire()
+            if time.time() >= deadline:
+                return
+            client.identify(f"{os.getpid()}-{number}")
+            number += 1
+
+
+def run_processes(fake, count, seconds, cio):
+    context = multiprocessing.get_context("spawn")
+    start_at = time.time() + 2  # all processes set up before the clock starts
+    processes = [context.Process(target=_send_under_limit,
+                                 args=(fake.url, cio["SITE_ID"], fake.api_key, cio, seconds,
+                                       start_at))
+                 for _ in range(count)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=seconds + 60)
+        assert process.exitcode == 0
+    return sorted(request["at"] for request in fake.store.requests)
+
+
+
+def max_in_one_second(times):
+    """The most requests inside any sliding 1-second window."""
+    most, first = 0, 0
+    for last, moment in enumerate(times):
+        while moment - times[first] >= 1.0:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def new_workspace(settings):
+    """A fake Track API for a workspace of this test alone (its own limiter key)."""
+    return FakeTrackAPI(site_id=f"limit-test-{os.getpid()}-{time.time_ns()}")
+
+
+def settings_for(settings, fake, rate):
+    return {**settings.CUSTOMERIO, "SITE_ID": fake.site_id, "API_KEY": fake.api_key,
+            "TRACK_URL": fake.url, "RATE_LIMIT": rate}
+
+
+def test_four_processes_never_exceed_the_limit_and_use_most_of_it(settings):
+    limit, seconds = 40, 5
+    with new_workspace(settings) as fake:
+        times = run_processes(fake, 4, seconds, settings_for(settings, fake, f"{limit}/s"))
+    assert max_in_one_second(times) <= limit
+    assert len(times) >= 0.9 * limit * seconds
