@@ -84,3 +84,11 @@ def test_rate_per_second():
 def test_bad_rates_name_the_key(text):
     with pytest.raises(ConfigurationError, match=r"CUSTOMERIO\['RATE_LIMIT'\]"):
         parse_rate(text)
+
+
+@pytest.mark.parametrize("workers", [0, 1.5, True, "4"])
+def test_rate_limit_workers_must_be_a_positive_integer(workers):
+    with override_settings(CUSTOMERIO={"RATE_LIMIT_WORKERS": workers}), pytest.raises(
+        ConfigurationError, match="RATE_LIMIT_WORKERS"
+    ):
+        get_settings()
