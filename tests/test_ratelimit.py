@@ -1,5 +1,6 @@
 """The limiter's reservations against the real Redis (processes: tests/integration)."""
 
+import itertools
 import time
 import uuid
 
@@ -23,7 +24,7 @@ def test_reservations_are_spaced_one_interval_apart():
     shared = limiter(interval=0.1)
     waits = [shared.reserve(max_wait=10) for _ in range(5)]
     assert waits[0] == pytest.approx(0, abs=0.01)
-    assert all(later > earlier for earlier, later in zip(waits, waits[1:]))
+    assert all(later > earlier for earlier, later in itertools.pairwise(waits))
     assert 0.3 < waits[4] <= 0.4 + 1e-6  # four slots ahead, less the time the calls took
 
 
