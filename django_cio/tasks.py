@@ -13,6 +13,7 @@ redelivered (``reject_on_worker_lost``).
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +24,8 @@ from django.core.cache import caches
 from django.db import router
 
 from . import dedup, producer
-from .backends import BaseBackend, get_backend
-from .batching import pack
+from .backends import BaseBackend, backend_class, get_backend
+from .batching import Coalescer, Message, pack
 from .conf import CIOSettings, get_settings
 from .exceptions import APIError, PermanentError, RateLimited, ValidationError
 from .models import DeadLetter
@@ -58,18 +59,56 @@ def deliver(self: Any, ops: list[Json], failures: int = 0) -> None:
         ops = [ops]
     if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
         failures = 0
-    delivery = Delivery(ops, failures)
-    try:
-        if self.request.delivery_info.get("redelivered") and _too_many_deliveries(self.request.id):
-            _dead_letters([(raw, "worker lost too often", None) for raw in ops], failures + 1)
-        else:
+    if self.request.delivery_info.get("redelivered") and _too_many_deliveries(self.request.id):
+        _dead_letters([(raw, "worker lost too often", None) for raw in ops], failures + 1)
+        return
+    _coalescer().submit(Message(ops, failures))
+
+
+def deliver_messages(messages: list[Message], throttled_for: float | None = None) -> None:
+    """Deliver the ops of several messages together (one Delivery per failure count)."""
+    groups: dict[int, list[Message]] = {}
+    for message in messages:
+        groups.setdefault(message.failures, []).append(message)
+    slot_taken = throttled_for is None
+    for failures, group in groups.items():
+        delivery = Delivery([op for message in group for op in message.ops], failures,
+                            slot_taken=slot_taken, throttled_for=throttled_for)
+        slot_taken = False
+        try:
             delivery.run()
-    except Exception as exc:
-        # A bug, or the database down (dead letters): try again later like a transient error.
-        # Only the type is logged: a database error's text may quote the op's values.
-        logger.error("customerio: delivery crashed (%s); retrying", type(exc).__name__)
-        logger.debug("customerio: delivery crash", exc_info=True)
-        _retry_after_crash(delivery.unsent(), failures, type(exc).__name__)
+        except Exception as exc:
+            # A bug, or the database down (dead letters): try again later like a transient
+            # error. Only the type is logged: a database error's text may quote the values.
+            logger.error("customerio: delivery crashed (%s); retrying", type(exc).__name__)
+            logger.debug("customerio: delivery crash", exc_info=True)
+            try:
+                _retry_after_crash(delivery.unsent(), failures, type(exc).__name__)
+            except Reject as reject:
+                for message in group:
+                    message.error = reject
+
+
+def take_slot() -> float | None:
+    """Wait for a rate-limit slot; or, if it is too far off, the wait (nothing reserved)."""
+    if backend_class().delivers_inline:
+        return None
+    try:
+        get_limiter().acquire(max_wait=MAX_LIMITER_WAIT)
+    except Throttled as throttled:
+        return throttled.wait
+    return None
+
+
+_coalescers: dict[int, Coalescer] = {}
+
+
+def _coalescer() -> Coalescer:
+    """This process's coalescer (made after a fork, never inherited)."""
+    pid = os.getpid()
+    if pid not in _coalescers:
+        _coalescers[pid] = Coalescer(deliver_messages, take_slot)
+    return _coalescers[pid]
 
 
 @shared_task(name="django_cio.tasks.relay_outbox", ignore_result=True)
@@ -96,11 +135,12 @@ class Delivery:
 
     raw: list[Json]
     failures: int = 0
+    slot_taken: bool = False  # the first request's rate-limit slot is already reserved
+    throttled_for: float | None = None  # the limiter has no slot for this long: send nothing
     ops: list[Operation] | None = None  # parsed, as pre_send left them
     results: list[OpResult] = field(default_factory=list)
     pending: list[Operation] = field(default_factory=list)
     error: APIError | None = None
-    throttled_for: float | None = None
 
     def run(self) -> None:
         cio, backend = get_settings(), get_backend()
@@ -146,7 +186,10 @@ class Delivery:
             ops = fresh
         requests = list(pack(ops, batch=cio.batch))
         for number, request in enumerate(requests):
-            if limiter is not None:
+            if self.throttled_for is not None:
+                self.pending = [op for later in requests for op in later.ops]
+                break
+            if limiter is not None and not (number == 0 and self.slot_taken):
                 try:
                     limiter.acquire(max_wait=MAX_LIMITER_WAIT)
                 except Throttled as throttled:  # our own limit: come back when it has room
