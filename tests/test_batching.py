@@ -120,7 +120,7 @@ def test_a_failed_delivery_raises_in_each_of_its_tasks():
         for message in batch:
             message.error = RuntimeError("requeue me")
 
-    messages, errors = run_threads(Coalescer(deliver, lambda: None), 20)
+    _, errors = run_threads(Coalescer(deliver, lambda: None), 20)
     assert len(errors) == 20
 
 
