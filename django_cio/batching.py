@@ -1,11 +1,14 @@
-"""Fewer, fuller requests: ops packed into v2 batches, and messages coalesced in a worker."""
+"""Fewer, fuller requests: ops packed into v2 batches, and queued messages drained together."""
 
 from __future__ import annotations
 
+import os
 import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import kombu
 
 from .operations import MAX_BATCH_BYTES, Json, Operation
 
@@ -44,91 +47,91 @@ def pack(ops: Sequence[Operation], batch: bool = True) -> Iterator[Request]:
 
 @dataclass(eq=False)
 class Message:
-    """One queued ``deliver`` message waiting in a ``Coalescer``."""
+    """A ``deliver`` message: the task's own, or one drained straight from the queue."""
 
     ops: list[Json]
     failures: int = 0
-    error: BaseException | None = None  # raised in the message's own task thread
-    done: bool = False
-    leads: bool = False
-    wake: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None  # set when its ops must go back to the broker
+    queued: Any = None  # the kombu message, for drained ones (to acknowledge it)
+    task_id: str = ""
+    redelivered: bool = False
 
 
-class Coalescer:
-    """Lets the messages that one worker process runs at once share requests.
+def drain(queue: str, max_messages: int, max_ops: int) -> list[Message]:
+    """Take up to ``max_messages`` waiting ``deliver`` messages (``max_ops`` ops) straight
+    from the broker, unacknowledged, to be delivered with the running task's own message.
 
-    With a thread pool (``celery worker -P threads -c 64``) many ``deliver`` tasks run at
-    once. Up to ``max_senders`` of them lead: a leader first waits for its rate-limit slot
-    (``take_slot``), and only then takes every message waiting (up to ``max_ops`` ops) and
-    delivers them together. So the busier the limit, the longer the wait and the fuller the
-    request, with no fixed linger when the limit has room. The other tasks wait until their
-    message is delivered (or dead-lettered, or handed to a retry message) and only then return,
-    so Celery acknowledges each message after its ops are safe (``acks_late``). A leader leads
-    once, then passes the lead to the oldest waiting message, so no task's message stays
-    unacknowledged for long. With one task per process (prefork, solo) each message is simply
-    delivered alone.
+    Going around Celery's per-task machinery is what lets a worker process coalesce thousands
+    of one-op messages a second. The broker still holds each one until ``settle``: a worker
+    killed meanwhile loses nothing. A message this cannot run now (another task, a retry whose
+    countdown has not passed) is handed back, published again unchanged, and the drain stops.
     """
+    bound = _queue(queue)
+    drained: list[Message] = []
+    count = 0
+    while len(drained) < max_messages and count < max_ops:
+        queued = bound.get(no_ack=False, accept={"json"})
+        if queued is None:
+            break
+        message = _as_message(queued)
+        if message is None:
+            _hand_back(bound, queued)
+            break
+        drained.append(message)
+        count += len(message.ops)
+    return drained
 
-    def __init__(
-        self,
-        deliver: Callable[[list[Message], float | None], None],
-        take_slot: Callable[[], float | None],
-        max_senders: int = 8,
-        max_ops: int = 2000,
-    ) -> None:
-        self.deliver, self.take_slot = deliver, take_slot
-        self.max_senders, self.max_ops = max_senders, max_ops
-        self._lock = threading.Lock()
-        self._waiting: deque[Message] = deque()
-        self._senders = 0
 
-    def submit(self, message: Message) -> None:
-        """Deliver ``message`` with whatever else is waiting; raise its error, if any."""
-        with self._lock:
-            self._waiting.append(message)
-            if self._senders < self.max_senders:
-                self._senders += 1
-                message.leads = True
-        while not message.done:
-            if message.leads:
-                self._lead(message)
-            else:
-                message.wake.wait()
-                message.wake.clear()
-        if message.leads:  # handed the lead, but delivered by another leader meanwhile
-            self._lead(message)
-        if message.error is not None:
-            raise message.error
+def settle(messages: Sequence[Message]) -> None:
+    """Acknowledge drained messages whose ops are safe; requeue the others."""
+    for message in messages:
+        if message.queued is None:
+            continue
+        if message.error is None:
+            message.queued.ack()
+        else:
+            message.queued.reject(requeue=True)
 
-    def _lead(self, leader: Message) -> None:
-        leader.leads = False
-        batch: list[Message] = []
-        try:
-            with self._lock:
-                waiting = bool(self._waiting)
-            if waiting:
-                throttled_for = self.take_slot()  # messages keep arriving meanwhile
-                batch = self._take()
-                self.deliver(batch, throttled_for)
-        finally:
-            for message in batch:
-                message.done = True
-                message.wake.set()
-            with self._lock:  # pass the lead to the oldest waiting message not leading yet
-                heir = next((message for message in self._waiting if not message.leads), None)
-                if heir is not None:
-                    heir.leads = True
-                    heir.wake.set()
-                else:
-                    self._senders -= 1
 
-    def _take(self) -> list[Message]:
-        with self._lock:
-            batch: list[Message] = []
-            count = 0
-            while self._waiting and (not batch or count + len(self._waiting[0].ops)
-                                     <= self.max_ops):
-                message = self._waiting.popleft()
-                batch.append(message)
-                count += len(message.ops)
-            return batch
+def _as_message(queued: Any) -> Message | None:
+    """The ``deliver`` message in a Celery (protocol 2) message, unless it must wait."""
+    headers = queued.headers or {}
+    if headers.get("task") != "django_cio.tasks.deliver" or headers.get("eta"):
+        return None
+    try:
+        (ops, *_), kwargs, _ = queued.decode()
+    except (TypeError, ValueError):
+        return None  # let Celery's own handling deal with it
+    failures = kwargs.get("failures", 0) if isinstance(kwargs, dict) else 0
+    if not isinstance(ops, list):
+        ops = [ops]
+    if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
+        failures = 0
+    return Message(ops, failures, queued=queued, task_id=str(headers.get("id", "")),
+                   redelivered=bool(queued.delivery_info.get("redelivered")))
+
+
+def _hand_back(bound: Any, queued: Any) -> None:
+    """Publish a message again as it was, then drop our copy (a reject would mark it
+    redelivered, which counts against a poison message's deliveries)."""
+    kombu.Producer(bound.channel).publish(
+        queued.body, routing_key=bound.name, exchange="", headers=queued.headers,
+        content_type=queued.content_type, content_encoding=queued.content_encoding,
+        **{key: value for key, value in queued.properties.items()
+           if key in ("correlation_id", "reply_to", "priority", "expiration")},
+    )
+    queued.ack()
+
+
+_local = threading.local()
+
+
+def _queue(name: str) -> Any:
+    """This thread's queue binding on its own broker connection (made once)."""
+    if getattr(_local, "pid", None) != os.getpid() or getattr(_local, "name", None) != name:
+        from celery import current_app
+
+        connection = current_app.connection_for_read()
+        _local.pid, _local.name = os.getpid(), name
+        _local.queue = kombu.Queue(name, no_declare=True)(connection.default_channel)
+    return _local.queue

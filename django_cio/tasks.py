@@ -13,7 +13,6 @@ redelivered (``reject_on_worker_lost``).
 from __future__ import annotations
 
 import logging
-import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ from django.db import router
 
 from . import dedup, producer
 from .backends import BaseBackend, backend_class, get_backend
-from .batching import Coalescer, Message, pack
+from .batching import Message, drain, pack, settle
 from .conf import CIOSettings, get_settings
 from .exceptions import APIError, PermanentError, RateLimited, ValidationError
 from .models import DeadLetter
@@ -44,6 +43,10 @@ MAX_COUNTDOWN = 60
 # becomes dead letters instead of killing workers forever.
 MAX_DELIVERIES = 5
 _DELIVERIES_TTL = 24 * 3600
+# Most queued messages (and ops) a deliver task drains to send with its own: one request's
+# worth of small ops, taken in a few milliseconds.
+MAX_DRAINED_MESSAGES = 500
+MAX_DRAINED_OPS = 2000
 # Longest a worker sleeps for the shared rate limit before handing the ops back to the broker
 # (a backlog larger than this many seconds of the limit waits in the queue, not in workers).
 MAX_LIMITER_WAIT = 5
@@ -59,10 +62,28 @@ def deliver(self: Any, ops: list[Json], failures: int = 0) -> None:
         ops = [ops]
     if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
         failures = 0
-    if self.request.delivery_info.get("redelivered") and _too_many_deliveries(self.request.id):
-        _dead_letters([(raw, "worker lost too often", None) for raw in ops], failures + 1)
-        return
-    _coalescer().submit(Message(ops, failures))
+    own = Message(ops, failures, task_id=self.request.id,
+                  redelivered=bool(self.request.delivery_info.get("redelivered")))
+    throttled_for = take_slot()  # queued messages pile up meanwhile
+    drained = []
+    if throttled_for is None and not backend_class().delivers_inline:
+        drained = drain(get_settings().queue, MAX_DRAINED_MESSAGES, MAX_DRAINED_OPS)
+    messages = [message for message in (own, *drained) if not _poison(message)]
+    try:
+        deliver_messages(messages, throttled_for)
+    finally:
+        settle(drained)
+    if own.error is not None:
+        raise own.error
+
+
+def _poison(message: Message) -> bool:
+    """A message whose workers died too often becomes dead letters (and is acknowledged)."""
+    if not (message.redelivered and _too_many_deliveries(message.task_id)):
+        return False
+    _dead_letters([(raw, "worker lost too often", None) for raw in message.ops],
+                  message.failures + 1)
+    return True
 
 
 def deliver_messages(messages: list[Message], throttled_for: float | None = None) -> None:
@@ -98,17 +119,6 @@ def take_slot() -> float | None:
     except Throttled as throttled:
         return throttled.wait
     return None
-
-
-_coalescers: dict[int, Coalescer] = {}
-
-
-def _coalescer() -> Coalescer:
-    """This process's coalescer (made after a fork, never inherited)."""
-    pid = os.getpid()
-    if pid not in _coalescers:
-        _coalescers[pid] = Coalescer(deliver_messages, take_slot)
-    return _coalescers[pid]
 
 
 @shared_task(name="django_cio.tasks.relay_outbox", ignore_result=True)

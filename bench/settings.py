@@ -1,0 +1,23 @@
+"""Django settings of the benchmark workers, from the environment the benchmark sets."""
+
+import os
+
+SECRET_KEY = "django-cio-bench"
+USE_TZ = True
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_cio"]
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
+                         "NAME": os.environ.get("CIO_BENCH_DB", "bench.sqlite3"),
+                         "OPTIONS": {"timeout": 20}}}
+CACHES = {"default": {
+    "BACKEND": "django_redis.cache.RedisCache",
+    "LOCATION": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15"),
+    "KEY_PREFIX": os.environ.get("CIO_BENCH_PREFIX", "django-cio-bench"),
+}}
+CUSTOMERIO = {
+    "SITE_ID": os.environ.get("CUSTOMERIO_SITE_ID", "fake-site-id"),
+    "API_KEY": os.environ.get("CUSTOMERIO_API_KEY", "fake-api-key"),
+    "TRACK_URL": os.environ.get("CUSTOMERIO_TRACK_URL"),
+    "QUEUE": os.environ.get("CIO_BENCH_QUEUE", "customerio"),
+    "RATE_LIMIT": os.environ.get("CIO_BENCH_RATE", "80/s"),
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
