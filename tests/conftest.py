@@ -105,13 +105,15 @@ def published() -> Iterator[Published]:
 
 @pytest.fixture
 def worker(cio_fake: FakeTrackAPI) -> Iterator[Any]:
-    """A real Celery worker (in a thread) consuming django-cio's queue, delivering to the fake."""
-    purge_queue()
+    """A real Celery worker (in a thread) consuming django-cio's queue, delivering to the fake.
+
+    What is queued before it starts is delivered; what is left when it stops is purged."""
     with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False,
                       queues=[get_settings().queue], loglevel="WARNING",
                       shutdown_timeout=30) as running:
         running.cio_fake = cio_fake
         yield running
+    purge_queue()
 
 
 @pytest.fixture
