@@ -1,9 +1,12 @@
 import contextlib
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +19,8 @@ from django_cio.client import TrackClient
 from django_cio.conf import get_settings
 from django_cio.fakeserver import FakeTrackAPI
 from tests.celery_app import BROKERS, app
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -188,3 +193,46 @@ def dead_broker(private_redis: RedisServer) -> Iterator[RedisServer]:
     private_redis.kill()
     yield private_redis
     use_broker(BROKERS["redis"])
+
+
+def _test_database_url() -> str:
+    """The URL of the test database pytest-django made, for worker processes."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return (f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:"
+            f"{db['PORT'] or 5432}/{db['NAME']}")
+
+
+@pytest.fixture
+def worker_process(cio_fake: FakeTrackAPI) -> Iterator[Any]:
+    """``worker_process(queue=None)`` starts a real ``celery worker`` process (prefork, one
+    child) for this test's database, fake server and queue; all are stopped after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(queue: str | None = None) -> subprocess.Popen:
+        queue = queue or get_settings().queue
+        env = {**os.environ, "CIO_TEST_QUEUE": queue, "DATABASE_URL": _test_database_url(),
+               "CUSTOMERIO_TRACK_URL": cio_fake.url, "CUSTOMERIO_SITE_ID": cio_fake.site_id,
+               "CUSTOMERIO_API_KEY": cio_fake.api_key}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-Q", queue,
+             "-c", "1", "-n", f"test{len(started)}-{os.getpid()}@%h", "-l", "WARNING",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            env=env, cwd=ROOT,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.terminate()
+    for process in started:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -11,6 +11,9 @@ import tempfile
 import dj_database_url
 
 SECRET_KEY = "django-cio-tests"
+# One id per test run, shared with the worker processes it starts: queues and cache keys of
+# their own, apart from other runs on the same machine.
+RUN = os.environ.setdefault("CIO_TEST_RUN", str(os.getpid()))
 USE_TZ = True
 TIME_ZONE = "UTC"
 INSTALLED_APPS = [
@@ -43,15 +46,16 @@ CACHES = {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
         # A prefix per run: runs on one machine must not see each other's dedup memory.
-        "KEY_PREFIX": f"django-cio-tests-{os.getpid()}",
+        "KEY_PREFIX": f"django-cio-tests-{RUN}",
     }
 }
 CUSTOMERIO = {
     # A queue of this run's own: test runs on one machine must not take each other's messages.
-    "QUEUE": f"cio-tests-{os.getpid()}",
-    "SITE_ID": "test-site",
-    "API_KEY": "test-key-never-logged",
-    "TRACK_URL": "http://127.0.0.1:9",  # tests that send start a fake server and override this
+    "QUEUE": os.environ.get("CIO_TEST_QUEUE", f"cio-tests-{RUN}"),
+    "SITE_ID": os.environ.get("CUSTOMERIO_SITE_ID", "test-site"),
+    "API_KEY": os.environ.get("CUSTOMERIO_API_KEY", "test-key-never-logged"),
+    # Tests that send start a fake server and point this at it.
+    "TRACK_URL": os.environ.get("CUSTOMERIO_TRACK_URL", "http://127.0.0.1:9"),
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 ROOT_URLCONF = "tests.urls"
