@@ -110,6 +110,17 @@ class RateLimiter:
         if wait > 0:
             time.sleep(wait)
 
+    def state(self) -> dict[str, Any]:
+        """For ``cio_status``: whether the limit is shared, and how far ahead it is booked."""
+        if self.client is None:
+            return {"shared": False}
+        try:
+            tat, (seconds, micros) = self.client.get(self.key), self.client.time()
+        except redis.RedisError as exc:
+            return {"shared": False, "error": type(exc).__name__}
+        now = seconds + micros / 1_000_000
+        return {"shared": True, "booked_seconds": round(max(0.0, float(tat or 0) - now), 3)}
+
     def _reserve_shared(self, max_wait: float) -> float | None:
         if self._script is None or time.monotonic() < self._redis_down_until:
             return None

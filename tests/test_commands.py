@@ -85,8 +85,11 @@ def test_status_reports_queue_outbox_and_dead_letters(letters, published, capsys
     assert status["queue"]["messages"] == 1
     assert status["outbox"]["messages"] == 1 and status["outbox"]["due"] == 1
     assert status["dead_letters"] == {"total": 2, "by_reason": {"server error": 2}}
+    assert status["rate_limiter"]["shared"] is True
+    assert set(status["dedup"]) <= {"hits", "misses"}
     call_command("cio_status")
-    assert "Dead letters: 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Dead letters: 2" in out and "Rate limiter: 80/s shared in Redis" in out
 
 
 def test_status_when_the_broker_is_down(dead_broker, capsys):

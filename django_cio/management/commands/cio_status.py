@@ -7,15 +7,18 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db.models import Count, Min
 from django.utils import timezone
 
+from django_cio import dedup
 from django_cio.conf import get_settings
 from django_cio.models import DeadLetter, Outbox
+from django_cio.ratelimit import get_limiter
 from django_cio.relay import databases
 
 
 class Command(BaseCommand):
     help = (
         "Show how delivery is doing: messages waiting in the broker's delivery queue, Outbox "
-        "messages and the age of the oldest, and dead letters by reason."
+        "messages and the age of the oldest, dead letters by reason, the shared rate "
+        "limiter and identify dedup."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -23,7 +26,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         status = {"queue": queue_status(), "outbox": outbox_status(),
-                  "dead_letters": dead_letter_status()}
+                  "dead_letters": dead_letter_status(), "rate_limiter": get_limiter().state(),
+                  "dedup": dedup.counters()}
         if options["json"]:
             self.stdout.write(json.dumps(status, indent=2))
             return
@@ -36,6 +40,16 @@ class Command(BaseCommand):
         self.stdout.write(f"Dead letters: {dead['total']}")
         for reason, count in dead["by_reason"].items():
             self.stdout.write(f"  {count:>8}  {reason}")
+        limiter = status["rate_limiter"]
+        if limiter["shared"]:
+            self.stdout.write(f"Rate limiter: {get_settings().rate_limit} shared in Redis, "
+                              f"booked {limiter['booked_seconds']} s ahead")
+        else:
+            self.stdout.write("Rate limiter: per process (no Redis reachable)")
+        counts = status["dedup"]
+        if counts:
+            self.stdout.write(f"Identify dedup: {counts['hits']} dropped, "
+                              f"{counts['misses']} sent")
 
 
 def queue_status() -> dict[str, Any]:
