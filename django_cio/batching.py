@@ -69,16 +69,21 @@ def drain(queue: str, max_messages: int, max_ops: int) -> list[Message]:
     bound = _queue(queue)
     drained: list[Message] = []
     count = 0
-    while len(drained) < max_messages and count < max_ops:
-        queued = bound.get(no_ack=False, accept={"json"})
-        if queued is None:
-            break
-        message = _as_message(queued)
-        if message is None:
-            _hand_back(bound, queued)
-            break
-        drained.append(message)
-        count += len(message.ops)
+    try:
+        while len(drained) < max_messages and count < max_ops:
+            queued = bound.get(no_ack=False, accept={"json"})
+            if queued is None:
+                break
+            message = _as_message(queued)
+            if message is None:
+                _hand_back(bound, queued)
+                break
+            drained.append(message)
+            count += len(message.ops)
+    except Exception:
+        _local.pid = None  # reconnect next time; what was taken returns to the queue
+        if not drained:
+            raise
     return drained
 
 
@@ -87,10 +92,13 @@ def settle(messages: Sequence[Message]) -> None:
     for message in messages:
         if message.queued is None:
             continue
-        if message.error is None:
-            message.queued.ack()
-        else:
-            message.queued.reject(requeue=True)
+        try:
+            if message.error is None:
+                message.queued.ack()
+            else:
+                message.queued.reject(requeue=True)
+        except Exception:  # the broker will redeliver it; its event ids make that harmless
+            _local.pid = None
 
 
 def _as_message(queued: Any) -> Message | None:

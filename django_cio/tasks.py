@@ -65,16 +65,27 @@ def deliver(self: Any, ops: list[Json], failures: int = 0) -> None:
     own = Message(ops, failures, task_id=self.request.id,
                   redelivered=bool(self.request.delivery_info.get("redelivered")))
     throttled_for = take_slot()  # queued messages pile up meanwhile
-    drained = []
-    if throttled_for is None and not backend_class().delivers_inline:
-        drained = drain(get_settings().queue, MAX_DRAINED_MESSAGES, MAX_DRAINED_OPS)
-    messages = [message for message in (own, *drained) if not _poison(message)]
+    drained = _drain() if throttled_for is None else []
     try:
+        messages = [message for message in (own, *drained) if not _poison(message)]
         deliver_messages(messages, throttled_for)
+    except Exception as exc:  # nothing is acknowledged that is not safe
+        for message in (own, *drained):
+            message.error = Reject(type(exc).__name__, requeue=True)
     finally:
         settle(drained)
     if own.error is not None:
         raise own.error
+
+
+def _drain() -> list[Message]:
+    if backend_class().delivers_inline:
+        return []
+    try:
+        return drain(get_settings().queue, MAX_DRAINED_MESSAGES, MAX_DRAINED_OPS)
+    except Exception as exc:  # the task's own message still goes out
+        logger.warning("customerio: cannot drain the queue (%s)", type(exc).__name__)
+        return []
 
 
 def _poison(message: Message) -> bool:
