@@ -13,7 +13,8 @@ BROKERS = {
 
 app = Celery("django_cio_tests")
 app.conf.update(
-    broker_url=BROKERS["redis"],
+    # Worker processes started by tests are told their broker through the environment.
+    broker_url=BROKERS[os.environ.get("CIO_TEST_BROKER", "redis")],
     broker_transport_options={"visibility_timeout": 300},
     broker_connection_retry_on_startup=True,
     task_acks_late=True,

@@ -213,26 +213,28 @@ def worker_process(cio_fake: FakeTrackAPI) -> Iterator[Any]:
     child) for this test's database, fake server and queue; all are stopped after the test."""
     started: list[subprocess.Popen] = []
 
-    def start(queue: str | None = None) -> subprocess.Popen:
+    def start(queue: str | None = None, broker: str = "redis") -> subprocess.Popen:
         queue = queue or get_settings().queue
         env = {**os.environ, "CIO_TEST_QUEUE": queue, "DATABASE_URL": _test_database_url(),
+               "CIO_TEST_BROKER": broker,
                "CUSTOMERIO_TRACK_URL": cio_fake.url, "CUSTOMERIO_SITE_ID": cio_fake.site_id,
                "CUSTOMERIO_API_KEY": cio_fake.api_key}
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-Q", queue,
              "-c", "1", "-n", f"test{len(started)}-{os.getpid()}@%h", "-l", "WARNING",
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            env=env, cwd=ROOT,
+            env=env, cwd=ROOT, start_new_session=True,  # its own group, to kill it whole
         )
         started.append(process)
         return process
 
     yield start
     for process in started:
-        process.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
     for process in started:
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()

@@ -227,6 +227,7 @@ class FakeTrackAPI:
         self.config = Config(**config)
         self.store = Store()
         self._lock = threading.Lock()
+        self.received = 0  # Track API requests that arrived, answered or not
         self._bucket = TokenBucket(self.config.rate_limit) if self.config.rate_limit else None
         self._httpd = _Server((host, port), Handler)
         self._httpd.fake = self
@@ -315,6 +316,8 @@ class FakeTrackAPI:
 
     def track(self, method: str, path: str, authorized: bool, body: Any) -> tuple[int, Json, int]:
         """Answer a Track API request: (status, body, ops applied)."""
+        with self._lock:
+            self.received += 1  # counted on arrival: tests can catch a client mid-request
         if self.config.latency_ms:
             time.sleep(self.config.latency_ms / 1000)
         if not authorized:
