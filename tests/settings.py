@@ -29,6 +29,8 @@ DATABASES = {
         os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/django_cio")
     )
 }
+# A test database per run too: two runs on one machine must not drop each other's.
+DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{RUN}"}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not the shared in-memory database, so threads (relays, workers) lock like
     # processes do; IMMEDIATE so a transaction that will write waits instead of failing.
