@@ -52,6 +52,7 @@ def main() -> None:
     import django
 
     django.setup()
+    from common import serial_rate
     from customerio import CustomerIO
     from django.core.management import call_command
 
@@ -81,7 +82,7 @@ def main() -> None:
 
         sdk = CustomerIO(fake.site_id, fake.api_key, retries=0)
         sdk.base_url = f"{fake.url}/api/v1"  # the SDK only speaks https; same paths over http
-        sdk_rate = _serial_rate(lambda n: sdk.track(f"sdk-{n}", "viewed_item", {"item": n}), 3)
+        sdk_rate = serial_rate(lambda n: sdk.track(f"sdk-{n}", "viewed_item", {"item": n}), 3)
 
     with app.connection_for_write() as connection:
         connection.default_channel.queue_delete(env["CIO_BENCH_QUEUE"])
@@ -121,14 +122,6 @@ def _drain(fake: object, total: int, timeout: float) -> float:
             return time.monotonic() - (started or time.monotonic())
         time.sleep(0.01)
     raise SystemExit(f"timed out: {delivered:,} of {total:,} ops delivered")
-
-
-def _serial_rate(send, seconds: float) -> float:
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        send(count)
-        count += 1
-    return count / (time.perf_counter() - started)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import time
 from urllib.parse import urlsplit
 
 import django
+from common import serial_rate
 from django.conf import settings
 
 TARGET = 2000
@@ -51,14 +52,6 @@ def _hammer(url: str, auth: str, seconds: float, threads: int) -> float:
     return sum(counts) / (time.monotonic() - started)
 
 
-def _serial(send, seconds: float) -> float:
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        send(count)
-        count += 1
-    return count / (time.perf_counter() - started)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5)
@@ -87,8 +80,8 @@ def main() -> None:
         sdk = CustomerIO(fake.site_id, fake.api_key, retries=0)
         sdk.base_url = f"{fake.url}/api/v1"  # the SDK only speaks https; same paths over http
         serial_seconds = max(1.0, args.seconds / 2)
-        ours_rate = _serial(lambda n: ours.identify(f"o{n}", plan="pro"), serial_seconds)
-        sdk_rate = _serial(lambda n: sdk.identify(f"s{n}", plan="pro"), serial_seconds)
+        ours_rate = serial_rate(lambda n: ours.identify(f"o{n}", plan="pro"), serial_seconds)
+        sdk_rate = serial_rate(lambda n: sdk.identify(f"s{n}", plan="pro"), serial_seconds)
 
     load = f"{args.processes} processes x {args.threads} keep-alive connections"
     print(f"fake server, {load}: {served:,.0f} req/s "

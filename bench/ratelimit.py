@@ -18,6 +18,8 @@ import os
 import time
 import uuid
 
+from common import busiest_second
+
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
@@ -71,16 +73,7 @@ def measure(processes: int, limit: int, seconds: float, shared: bool) -> tuple[f
         for worker in workers:
             worker.join()
         times = sorted(request["at"] for request in fake.store.requests)
-    return _busiest_second(times) / limit, len(times) / (limit * seconds)
-
-
-def _busiest_second(times: list[float]) -> int:
-    most, first = 0, 0
-    for last, moment in enumerate(times):
-        while moment - times[first] >= 1.0:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
+    return busiest_second(times) / limit, len(times) / (limit * seconds)
 
 
 def main() -> None:
