@@ -29,6 +29,7 @@ from .operations import (
     Unsuppress,
 )
 from .producer import batch, enqueue
+from .registry import Customer, identify_many, register, register_event
 
 # Ops recorded by the locmem backend, like ``django.core.mail.outbox``.
 outbox: list[Operation] = []
@@ -85,6 +86,7 @@ def merge(primary: str | int, secondary: str | int) -> None:
 
 
 __all__ = [
-    "__version__", "add_device", "batch", "delete", "delete_device", "identify", "merge",
-    "outbox", "page", "suppress", "track", "track_anonymous", "unsuppress",
+    "Customer", "__version__", "add_device", "batch", "delete", "delete_device", "identify",
+    "identify_many", "merge", "outbox", "page", "register", "register_event", "suppress",
+    "track", "track_anonymous", "unsuppress",
 ]

@@ -23,6 +23,7 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django_cio",
+    "tests",
 ]
 DATABASES = {
     "default": dj_database_url.parse(

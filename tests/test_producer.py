@@ -4,7 +4,7 @@ import logging
 import threading
 
 import pytest
-from django.db import transaction
+from django.db import connections, transaction
 
 import django_cio
 from django_cio import producer
@@ -190,7 +190,11 @@ def test_a_hung_broker_does_not_hang_the_request(published, private_redis):
     try:
         django_cio.identify("warm-up")  # connected and declared while the broker answers
         private_redis.pause()
-        request = threading.Thread(target=django_cio.identify, args=("u1",), daemon=True)
+        def identify_then_close():
+            django_cio.identify("u1")
+            connections.close_all()  # this thread wrote the outbox row
+
+        request = threading.Thread(target=identify_then_close, daemon=True)
         request.start()
         request.join(timeout=30)  # a liveness bound, 30 times the publish timeout
         assert not request.is_alive()

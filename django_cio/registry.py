@@ -1,0 +1,243 @@
+"""Models registered for Customer.io, admin-style, and the signals that turn saves into ops.
+
+In an app's ``customerio.py`` (found by ``autodiscover`` when Django starts)::
+
+    @django_cio.register(User)
+    class UserCustomer(django_cio.Customer):
+        fields = ["email", "first_name", "date_joined"]
+        def should_track(self, user): return user.is_active
+
+    django_cio.register_event(Order, name="order_placed", person=lambda o: o.user_id)
+
+A save of a registered model identifies the person after the transaction commits (with
+``created_at`` when the row is new); a delete deletes them if ``delete_on_model_delete``.
+Signal handlers never break the save that fired them: an op that fails validation is logged
+(kind and field, no value) and skipped. ``bulk_create`` and ``QuerySet.update`` fire no
+signals: use ``identify_many``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any, ClassVar
+
+from django.db import models
+from django.db.models.signals import post_delete, post_save
+from django.utils import timezone
+from django.utils.module_loading import autodiscover_modules
+
+from .exceptions import ConfigurationError, ValidationError
+from .operations import Delete, Event, Identify, Operation
+from .producer import batch, enqueue
+
+logger = logging.getLogger("django_cio")
+
+
+class Customer:
+    """How rows of a model become Customer.io people. Subclass and ``register`` it."""
+
+    fields: ClassVar[Sequence[str]] = ()
+    delete_on_model_delete: ClassVar[bool] = False
+
+    def person_id(self, instance: Any) -> str:
+        """The Customer.io id: the primary key as a string (an email field works too)."""
+        return str(instance.pk)
+
+    def get_attributes(self, instance: Any) -> dict[str, Any]:
+        """The person's attributes: the ``fields``, by name. Override to add or change."""
+        return {name: getattr(instance, name) for name in self.fields}
+
+    def should_track(self, instance: Any) -> bool:
+        """Whether this row is sent at all (``False`` sends nothing for it)."""
+        return True
+
+
+class ModelEvent:
+    """An event sent when rows of a model are saved (see ``register_event``)."""
+
+    def __init__(self, name: str, person: Callable[[Any], Any] | str,
+                 on: str | Callable[[Any, bool], bool],
+                 data: Callable[[Any], dict[str, Any]] | Sequence[str] | None) -> None:
+        if not (callable(on) or on in ("create", "update")):
+            raise ConfigurationError(
+                f"register_event(on=...) must be 'create', 'update' or a callable, got {on!r}"
+            )
+        self.name, self.person, self.on, self.data = name, person, on, data
+
+    def fires(self, instance: Any, created: bool) -> bool:
+        if callable(self.on):
+            return bool(self.on(instance, created))
+        return created if self.on == "create" else not created
+
+    def op(self, instance: Any) -> Event:
+        person = self.person(instance) if callable(self.person) else getattr(instance,
+                                                                               self.person)
+        if callable(self.data):
+            data = self.data(instance)
+        else:
+            data = {name: getattr(instance, name) for name in (self.data or ())}
+        return Event(person, self.name, data)
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.customers: dict[type[models.Model], Customer] = {}
+        self.events: dict[type[models.Model], list[ModelEvent]] = {}
+
+    def add_customer(self, model: type[models.Model], customer: Customer) -> None:
+        _check_model(model)
+        if model in self.customers:
+            raise ConfigurationError(
+                f"{model._meta.label} is registered with django_cio twice "
+                f"({type(self.customers[model]).__name__} and {type(customer).__name__})"
+            )
+        unknown = [name for name in customer.fields if not _has_attribute(model, name)]
+        if unknown:
+            raise ConfigurationError(
+                f"{type(customer).__name__}.fields names what {model._meta.label} does not "
+                f"have: {', '.join(unknown)}"
+            )
+        self.customers[model] = customer
+
+    def unregister(self, model: type[models.Model]) -> None:
+        """Forget a model's person registration and events (tests, apps that override)."""
+        self.customers.pop(model, None)
+        self.events.pop(model, None)
+
+    def customer_for(self, model: type[models.Model]) -> Customer | None:
+        """A proxy model uses its own registration, else its concrete model's."""
+        found = self.customers.get(model)
+        if found is None and model._meta.proxy:
+            found = self.customers.get(model._meta.concrete_model)  # type: ignore[arg-type]
+        return found
+
+    def events_for(self, model: type[models.Model]) -> list[ModelEvent]:
+        events = self.events.get(model, [])
+        if model._meta.proxy:
+            events = events + self.events.get(model._meta.concrete_model, [])  # type: ignore
+        return events
+
+
+registry = Registry()
+
+
+def register(model: type[models.Model]) -> Callable[[type[Customer]], type[Customer]]:
+    """Class decorator: send rows of ``model`` to Customer.io as people."""
+
+    def wrap(customer_class: type[Customer]) -> type[Customer]:
+        if not (isinstance(customer_class, type) and issubclass(customer_class, Customer)):
+            raise ConfigurationError("@django_cio.register(...) decorates a Customer subclass")
+        registry.add_customer(model, customer_class())
+        return customer_class
+
+    return wrap
+
+
+def register_event(
+    model: type[models.Model], *, name: str, person: Callable[[Any], Any] | str,
+    on: str | Callable[[Any, bool], bool] = "create",
+    data: Callable[[Any], dict[str, Any]] | Sequence[str] | None = None,
+) -> None:
+    """Send event ``name`` for ``person(instance)`` when a row is created (``on="create"``),
+    updated (``"update"``) or whenever ``on(instance, created)`` says so."""
+    _check_model(model)
+    registry.events.setdefault(model, []).append(ModelEvent(name, person, on, data))
+
+
+def identify_many(queryset: Iterable[Any], chunk: int = 500) -> int:
+    """Identify every tracked row of a queryset (after ``bulk_create`` or ``update()``, which
+    fire no signals), ``chunk`` rows to a message (or with the open transaction, on commit);
+    returns how many were queued."""
+    queued = 0
+    rows = iter(_iterate(queryset, chunk))
+    while piece := list(itertools.islice(rows, chunk)):
+        with batch():
+            for instance in piece:
+                op = _identify(instance, created=False)
+                if op is not None:
+                    enqueue(op)
+                    queued += 1
+    return queued
+
+
+def autodiscover() -> None:
+    """Import every installed app's ``customerio`` module, like the admin's ``admin.py``."""
+    autodiscover_modules("customerio")
+
+
+# -- signals --------------------------------------------------------------------------------
+
+def _on_save(sender: type[models.Model], instance: Any, created: bool, raw: bool = False,
+             using: str | None = None, update_fields: Any = None, **kwargs: Any) -> None:
+    if raw:  # loading fixtures
+        return
+    customer = registry.customer_for(sender)
+    if customer is not None and _touches(customer, update_fields):
+        _enqueue(lambda: _identify(instance, created, customer), using)
+    for event in registry.events_for(sender):
+        if event.fires(instance, created):
+            _enqueue(partial(event.op, instance), using)
+
+
+def _on_delete(sender: type[models.Model], instance: Any, using: str | None = None,
+               **kwargs: Any) -> None:
+    customer = registry.customer_for(sender)
+    if customer is not None and customer.delete_on_model_delete:
+        _enqueue(lambda: Delete(customer.person_id(instance)), using)
+
+
+post_save.connect(_on_save, dispatch_uid="django_cio.registry.save")
+post_delete.connect(_on_delete, dispatch_uid="django_cio.registry.delete")
+
+
+def _identify(instance: Any, created: bool, customer: Customer | None = None) -> Identify | None:
+    customer = customer or registry.customer_for(type(instance))
+    if customer is None or not customer.should_track(instance):
+        return None
+    attributes = customer.get_attributes(instance)
+    if created:
+        attributes.setdefault("created_at", timezone.now())
+    return Identify(customer.person_id(instance), attributes)
+
+
+def _enqueue(build: Callable[[], Operation | None], using: str | None) -> None:
+    """Build and queue an op for a signal; a bad one is logged, never raised into the save."""
+    try:
+        op = build()
+    except ValidationError as exc:
+        logger.error("customerio: not sent, %s", exc)
+        return
+    if op is not None:
+        enqueue(op, using=using)
+
+
+def _touches(customer: Customer, update_fields: Any) -> bool:
+    """A save with ``update_fields`` that names none of the tracked fields sends nothing."""
+    return update_fields is None or not customer.fields or bool(
+        set(update_fields) & set(customer.fields)
+    )
+
+
+def _check_model(model: Any) -> None:
+    if not (isinstance(model, type) and issubclass(model, models.Model)):
+        raise ConfigurationError(f"django_cio registers Django models, not {model!r}")
+    if model._meta.abstract:
+        raise ConfigurationError(
+            f"{model.__name__} is abstract: register the concrete models that inherit it"
+        )
+
+
+def _has_attribute(model: type[models.Model], name: str) -> bool:
+    try:
+        model._meta.get_field(name)
+        return True
+    except Exception:  # a property or method is fine too
+        return hasattr(model, name)
+
+
+def _iterate(queryset: Iterable[Any], chunk: int) -> Iterable[Any]:
+    iterator = getattr(queryset, "iterator", None)
+    return iterator(chunk_size=chunk) if iterator else queryset

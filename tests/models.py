@@ -1,0 +1,35 @@
+"""Models of the test project, for the registry's tests."""
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import models
+
+
+class Order(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    total = models.DecimalField(max_digits=8, decimal_places=2)
+    status = models.CharField(max_length=20, default="new")
+
+    def __str__(self):
+        return f"Order {self.pk}"
+
+
+class Member(User):
+    """A proxy: saves through it are sent with its own registration, else User's."""
+
+    class Meta:
+        proxy = True
+
+
+class Timestamped(models.Model):
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        abstract = True
+
+
+class Note(Timestamped):
+    text = models.TextField()
+
+    def __str__(self):
+        return f"Note {self.pk}"
