@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -53,8 +54,6 @@ class Message:
     failures: int = 0
     error: BaseException | None = None  # set when its ops must go back to the broker
     queued: Any = None  # the kombu message, for drained ones (to acknowledge it)
-    task_id: str = ""
-    redelivered: bool = False
 
 
 def drain(queue: str, max_messages: int, max_ops: int) -> list[Message]:
@@ -74,6 +73,11 @@ def drain(queue: str, max_messages: int, max_ops: int) -> list[Message]:
             queued = bound.get(no_ack=False, accept={"json"})
             if queued is None:
                 break
+            if queued.delivery_info.get("redelivered"):
+                # Back from a lost worker: Celery runs it alone, so that a poison message is
+                # counted (and dead-lettered) alone, not with every batch it was drained into.
+                queued.reject(requeue=True)
+                break
             message = _as_message(queued)
             if message is None:
                 _hand_back(bound, queued)
@@ -81,7 +85,7 @@ def drain(queue: str, max_messages: int, max_ops: int) -> list[Message]:
             drained.append(message)
             count += len(message.ops)
     except Exception:
-        _local.pid = None  # reconnect next time; what was taken returns to the queue
+        _reconnect()  # what was taken and not acknowledged returns to the queue
         if not drained:
             raise
     return drained
@@ -98,7 +102,7 @@ def settle(messages: Sequence[Message]) -> None:
             else:
                 message.queued.reject(requeue=True)
         except Exception:  # the broker will redeliver it; its event ids make that harmless
-            _local.pid = None
+            _reconnect()
 
 
 def _as_message(queued: Any) -> Message | None:
@@ -108,15 +112,14 @@ def _as_message(queued: Any) -> Message | None:
         return None
     try:
         (ops, *_), kwargs, _ = queued.decode()
-    except (TypeError, ValueError):
-        return None  # let Celery's own handling deal with it
+    except Exception:  # not JSON, not protocol 2: Celery's own handling deals with it
+        return None
     failures = kwargs.get("failures", 0) if isinstance(kwargs, dict) else 0
     if not isinstance(ops, list):
         ops = [ops]
     if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
         failures = 0
-    return Message(ops, failures, queued=queued, task_id=str(headers.get("id", "")),
-                   redelivered=bool(queued.delivery_info.get("redelivered")))
+    return Message(ops, failures, queued=queued)
 
 
 def _hand_back(bound: Any, queued: Any) -> None:
@@ -139,7 +142,16 @@ def _queue(name: str) -> Any:
     if getattr(_local, "pid", None) != os.getpid() or getattr(_local, "name", None) != name:
         from celery import current_app
 
-        connection = current_app.connection_for_read()
+        _local.connection = current_app.connection_for_read()
         _local.pid, _local.name = os.getpid(), name
-        _local.queue = kombu.Queue(name, no_declare=True)(connection.default_channel)
+        _local.queue = kombu.Queue(name, no_declare=True)(_local.connection.default_channel)
     return _local.queue
+
+
+def _reconnect() -> None:
+    """Drop this thread's drain connection (closing it returns its unacknowledged messages)."""
+    connection = getattr(_local, "connection", None)
+    _local.pid = _local.connection = None
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            connection.close()

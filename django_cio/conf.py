@@ -173,6 +173,12 @@ def find_problems() -> list[Problem]:
         parse_rate(merged["RATE_LIMIT"])
     except ConfigurationError as exc:
         problems.append(Problem("E004", str(exc)))
+    redis_url = merged["REDIS_URL"]
+    if redis_url is not None and not (
+        isinstance(redis_url, str) and urlsplit(redis_url).scheme in ("redis", "rediss", "unix")
+    ):
+        problems.append(Problem("E001", "CUSTOMERIO['REDIS_URL'] must be a redis://, rediss:// "
+                                        "or unix:// URL (or None)"))
     if merged["TRACK_URL"] is not None and not is_http_url(merged["TRACK_URL"]):
         problems.append(Problem("E005", "CUSTOMERIO['TRACK_URL'] must be an http:// or "
                                         "https:// URL"))

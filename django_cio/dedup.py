@@ -83,6 +83,17 @@ def drop_seen(ops: Sequence[Operation]) -> list[Operation]:
     return kept
 
 
+def forget(ops: Iterable[Operation]) -> None:
+    """Before deleting, suppressing or merging people: forget them first, so that another
+    worker's identify sent meanwhile is not dropped as "already there"."""
+    people = {_key(person) for op in ops if op.kind in _FORGETTING for person in _people(op)}
+    if people and get_settings().dedup_ttl:
+        try:
+            caches[get_settings().cache].delete_many(people)
+        except Exception as exc:  # then the remembered hash simply stays until its TTL
+            logger.warning("customerio: dedup cache unavailable (%s)", type(exc).__name__)
+
+
 def remember(sent: Iterable[Operation]) -> None:
     """Record identifies Customer.io accepted, and forget deleted, suppressed, merged people."""
     cio = get_settings()
@@ -134,9 +145,10 @@ def _count(cache: BaseCache, hits: int, misses: int) -> None:
 
 
 def _key(person_id: str) -> str:
+    """Per workspace and person: another site sharing the cache has its own memory."""
     secret = str(settings.SECRET_KEY).encode()
-    digest = hmac.new(secret, person_id.encode(), hashlib.sha256).hexdigest()
-    return f"django_cio:identify:{digest}"
+    person = f"{get_settings().site_id}\x00{person_id}".encode()
+    return f"django_cio:identify:{hmac.new(secret, person, hashlib.sha256).hexdigest()}"
 
 
 def _people(op: Operation) -> tuple[str, ...]:

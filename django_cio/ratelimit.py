@@ -155,8 +155,12 @@ def _make(cio: CIOSettings) -> RateLimiter:
     url = redis_url(cio)
     client = None
     if url:
-        client = redis.Redis.from_url(url, socket_timeout=_REDIS_TIMEOUT,
-                                      socket_connect_timeout=_REDIS_TIMEOUT)
+        try:
+            client = redis.Redis.from_url(url, socket_timeout=_REDIS_TIMEOUT,
+                                          socket_connect_timeout=_REDIS_TIMEOUT)
+        except ValueError:  # an odd cache LOCATION: limit per process rather than crash
+            logger.warning("customerio: the rate limiter's Redis URL cannot be used; each "
+                           "process is limited to RATE_LIMIT / RATE_LIMIT_WORKERS")
     else:
         logger.warning("customerio: no Redis for the shared rate limiter; each process is "
                        "limited to RATE_LIMIT / RATE_LIMIT_WORKERS")

@@ -62,14 +62,18 @@ def deliver(self: Any, ops: list[Json], failures: int = 0) -> None:
         ops = [ops]
     if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
         failures = 0
-    own = Message(ops, failures, task_id=self.request.id,
-                  redelivered=bool(self.request.delivery_info.get("redelivered")))
-    throttled_for = take_slot()  # queued messages pile up meanwhile
-    drained = _drain() if throttled_for is None else []
+    own = Message(ops, failures)
+    redelivered = bool(self.request.delivery_info.get("redelivered"))
+    drained: list[Message] = []
     try:
-        messages = [message for message in (own, *drained) if not _poison(message)]
-        deliver_messages(messages, throttled_for)
+        if redelivered and _too_many_deliveries(self.request.id):
+            _dead_letters([(raw, "worker lost too often", None) for raw in ops], failures + 1)
+            return
+        if not redelivered:  # back from a lost worker: it goes alone, counted alone
+            drained = _drain()
+        deliver_messages([own, *drained])
     except Exception as exc:  # nothing is acknowledged that is not safe
+        logger.error("customerio: delivery failed (%s); messages requeued", type(exc).__name__)
         for message in (own, *drained):
             message.error = Reject(type(exc).__name__, requeue=True)
     finally:
@@ -88,25 +92,13 @@ def _drain() -> list[Message]:
         return []
 
 
-def _poison(message: Message) -> bool:
-    """A message whose workers died too often becomes dead letters (and is acknowledged)."""
-    if not (message.redelivered and _too_many_deliveries(message.task_id)):
-        return False
-    _dead_letters([(raw, "worker lost too often", None) for raw in message.ops],
-                  message.failures + 1)
-    return True
-
-
-def deliver_messages(messages: list[Message], throttled_for: float | None = None) -> None:
+def deliver_messages(messages: list[Message]) -> None:
     """Deliver the ops of several messages together (one Delivery per failure count)."""
     groups: dict[int, list[Message]] = {}
     for message in messages:
         groups.setdefault(message.failures, []).append(message)
-    slot_taken = throttled_for is None
     for failures, group in groups.items():
-        delivery = Delivery([op for message in group for op in message.ops], failures,
-                            slot_taken=slot_taken, throttled_for=throttled_for)
-        slot_taken = False
+        delivery = Delivery([op for message in group for op in message.ops], failures)
         try:
             delivery.run()
         except Exception as exc:
@@ -119,17 +111,6 @@ def deliver_messages(messages: list[Message], throttled_for: float | None = None
             except Reject as reject:
                 for message in group:
                     message.error = reject
-
-
-def take_slot() -> float | None:
-    """Wait for a rate-limit slot; or, if it is too far off, the wait (nothing reserved)."""
-    if backend_class().delivers_inline:
-        return None
-    try:
-        get_limiter().acquire(max_wait=MAX_LIMITER_WAIT)
-    except Throttled as throttled:
-        return throttled.wait
-    return None
 
 
 @shared_task(name="django_cio.tasks.relay_outbox", ignore_result=True)
@@ -156,8 +137,7 @@ class Delivery:
 
     raw: list[Json]
     failures: int = 0
-    slot_taken: bool = False  # the first request's rate-limit slot is already reserved
-    throttled_for: float | None = None  # the limiter has no slot for this long: send nothing
+    throttled_for: float | None = None  # the limiter had no slot for this long
     ops: list[Operation] | None = None  # parsed, as pre_send left them
     results: list[OpResult] = field(default_factory=list)
     pending: list[Operation] = field(default_factory=list)
@@ -205,12 +185,10 @@ class Delivery:
             self.results += [OpResult(op, "skipped") for op in ops
                              if id(op) not in kept and isinstance(op, Identify)]
             ops = fresh
+            dedup.forget(ops)
         requests = list(pack(ops, batch=cio.batch))
         for number, request in enumerate(requests):
-            if self.throttled_for is not None:
-                self.pending = [op for later in requests for op in later.ops]
-                break
-            if limiter is not None and not (number == 0 and self.slot_taken):
+            if limiter is not None:
                 try:
                     limiter.acquire(max_wait=MAX_LIMITER_WAIT)
                 except Throttled as throttled:  # our own limit: come back when it has room
@@ -241,8 +219,8 @@ class Delivery:
                     self.results.append(OpResult(op, "failed", bad[index].reason + where, 207))
                 else:
                     self.results.append(OpResult(op, "sent"))
-        if limiter is not None:
-            dedup.remember(result.op for result in self.results if result.status == "sent")
+            if limiter is not None:  # at once: the longer we wait, the staler it is
+                dedup.remember(op for index, op in enumerate(request.ops) if index not in bad)
 
     def retry_later(self, cio: CIOSettings) -> None:
         error = self.error

@@ -92,3 +92,11 @@ def test_rate_limit_workers_must_be_a_positive_integer(workers):
         ConfigurationError, match="RATE_LIMIT_WORKERS"
     ):
         get_settings()
+
+
+@pytest.mark.parametrize("url", ["redis//typo", "http://127.0.0.1:6379/0", 5])
+def test_redis_url_must_be_a_redis_url(url):
+    with override_settings(CUSTOMERIO={"REDIS_URL": url}), pytest.raises(
+        ConfigurationError, match="REDIS_URL"
+    ):
+        get_settings()

@@ -96,3 +96,29 @@ def test_a_repeated_identify_costs_no_request(cio_fake):
     deliver(Identify("u1", {"plan": "pro"}), Event("u1", "x", {}))
     assert [request["status"] for request in cio_fake.store.requests] == [200, 200]
     assert cio_fake.store.stats()["ops_per_request"] == {"1": 2}  # the identify, the event
+
+
+@pytest.mark.parametrize("failure", ["503", "207"])
+def test_an_identify_customerio_did_not_take_is_not_remembered(cio_fake, published, failure):
+    identify = Identify("u1", {"plan": "pro"})
+    if failure == "503":
+        cio_fake.fail_next(503)
+    else:
+        cio_fake.configure(refuse=["u1"])
+    deliver(identify)
+    assert dedup.drop_seen([identify]) == [identify]
+
+
+def test_dedup_memory_is_per_workspace(settings):
+    identify = Identify("u1", {"plan": "pro"})
+    dedup.remember([identify])
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "SITE_ID": "another-workspace"}
+    assert dedup.drop_seen([identify]) == [identify]
+
+
+def test_a_person_is_forgotten_before_their_delete_is_sent(cio_fake, published):
+    identify = Identify("u1", {"plan": "pro"})
+    dedup.remember([identify])
+    cio_fake.fail_next(503)  # the delete itself fails and will be retried...
+    deliver(Delete("u1"))
+    assert dedup.drop_seen([identify]) == [identify]  # ...but u1 is no longer "there"

@@ -37,10 +37,17 @@ def test_a_wait_beyond_max_wait_is_refused_and_not_reserved():
     assert 0.5 < shared.reserve(max_wait=10) <= 1.0  # the refused slot was not taken
 
 
-def test_workspaces_do_not_share_a_limit():
-    first, second = limiter(interval=1.0), limiter(interval=1.0)
+def test_workspaces_do_not_share_a_limit(settings):
+    site = f"site-{uuid.uuid4()}"
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "SITE_ID": site, "RATE_LIMIT": "1/s"}
+    first = get_limiter()
     first.reserve(max_wait=10)
-    assert second.reserve(max_wait=10) == pytest.approx(0, abs=0.01)
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "SITE_ID": f"{site}-other"}
+    other = get_limiter()
+    assert other.key != first.key
+    assert other.reserve(max_wait=10) == pytest.approx(0, abs=0.01)
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "SITE_ID": site}
+    assert get_limiter().reserve(max_wait=10) > 0.9  # same workspace, same limit
 
 
 def test_processes_share_the_limit_through_redis():

@@ -221,3 +221,22 @@ def test_a_malformed_failure_count_counts_as_zero(cio_fake, published):
     tasks.deliver.apply(args=([Event("u1", "signup", {}).to_dict()],),
                         kwargs={"failures": "many"})
     assert len(cio_fake.store.events) == 1 and published == []
+
+
+def test_ops_the_shared_limit_has_no_room_for_go_back_without_using_the_budget(
+    settings, published
+):
+    from django_cio.fakeserver import FakeTrackAPI
+    from django_cio.ratelimit import get_limiter
+
+    # A workspace of its own: its limit, one request every 10 s, is nobody else's.
+    with FakeTrackAPI(site_id=f"throttled-{uuid.uuid4()}") as fake:
+        settings.CUSTOMERIO = {**settings.CUSTOMERIO, "BATCH": False, "RATE_LIMIT": "1/10s",
+                               "SITE_ID": fake.site_id, "API_KEY": fake.api_key,
+                               "TRACK_URL": fake.url}
+        deliver(Event("u1", "first", {}), Event("u1", "second", {}), failures=2)
+        get_limiter().client.delete(get_limiter().key)
+    assert [event["name"] for event in fake.store.events] == ["first"]
+    assert [[op["name"] for op in message] for message in published] == [["second"]]
+    assert published.details[0]["kwargs"] == {"failures": 2}
+    assert 8 <= countdown(published.details[0]) <= 10.5

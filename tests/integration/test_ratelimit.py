@@ -75,4 +75,5 @@ def test_four_processes_never_exceed_the_limit_and_use_most_of_it(settings):
     with new_workspace(settings) as fake:
         times = run_processes(fake, 4, seconds, settings_for(settings, fake, f"{limit}/s"))
     assert max_in_one_second(times) <= limit
-    assert len(times) >= 0.9 * limit * seconds
+    # share of the limit used while sending (process start-up is not the limiter's doing)
+    assert (len(times) - 1) / (times[-1] - times[0]) >= 0.9 * limit
