@@ -7,7 +7,7 @@ class DjangoCIOConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401 - registers the system checks
+        from . import auth, checks  # noqa: F401 - connect the auth signals, register checks
         from .registry import autodiscover
 
         autodiscover()

@@ -52,11 +52,17 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_AFTER_MAX": 60,
     "TIMEOUT": 10,
     "ENABLED": True,
+    # Requests (middleware) and logins (auth signals)
+    "PAGE_VIEWS": False,
+    "PAGE_VIEWS_SKIP": r"^/(static|media|admin|health|favicon\.ico)",
+    "ANONYMOUS_COOKIE": "cio_anonymous_id",
+    "AUTH_SIGNALS": True,
+    "TRACK_IP": False,
 }
 
 _NUMBERS = ("DEDUP_TTL", "MAX_RETRIES", "RETRY_BACKOFF_MAX", "RETRY_AFTER_MAX", "TIMEOUT")
-_FLAGS = ("BATCH", "ENABLED")
-_NAMES = ("QUEUE", "CACHE", "BACKEND", "REGION")
+_FLAGS = ("BATCH", "ENABLED", "PAGE_VIEWS", "AUTH_SIGNALS", "TRACK_IP")
+_NAMES = ("QUEUE", "CACHE", "BACKEND", "REGION", "ANONYMOUS_COOKIE")
 _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*([smh])\s*$")
 
@@ -112,6 +118,11 @@ class CIOSettings:
     retry_after_max: float
     timeout: float
     enabled: bool
+    page_views: bool
+    page_views_skip: str
+    anonymous_cookie: str
+    auth_signals: bool
+    track_ip: bool
 
     @property
     def base_url(self) -> str:
@@ -173,6 +184,11 @@ def find_problems() -> list[Problem]:
         parse_rate(merged["RATE_LIMIT"])
     except ConfigurationError as exc:
         problems.append(Problem("E004", str(exc)))
+    try:
+        re.compile(merged["PAGE_VIEWS_SKIP"])
+    except (re.error, TypeError):
+        problems.append(Problem("E001", "CUSTOMERIO['PAGE_VIEWS_SKIP'] must be a regular "
+                                        "expression matched against request paths"))
     redis_url = merged["REDIS_URL"]
     if redis_url is not None and not (
         isinstance(redis_url, str) and urlsplit(redis_url).scheme in ("redis", "rediss", "unix")

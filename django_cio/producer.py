@@ -65,14 +65,22 @@ def enqueue(op: Operation, using: str | None = None) -> None:
 def batch() -> Iterator[None]:
     """Send every op made inside the block (and committed, if made in a transaction) as one
     message when the block exits. The middleware wraps each request in one."""
+    with collect() as ops:
+        yield
+    if ops:
+        _hand_on(ops, DEFAULT_DB_ALIAS)
+
+
+@contextlib.contextmanager
+def collect() -> Iterator[list[Operation]]:
+    """Like ``batch()``, but hands the ops to the caller instead of sending them (an async
+    caller sends them from a thread)."""
     ops: list[Operation] = []
     token = _batch.set((*_batch.get(), ops))
     try:
-        yield
+        yield ops
     finally:
         _batch.reset(token)
-        if ops:
-            _hand_on(ops, DEFAULT_DB_ALIAS)
 
 
 def _atomic_alias() -> str:

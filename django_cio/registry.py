@@ -163,6 +163,18 @@ def identify_many(queryset: Iterable[Any], chunk: int = 500) -> int:
     return queued
 
 
+def person_id_for(instance: Any) -> str:
+    """The Customer.io id of a row: its registered ``Customer.person_id``, else its pk."""
+    customer = registry.customer_for(instance.__class__)  # a lazy request.user too
+    return customer.person_id(instance) if customer else str(instance.pk)
+
+
+def attributes_for(instance: Any) -> dict[str, Any]:
+    """The attributes a registered model sends for a row ({} if it is not registered)."""
+    customer = registry.customer_for(instance.__class__)  # a lazy request.user too
+    return customer.get_attributes(instance) if customer else {}
+
+
 def autodiscover() -> None:
     """Import every installed app's ``customerio`` module, like the admin's ``admin.py``."""
     autodiscover_modules("customerio")
@@ -194,7 +206,7 @@ post_delete.connect(_on_delete, dispatch_uid="django_cio.registry.delete")
 
 
 def _identify(instance: Any, created: bool, customer: Customer | None = None) -> Identify | None:
-    customer = customer or registry.customer_for(type(instance))
+    customer = customer or registry.customer_for(instance.__class__)  # a lazy request.user too
     if customer is None or not customer.should_track(instance):
         return None
     attributes = customer.get_attributes(instance)

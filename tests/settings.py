@@ -59,6 +59,9 @@ CUSTOMERIO = {
     "API_KEY": os.environ.get("CUSTOMERIO_API_KEY", "test-key-never-logged"),
     # Tests that send start a fake server and point this at it.
     "TRACK_URL": os.environ.get("CUSTOMERIO_TRACK_URL", "http://127.0.0.1:9"),
+    # Logins made by fixtures (admin_client) would add messages to unrelated tests; the tests
+    # of the auth signals turn them on.
+    "AUTH_SIGNALS": False,
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 ROOT_URLCONF = "tests.urls"
@@ -66,6 +69,7 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "django_cio.middleware.CustomerIOMiddleware",
 ]
 TEMPLATES = [{
     "BACKEND": "django.template.backends.django.DjangoTemplates",

@@ -1,4 +1,57 @@
+from asgiref.sync import sync_to_async
 from django.contrib import admin
+from django.contrib.auth import login, logout
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.http import HttpResponse, JsonResponse
 from django.urls import path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+from tests.models import Order
+
+
+def page(request):
+    request.cio.track("viewed_pricing", plan="pro")
+    return HttpResponse("<html>pricing</html>")
+
+
+def quiet_page(request):
+    return HttpResponse("<html>nothing tracked</html>")
+
+
+def api(request):
+    return JsonResponse({"ok": True})
+
+
+def sign_in(request):
+    login(request, User.objects.get(username=request.GET["username"]))
+    return HttpResponse("<html>welcome</html>")
+
+
+def sign_out(request):
+    logout(request)
+    return HttpResponse("<html>bye</html>")
+
+
+def order(request):
+    with transaction.atomic():
+        Order.objects.create(user=request.user, total=10)
+        request.cio.track("checkout_done")
+    return HttpResponse("<html>thanks</html>")
+
+
+async def async_page(request):
+    await sync_to_async(request.cio.track)("async_viewed")
+    return HttpResponse("<html>async</html>")
+
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("pricing/", page),
+    path("quiet/", quiet_page),
+    path("static/app.css", quiet_page),
+    path("api/", api),
+    path("login/", sign_in),
+    path("logout/", sign_out),
+    path("order/", order),
+    path("async/", async_page),
+]

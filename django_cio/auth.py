@@ -1,0 +1,49 @@
+"""Logins and logouts as Customer.io ops (``AUTH_SIGNALS``, on by default).
+
+At login the person is identified (with their registered attributes; dedup drops it when
+nothing changed) and a ``login`` event is tracked; ``logout`` likewise. If the visitor had an
+anonymous id (the middleware's cookie), the identify carries it as ``anonymous_id``: that is
+how Customer.io's Track API merges earlier anonymous events into the person, and it keeps the
+anonymous history without a separate merge call (merge is for two identified people). IP and
+user agent are sent only with ``TRACK_IP``: privacy by default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.signals import user_logged_in, user_logged_out
+from django.dispatch import receiver
+from django.http import HttpRequest
+
+import django_cio
+
+from .conf import get_settings
+from .registry import attributes_for, person_id_for
+
+
+@receiver(user_logged_in, dispatch_uid="django_cio.auth.login")
+def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    if not get_settings().auth_signals or user is None:
+        return
+    person = person_id_for(user)
+    attributes = attributes_for(user)
+    tracker = getattr(request, "cio", None)
+    if tracker is not None and tracker.known_anonymous_id:
+        attributes["anonymous_id"] = tracker.known_anonymous_id
+        tracker.forget_anonymous_id = True
+    django_cio.identify(person, **attributes)
+    django_cio.track(person, "login", **_client(request))
+
+
+@receiver(user_logged_out, dispatch_uid="django_cio.auth.logout")
+def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    if get_settings().auth_signals and user is not None:
+        django_cio.track(person_id_for(user), "logout", **_client(request))
+
+
+def _client(request: HttpRequest | None) -> dict[str, str]:
+    if request is None or not get_settings().track_ip:
+        return {}
+    return {"ip": request.META.get("REMOTE_ADDR", ""),
+            "user_agent": request.META.get("HTTP_USER_AGENT", "")[:1000]}

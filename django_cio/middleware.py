@@ -1,0 +1,128 @@
+"""One message per request, ``request.cio``, anonymous visitors and page views.
+
+``CustomerIOMiddleware`` wraps each request in a ``batch()``: every op the request makes
+(signals, views, committed ``ATOMIC_REQUESTS`` transactions) goes to the broker as one message
+after the response is made. ``request.cio`` tracks for the logged-in user, or for the visitor's
+anonymous id, kept in a cookie set only when something was tracked anonymously. With
+``PAGE_VIEWS`` on, successful HTML GETs become page views (paths matching ``PAGE_VIEWS_SKIP``
+excepted). Works under WSGI and ASGI.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.http import HttpRequest, HttpResponseBase
+
+import django_cio
+
+from .conf import get_settings
+from .operations import AnonymousEvent
+from .producer import collect, enqueue, publish
+from .registry import person_id_for
+
+_ONE_YEAR = 365 * 24 * 3600
+
+
+class RequestTracker:
+    """``request.cio``: Customer.io calls about whoever made the request."""
+
+    def __init__(self, request: HttpRequest) -> None:
+        self.request = request
+        self._anonymous_id = request.COOKIES.get(get_settings().anonymous_cookie) or None
+        self.anonymous_id_is_new = False
+        self.forget_anonymous_id = False  # set at login: the id now belongs to a person
+
+    @property
+    def person_id(self) -> str | None:
+        """The logged-in user's Customer.io id, or ``None`` for a visitor."""
+        user = getattr(self.request, "user", None)
+        return person_id_for(user) if user is not None and user.is_authenticated else None
+
+    @property
+    def anonymous_id(self) -> str:
+        """The visitor's anonymous id (made, and later set as a cookie, on first use)."""
+        if self._anonymous_id is None:
+            self._anonymous_id = uuid.uuid4().hex
+            self.anonymous_id_is_new = True
+        return self._anonymous_id
+
+    @property
+    def known_anonymous_id(self) -> str | None:
+        """The anonymous id the visitor already had, if any (never makes one)."""
+        return self._anonymous_id
+
+    def track(self, name: str, **data: Any) -> None:
+        person = self.person_id
+        if person is not None:
+            django_cio.track(person, name, **data)
+        else:
+            django_cio.track_anonymous(self.anonymous_id, name, **data)
+
+    def page(self, url: str | None = None, **data: Any) -> None:
+        url = url or self.request.build_absolute_uri()
+        person = self.person_id
+        if person is not None:
+            django_cio.page(person, url, **data)
+        else:
+            enqueue(AnonymousEvent(self.anonymous_id, url, data, type="page"))
+
+    def identify(self, **attributes: Any) -> None:
+        person = self.person_id
+        if person is None:
+            raise ValueError("request.cio.identify() needs a logged-in user")
+        django_cio.identify(person, **attributes)
+
+
+class CustomerIOMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        with collect() as ops:
+            request.cio = RequestTracker(request)  # type: ignore[attr-defined]
+            response = self.get_response(request)
+            self._after(request, response)
+        if ops:
+            publish(ops)
+        return response
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        with collect() as ops:
+            request.cio = RequestTracker(request)  # type: ignore[attr-defined]
+            response = await self.get_response(request)
+            await sync_to_async(self._after)(request, response)
+        if ops:  # the broker (or, if it is down, the Outbox table) is blocking I/O
+            await sync_to_async(publish)(ops)
+        return response
+
+    def _after(self, request: HttpRequest, response: HttpResponseBase) -> None:
+        cio = get_settings()
+        tracker: RequestTracker = request.cio  # type: ignore[attr-defined]
+        if cio.page_views and _is_page_view(request, response, cio.page_views_skip):
+            tracker.page()
+        if tracker.forget_anonymous_id:
+            response.delete_cookie(cio.anonymous_cookie)
+        elif tracker.anonymous_id_is_new:
+            response.set_cookie(cio.anonymous_cookie, tracker.anonymous_id, max_age=_ONE_YEAR,
+                                httponly=True, samesite="Lax", secure=request.is_secure())
+
+
+def _is_page_view(request: HttpRequest, response: HttpResponseBase, skip: str) -> bool:
+    return (
+        request.method == "GET"
+        and 200 <= response.status_code < 300
+        and response.get("Content-Type", "").startswith("text/html")
+        and not re.match(skip, request.path)
+    )

@@ -1,0 +1,103 @@
+"""The middleware and the auth signals, through Django's test clients (locmem backend)."""
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.contrib.auth.models import User
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def cio(settings, cio_outbox):
+    """The outbox, with page views and auth signals on."""
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "PAGE_VIEWS": True, "AUTH_SIGNALS": True}
+    return cio_outbox
+
+
+def summary(outbox):
+    return [(op.kind, getattr(op, "type", None) or getattr(op, "name", None)) for op in outbox]
+
+
+def test_a_visitor_is_tracked_by_an_anonymous_cookie_set_only_when_needed(client, cio):
+    response = client.get("/pricing/")
+    cookie = response.cookies["cio_anonymous_id"]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax"
+    assert summary(cio) == [("anonymous_event", "event"), ("anonymous_event", "page")]
+    assert {op.anonymous_id for op in cio} == {cookie.value}
+    client.get("/pricing/")  # the same visitor keeps the same id
+    assert {op.anonymous_id for op in cio} == {cookie.value}
+    assert "cio_anonymous_id" not in client.get("/api/").cookies
+
+
+def test_everything_a_request_makes_is_one_message_on_the_broker(client, settings, published):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "PAGE_VIEWS": True}  # HTTP backend: broker
+    user = User.objects.create(username="ada")
+    client.force_login(user)
+    client.get("/order/")  # a model event, a view's event (both on commit), a page view
+    assert [[op.get("name") for op in message] for message in published] == [
+        ["order_placed", "checkout_done", "http://testserver/order/"]
+    ]
+
+
+def test_page_views_only_for_successful_html_gets_outside_skipped_paths(client, cio):
+    client.get("/quiet/")
+    client.get("/static/app.css")
+    client.get("/api/")
+    client.post("/quiet/")
+    client.get("/missing/")
+    assert summary(cio) == [("anonymous_event", "page")]
+    assert cio[0].name == "http://testserver/quiet/"
+
+
+def test_page_views_are_off_by_default(client, cio_outbox):
+    client.get("/quiet/")
+    assert cio_outbox == []
+
+
+def test_login_identifies_with_the_anonymous_id_and_tracks_login(client, cio):
+    user = User.objects.create(username="ada")
+    anonymous = client.get("/pricing/").cookies["cio_anonymous_id"].value
+    cio.clear()
+    response = client.get("/login/", {"username": "ada"})
+    identify, login, page = cio
+    assert (identify.kind, identify.person_id) == ("identify", str(user.pk))
+    assert identify.attributes == {"anonymous_id": anonymous}
+    assert (login.kind, login.name, login.data) == ("event", "login", {})  # no IP by default
+    assert page.kind == "page"
+    assert response.cookies["cio_anonymous_id"].value == ""  # spent: deleted
+
+
+def test_ip_and_user_agent_only_when_asked(client, cio, settings):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "TRACK_IP": True}
+    User.objects.create(username="ada")
+    client.get("/login/", {"username": "ada"}, HTTP_USER_AGENT="pytest")
+    (login,) = [op for op in cio if getattr(op, "name", None) == "login"]
+    assert login.data == {"ip": "127.0.0.1", "user_agent": "pytest"}
+
+
+def test_logout_is_tracked_and_auth_signals_can_be_off(client, cio, settings):
+    user = User.objects.create(username="ada")
+    client.force_login(user)
+    cio.clear()
+    client.get("/logout/")
+    assert ("event", "logout") in summary(cio)
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "AUTH_SIGNALS": False, "PAGE_VIEWS": False}
+    cio.clear()
+    client.force_login(user)
+    client.get("/logout/")
+    assert cio == []
+
+
+def test_request_cio_tracks_the_logged_in_user(client, cio):
+    user = User.objects.create(username="ada")
+    client.force_login(user)
+    cio.clear()
+    client.get("/pricing/")
+    assert [(op.kind, op.person_id) for op in cio] == [("event", str(user.pk)),
+                                                       ("page", str(user.pk))]
+
+
+def test_asgi_requests_work_too(async_client, cio):
+    response = async_to_sync(async_client.get)("/async/")
+    assert response.status_code == 200
+    assert summary(cio) == [("anonymous_event", "event"), ("anonymous_event", "page")]
