@@ -45,7 +45,7 @@ def run(*args: str) -> int:
 
 def main(argv: list[str]) -> int:
     commands = {
-        "demo": lambda extra: run("example_project/client_demo.py", *extra),
+        "demo": lambda extra: run("example_project/manage.py", "demo", *extra),
         "test": lambda extra: run("-m", "pytest", *extra),
         "lint": lambda extra: run("-m", "ruff", "check", ".", *extra) or run("-m", "mypy"),
     }

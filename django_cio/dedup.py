@@ -29,6 +29,7 @@ logger = logging.getLogger("django_cio")
 
 HITS_KEY = "django_cio:dedup:hits"
 MISSES_KEY = "django_cio:dedup:misses"
+_ANONYMOUS_ID = "anonymous_id"
 # Ops after which Customer.io no longer holds what an identify sent.
 _FORGETTING = ("delete", "suppress", "merge")
 
@@ -73,6 +74,7 @@ def drop_seen(ops: Sequence[Operation]) -> list[Operation]:
     hits = 0
     for op in ops:
         if (isinstance(op, Identify) and op.person_id not in forgotten
+                and _ANONYMOUS_ID not in op.attributes  # a login's merge is never "seen"
                 and stored.get(_key(op.person_id)) == fingerprint(op)):
             hits += 1
             continue
@@ -120,8 +122,10 @@ def remember(sent: Iterable[Operation]) -> None:
 
 
 def fingerprint(op: Identify) -> str:
-    """A hash of an identify's attributes (key order does not matter)."""
-    encoded = json.dumps(op.attributes, sort_keys=True, separators=(",", ":"))
+    """A hash of an identify's attributes (key order does not matter). ``anonymous_id`` is
+    left out: it ties past anonymous events to the person, it is not an attribute they keep."""
+    attributes = {key: value for key, value in op.attributes.items() if key != _ANONYMOUS_ID}
+    encoded = json.dumps(attributes, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(encoded.encode()).hexdigest()[:32]
 
 

@@ -122,3 +122,12 @@ def test_a_person_is_forgotten_before_their_delete_is_sent(cio_fake, published):
     cio_fake.fail_next(503)  # the delete itself fails and will be retried...
     deliver(Delete("u1"))
     assert dedup.drop_seen([identify]) == [identify]  # ...but u1 is no longer "there"
+
+
+def test_an_identify_carrying_an_anonymous_id_is_always_sent_and_then_remembered():
+    plain = Identify("p", {"plan": "pro"})
+    login = Identify("p", {"plan": "pro", "anonymous_id": "visitor-1"})
+    dedup.remember([plain])
+    assert dedup.drop_seen([login]) == [login]  # it merges anonymous activity: always sent
+    dedup.remember([login])
+    assert dedup.drop_seen([plain]) == []  # Customer.io has these attributes
