@@ -53,6 +53,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
 if CELERY_BROKER_URL == "filesystem://":
     CELERY_BROKER_TRANSPORT_OPTIONS |= {
         "data_folder_in": str(STATE_DIR / "broker"), "data_folder_out": str(STATE_DIR / "broker"),
+        "control_folder": str(STATE_DIR / "control"),
     }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_IGNORE_RESULT = True
