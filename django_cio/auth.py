@@ -10,6 +10,9 @@ user agent are sent only with ``TRACK_IP``: privacy by default.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from django.contrib.auth.signals import user_logged_in, user_logged_out
@@ -19,27 +22,49 @@ from django.http import HttpRequest
 import django_cio
 
 from .conf import get_settings
-from .registry import attributes_for, person_id_for
+from .exceptions import ValidationError
+from .registry import attributes_for, person_id_for, registry
+
+logger = logging.getLogger("django_cio")
 
 
 @receiver(user_logged_in, dispatch_uid="django_cio.auth.login")
 def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
-    if not get_settings().auth_signals or user is None:
-        return
-    person = person_id_for(user)
-    attributes = attributes_for(user)
-    tracker = getattr(request, "cio", None)
-    if tracker is not None and tracker.known_anonymous_id:
-        attributes["anonymous_id"] = tracker.known_anonymous_id
-        tracker.forget_anonymous_id = True
-    django_cio.identify(person, **attributes)
-    django_cio.track(person, "login", **_client(request))
+    if _tracked(user):
+        with _never_failing("login"):
+            person = person_id_for(user)
+            attributes = attributes_for(user)
+            tracker = getattr(request, "cio", None)
+            if tracker is not None and tracker.known_anonymous_id:
+                attributes["anonymous_id"] = tracker.known_anonymous_id
+                tracker.forget_anonymous_id = True
+            django_cio.identify(person, **attributes)
+            django_cio.track(person, "login", **_client(request))
 
 
 @receiver(user_logged_out, dispatch_uid="django_cio.auth.logout")
 def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
-    if get_settings().auth_signals and user is not None:
-        django_cio.track(person_id_for(user), "logout", **_client(request))
+    if _tracked(user):
+        with _never_failing("logout"):
+            django_cio.track(person_id_for(user), "logout", **_client(request))
+
+
+def _tracked(user: Any) -> bool:
+    """Auth signals on, a user, and one their registration does not exclude."""
+    if not get_settings().auth_signals or user is None:
+        return False
+    customer = registry.customer_for(user.__class__)
+    return customer is None or customer.should_track(user)
+
+
+@contextlib.contextmanager
+def _never_failing(what: str) -> Iterator[None]:
+    """A login must not fail because of Customer.io: log (no values) and carry on."""
+    try:
+        yield
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, ValidationError) else type(exc).__name__
+        logger.error("customerio: %s not sent (%s)", what, reason)
 
 
 def _client(request: HttpRequest | None) -> dict[str, str]:

@@ -10,6 +10,7 @@ excepted). Works under WSGI and ASGI.
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from typing import Any
@@ -20,26 +21,32 @@ from django.http import HttpRequest, HttpResponseBase
 import django_cio
 
 from .conf import get_settings
+from .exceptions import ValidationError
 from .operations import AnonymousEvent
 from .producer import collect, enqueue, publish
 from .registry import person_id_for
 
 _ONE_YEAR = 365 * 24 * 3600
+_ANONYMOUS_ID = re.compile(r"[0-9a-f]{32}")
+logger = logging.getLogger("django_cio")
 
 
 class RequestTracker:
     """``request.cio``: Customer.io calls about whoever made the request."""
 
-    def __init__(self, request: HttpRequest) -> None:
+    def __init__(self, request: HttpRequest, user: Any = None) -> None:
         self.request = request
-        self._anonymous_id = request.COOKIES.get(get_settings().anonymous_cookie) or None
+        self._user = user  # resolved beforehand under ASGI, where request.user can't load
+        cookie = request.COOKIES.get(get_settings().anonymous_cookie, "")
+        # Only ids this middleware made: a forged cookie must not fail the request later.
+        self._anonymous_id = cookie if _ANONYMOUS_ID.fullmatch(cookie) else None
         self.anonymous_id_is_new = False
         self.forget_anonymous_id = False  # set at login: the id now belongs to a person
 
     @property
     def person_id(self) -> str | None:
         """The logged-in user's Customer.io id, or ``None`` for a visitor."""
-        user = getattr(self.request, "user", None)
+        user = self._user if self._user is not None else getattr(self.request, "user", None)
         return person_id_for(user) if user is not None and user.is_authenticated else None
 
     @property
@@ -63,7 +70,8 @@ class RequestTracker:
             django_cio.track_anonymous(self.anonymous_id, name, **data)
 
     def page(self, url: str | None = None, **data: Any) -> None:
-        url = url or self.request.build_absolute_uri()
+        # Without the query string by default: it may hold emails, tokens, search terms.
+        url = url or self.request.build_absolute_uri(self.request.path)
         person = self.person_id
         if person is not None:
             django_cio.page(person, url, **data)
@@ -100,7 +108,8 @@ class CustomerIOMiddleware:
 
     async def __acall__(self, request: HttpRequest) -> Any:
         with collect() as ops:
-            request.cio = RequestTracker(request)  # type: ignore[attr-defined]
+            user = await request.auser()
+            request.cio = RequestTracker(request, user)  # type: ignore[attr-defined]
             response = await self.get_response(request)
             await sync_to_async(self._after)(request, response)
         if ops:  # the broker (or, if it is down, the Outbox table) is blocking I/O
@@ -111,7 +120,11 @@ class CustomerIOMiddleware:
         cio = get_settings()
         tracker: RequestTracker = request.cio  # type: ignore[attr-defined]
         if cio.page_views and _is_page_view(request, response, cio.page_views_skip):
-            tracker.page()
+            try:
+                tracker.page()
+            except Exception as exc:  # a page view must never fail the response
+                logger.error("customerio: page view not sent (%s)", exc if isinstance(
+                    exc, ValidationError) else type(exc).__name__)
         if tracker.forget_anonymous_id:
             response.delete_cookie(cio.anonymous_cookie)
         elif tracker.anonymous_id_is_new:

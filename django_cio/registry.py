@@ -101,18 +101,26 @@ class Registry:
                 f"have: {', '.join(unknown)}"
             )
         self.customers[model] = customer
+        for sender in _with_proxies(model):
+            post_delete.connect(_on_delete, sender=sender,
+                                dispatch_uid=f"django_cio.delete.{sender._meta.label}")
 
     def unregister(self, model: type[models.Model]) -> None:
         """Forget a model's person registration and events (tests, apps that override)."""
         self.customers.pop(model, None)
         self.events.pop(model, None)
+        for sender in _with_proxies(model):
+            post_delete.disconnect(sender=sender,
+                                   dispatch_uid=f"django_cio.delete.{sender._meta.label}")
 
     def customer_for(self, model: type[models.Model]) -> Customer | None:
-        """A proxy model uses its own registration, else its concrete model's."""
-        found = self.customers.get(model)
-        if found is None and model._meta.proxy:
-            found = self.customers.get(model._meta.concrete_model)  # type: ignore[arg-type]
-        return found
+        """A model's own registration, else its concrete model's (proxies) or its nearest
+        registered parent's (multi-table inheritance)."""
+        for candidate in (model, model._meta.concrete_model, *model._meta.get_parent_list()):
+            found = self.customers.get(candidate)  # type: ignore[arg-type]
+            if found is not None:
+                return found
+        return None
 
     def events_for(self, model: type[models.Model]) -> list[ModelEvent]:
         events = self.events.get(model, [])
@@ -190,8 +198,7 @@ def _on_save(sender: type[models.Model], instance: Any, created: bool, raw: bool
     if customer is not None and _touches(customer, update_fields):
         _enqueue(lambda: _identify(instance, created, customer), using)
     for event in registry.events_for(sender):
-        if event.fires(instance, created):
-            _enqueue(partial(event.op, instance), using)
+        _enqueue(partial(_event_op, event, instance, created), using)
 
 
 def _on_delete(sender: type[models.Model], instance: Any, using: str | None = None,
@@ -201,8 +208,9 @@ def _on_delete(sender: type[models.Model], instance: Any, using: str | None = No
         _enqueue(lambda: Delete(customer.person_id(instance)), using)
 
 
+# post_save for every model: it costs nothing where nothing is registered. post_delete only for
+# registered models (and their proxies), because a listener turns off Django's fast deletes.
 post_save.connect(_on_save, dispatch_uid="django_cio.registry.save")
-post_delete.connect(_on_delete, dispatch_uid="django_cio.registry.delete")
 
 
 def _identify(instance: Any, created: bool, customer: Customer | None = None) -> Identify | None:
@@ -215,22 +223,31 @@ def _identify(instance: Any, created: bool, customer: Customer | None = None) ->
     return Identify(customer.person_id(instance), attributes)
 
 
+def _event_op(event: ModelEvent, instance: Any, created: bool) -> Event | None:
+    return event.op(instance) if event.fires(instance, created) else None
+
+
 def _enqueue(build: Callable[[], Operation | None], using: str | None) -> None:
-    """Build and queue an op for a signal; a bad one is logged, never raised into the save."""
+    """Build and queue an op for a signal; a bad one is logged, never raised into the save.
+
+    The log names the op and field of a validation error, else only the exception's type:
+    code in ``get_attributes`` or a ``person=`` callable may put values in its messages."""
     try:
         op = build()
-    except ValidationError as exc:
-        logger.error("customerio: not sent, %s", exc)
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, ValidationError) else type(exc).__name__
+        logger.error("customerio: not sent (%s)", reason)
         return
     if op is not None:
         enqueue(op, using=using)
 
 
 def _touches(customer: Customer, update_fields: Any) -> bool:
-    """A save with ``update_fields`` that names none of the tracked fields sends nothing."""
-    return update_fields is None or not customer.fields or bool(
-        set(update_fields) & set(customer.fields)
-    )
+    """A save with ``update_fields`` that names none of the tracked fields sends nothing. With
+    ``get_attributes`` overridden any field may matter: send (dedup drops what is unchanged)."""
+    if update_fields is None or type(customer).get_attributes is not Customer.get_attributes:
+        return True
+    return not customer.fields or bool(set(update_fields) & set(customer.fields))
 
 
 def _check_model(model: Any) -> None:
@@ -240,6 +257,15 @@ def _check_model(model: Any) -> None:
         raise ConfigurationError(
             f"{model.__name__} is abstract: register the concrete models that inherit it"
         )
+
+
+def _with_proxies(model: type[models.Model]) -> list[type[models.Model]]:
+    from django.apps import apps
+
+    if not apps.ready:  # registered from a models module: proxies fall back at save time
+        return [model]
+    return [model, *(other for other in apps.get_models()
+                     if other._meta.proxy and other._meta.concrete_model is model)]
 
 
 def _has_attribute(model: type[models.Model], name: str) -> bool:

@@ -101,3 +101,69 @@ def test_asgi_requests_work_too(async_client, cio):
     response = async_to_sync(async_client.get)("/async/")
     assert response.status_code == 200
     assert summary(cio) == [("anonymous_event", "event"), ("anonymous_event", "page")]
+
+
+def test_a_logged_in_async_view_can_track_directly(async_client, client, cio):
+    user = User.objects.create(username="ada")
+    client.force_login(user)  # a real session cookie, as a browser would send
+    async_client.cookies = client.cookies
+    response = async_to_sync(async_client.get)("/async-direct/")
+    assert response.status_code == 200
+    assert [(op.name, op.person_id) for op in cio if op.kind == "event"][-1] == (
+        "async_direct", str(user.pk)
+    )
+
+
+@pytest.mark.parametrize("cookie", [".", "x" * 200, "not-hex-not-ours-0000000000000000"])
+def test_a_forged_anonymous_cookie_is_replaced_not_fatal(client, cio, cookie):
+    client.cookies["cio_anonymous_id"] = cookie
+    response = client.get("/pricing/")
+    assert response.status_code == 200
+    assert response.cookies["cio_anonymous_id"].value != cookie
+    assert {op.anonymous_id for op in cio} == {response.cookies["cio_anonymous_id"].value}
+
+
+def test_page_views_leave_out_the_query_and_a_bad_one_never_fails_the_page(client, cio, caplog):
+    client.get("/quiet/", {"email": "secret@example.com"})
+    assert cio[0].name == "http://testserver/quiet/"
+    response = client.get("/" + "a" * 1100)  # a 404: no page view anyway
+    assert response.status_code == 404
+    assert "secret" not in caplog.text
+
+
+def test_login_respects_should_track(client, cio, settings):
+    import django_cio
+    from django_cio.registry import registry
+
+    @django_cio.register(User)
+    class OnlyCustomers(django_cio.Customer):
+        fields = ["email"]
+
+        def should_track(self, user):
+            return not user.is_staff
+
+    try:
+        User.objects.create(username="admin", is_staff=True, email="boss@example.com")
+        cio.clear()
+        client.get("/login/", {"username": "admin"})
+        assert [op for op in cio if op.kind in ("identify", "event")] == []
+    finally:
+        registry.unregister(User)
+
+
+def test_a_failing_login_hook_never_fails_the_login(client, cio, caplog):
+    import django_cio
+    from django_cio.registry import registry
+
+    @django_cio.register(User)
+    class Broken(django_cio.Customer):
+        def get_attributes(self, user):
+            raise RuntimeError("secret@example.com")
+
+    try:
+        User.objects.create(username="ada")
+        response = client.get("/login/", {"username": "ada"})
+    finally:
+        registry.unregister(User)
+    assert response.status_code == 200
+    assert "login not sent (RuntimeError)" in caplog.text and "secret" not in caplog.text

@@ -20,6 +20,8 @@ def registrations():
     """Register freely in a test; the registry is put back afterwards."""
     customers, events = dict(registry.customers), {k: list(v) for k, v in registry.events.items()}
     yield registry
+    for model in set(registry.customers) - set(customers):
+        registry.unregister(model)  # and its delete signal
     registry.customers, registry.events = customers, events
 
 
@@ -166,3 +168,36 @@ def test_identify_many_covers_bulk_create(users, cio_outbox):
     assert cio_outbox == []  # bulk_create fires no signals
     assert django_cio.identify_many(User.objects.order_by("pk"), chunk=10) == 25
     assert [op.kind for op in cio_outbox] == ["identify"] * 25
+
+
+def test_a_failing_customer_method_never_breaks_the_save(registrations, cio_outbox, caplog):
+    @django_cio.register(Note)
+    class Broken(django_cio.Customer):
+        def person_id(self, note):
+            raise IndexError("secret")
+
+    django_cio.register_event(Note, name="noted", person=lambda note: note.missing)
+    note = Note.objects.create(text="hello")
+    assert note.pk and cio_outbox == []
+    assert "not sent (IndexError)" in caplog.text and "not sent (AttributeError)" in caplog.text
+    assert "secret" not in caplog.text
+
+
+def test_update_fields_with_get_attributes_overridden_always_send(registrations, cio_outbox):
+    @django_cio.register(Note)
+    class Computed(django_cio.Customer):
+        def get_attributes(self, note):
+            return {"length": len(note.text)}
+
+    note = Note.objects.create(text="hello")
+    cio_outbox.clear()
+    note.text = "hello there"
+    note.save(update_fields=["text"])
+    assert [op.attributes for op in cio_outbox] == [{"length": 11}]
+
+
+def test_deletes_stay_fast_for_models_nobody_registered(users):
+    from django.db.models.signals import post_delete
+
+    assert post_delete.has_listeners(User) and post_delete.has_listeners(Member)
+    assert not post_delete.has_listeners(Note)

@@ -44,7 +44,13 @@ async def async_page(request):
     return HttpResponse("<html>async</html>")
 
 
+async def async_direct(request):
+    request.cio.track("async_direct")  # no sync_to_async: the tracker knows the user already
+    return HttpResponse("<html>async</html>")
+
+
 urlpatterns = [
+    path("async-direct/", async_direct),
     path("admin/", admin.site.urls),
     path("pricing/", page),
     path("quiet/", quiet_page),

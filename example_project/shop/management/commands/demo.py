@@ -43,16 +43,14 @@ class Command(BaseCommand):
         with FakeTrackAPI(site_id=cio.site_id or "", api_key=cio.api_key or "",
                           latency_ms=20) as fake:
             self.stdout.write(f"Fake Customer.io Track API on {fake.url}")
+            # Stopped like Ctrl-C, so the worker is stopped too (and not left running).
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
             worker = _start_worker(fake.url)
             try:
                 expected = self.shop(fake)
                 self.wait(fake, expected, timeout)
             finally:
-                worker.send_signal(signal.SIGTERM)
-                try:
-                    worker.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
+                _stop(worker)
             self.report(fake)
 
     def shop(self, fake: FakeTrackAPI) -> dict[str, int]:
@@ -72,7 +70,8 @@ class Command(BaseCommand):
         for name in ("grace", "linus"):
             Client().post("/signup/", {"email": f"{name}-{run}@example.com",
                                        "first_name": name.title(), "password": "pw-12345"})
-        self.stdout.write("Ada's row is saved twice more, unchanged: dedup drops both.")
+        self.stdout.write("Ada's row is saved twice more, unchanged: dedup drops what "
+                          "Customer.io already has.")
         for _ in range(2):
             time.sleep(1.5)  # the previous identify has been delivered (and remembered)
             get_user_model().objects.get(username=ada).save()
@@ -123,9 +122,21 @@ def _start_worker(track_url: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "celery", "-A", "example_project", "worker",
                "-Q", get_settings().queue, "-c", "2", "-l", "WARNING",
                "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    log = (settings.STATE_DIR / "worker.log").open("wb")
-    return subprocess.Popen(command, cwd=settings.BASE_DIR, env=env, stdout=log,  # noqa: S603
-                            stderr=subprocess.STDOUT)
+    with (settings.STATE_DIR / "worker.log").open("wb") as log:
+        # A session of its own: the worker and its pool processes are stopped as one group.
+        return subprocess.Popen(command, cwd=settings.BASE_DIR, env=env,  # noqa: S603
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
 
 
 def _purge_queue() -> None:
