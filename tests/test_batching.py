@@ -1,4 +1,4 @@
-"""Packing ops into requests, and coalescing messages across a worker's threads."""
+"""Packing ops into requests up to the Track API's byte limits."""
 
 import pytest
 
