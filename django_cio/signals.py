@@ -5,9 +5,9 @@ sent. Receivers may change the list in place: remove an op to drop it, or replac
 example with ``dataclasses.replace``) to change what is sent.
 
 ``post_send(sender=backend class, results=list[OpResult])`` fires after, with one result per
-op: ``"sent"``, ``"skipped"`` (an identify Customer.io already has, or one merged into the
-next identify of the same person; see ``dedup``),
-``"failed"`` (now a dead letter) or ``"retrying"``.
+op: ``"sent"``, ``"skipped"`` (an identify Customer.io already has, or one merged with another
+identify of the same person; see ``dedup``), ``"failed"`` (now a dead letter) or
+``"retrying"``.
 """
 
 from __future__ import annotations
