@@ -71,3 +71,27 @@ class DeadLetter(models.Model):
         person = op.get("person_id") or op.get("primary") or op.get("anonymous_id")
         return cls(op=op, kind=str(kind)[:32] if kind else "unknown",
                    person_id=str(person)[:200] if person else "", **fields)
+
+
+class BackfillRun(models.Model):
+    """One ``cio_backfill`` of a model: its filters and how far it got (checkpointed after
+    every batch Customer.io acknowledged, so ``--resume`` continues from there)."""
+
+    RUNNING, DONE, STOPPED, FAILED = "running", "done", "stopped", "failed"
+
+    model = models.CharField(max_length=200, help_text="app_label.Model")
+    filters = models.JSONField(default=dict)
+    last_pk = models.JSONField(null=True, blank=True, help_text="Last row acknowledged.")
+    total = models.PositiveBigIntegerField(default=0)
+    sent = models.PositiveBigIntegerField(default=0)
+    skipped = models.PositiveBigIntegerField(default=0)
+    failed = models.PositiveBigIntegerField(default=0)
+    status = models.CharField(max_length=10, default=RUNNING, db_index=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"Backfill #{self.pk} of {self.model}: {self.status}"

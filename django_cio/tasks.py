@@ -137,6 +137,8 @@ class Delivery:
 
     raw: list[Json]
     failures: int = 0
+    dedup: bool = True  # drop identifies Customer.io already has (backfills may opt out)
+    limiter: Any = None  # default: the workspace's shared limiter
     throttled_for: float | None = None  # the limiter had no slot for this long
     ops: list[Operation] | None = None  # parsed, as pre_send left them
     results: list[OpResult] = field(default_factory=list)
@@ -179,8 +181,10 @@ class Delivery:
     def send(self, backend: BaseBackend, ops: list[Operation], cio: CIOSettings) -> None:
         limiter = None
         if not backend.delivers_inline:  # what leaves the process: one limit, no repeats
-            limiter = get_limiter()
-            fresh = dedup.drop_seen(dedup.collapse(ops))
+            limiter = self.limiter or get_limiter()
+            fresh = dedup.collapse(ops)
+            if self.dedup:
+                fresh = dedup.drop_seen(fresh)
             kept = {id(op) for op in fresh}
             self.results += [OpResult(op, "skipped") for op in ops
                              if id(op) not in kept and isinstance(op, Identify)]

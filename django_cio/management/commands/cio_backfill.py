@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import Any
+
+from django.core.exceptions import FieldError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
+
+from django_cio import backfill
+from django_cio.conf import get_settings
+from django_cio.exceptions import ConfigurationError
+from django_cio.models import BackfillRun
+from django_cio.registry import _identify
+
+
+class Command(BaseCommand):
+    help = (
+        "Send existing rows of a registered model to Customer.io as identifies: in pages by "
+        "primary key (flat memory), packed into v2 batches, under the shared rate limit, "
+        "checkpointed after every page so that --resume continues where a stopped or crashed "
+        "run left off. Exit status: 0 all sent, 1 some rows failed (dead letters) or the run "
+        "was stopped, 2 usage or configuration error."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("label", nargs="?", help="The model, as app_label.Model.")
+        parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                            help="Only rows where FIELD equals VALUE (repeatable; Django "
+                            "lookups such as date_joined__gte=2024-01-01 work too).")
+        parser.add_argument("--batch-size", type=int, default=1000,
+                            help="Rows per page and checkpoint (default 1000).")
+        parser.add_argument("--rate-share", type=float, default=1.0,
+                            help="Most of the workspace's RATE_LIMIT this run may use, 0-1 "
+                            "(default 1; live traffic shares the same limit either way).")
+        parser.add_argument("--dedup", action="store_true",
+                            help="Skip identifies Customer.io already has (default: send all).")
+        parser.add_argument("--resume", nargs="?", const="last", metavar="RUN_ID",
+                            help="Continue a stopped run (default: the latest one).")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="Count the rows, show a few ops (values hidden), estimate time.")
+        parser.add_argument("--quiet", action="store_true", help="No progress output.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            run = self.prepare(options)
+        except (ConfigurationError, FieldError, ValueError) as exc:
+            raise CommandError(str(exc), returncode=2) from None
+        if options["dry_run"]:
+            return self.dry_run(run, options)
+        if run.pk is None:
+            run.save()
+        job = backfill.Backfill(run, options["batch_size"], options["rate_share"],
+                                options["dedup"])
+        self.catch_signals(job)
+        done = run.sent + run.skipped + run.failed
+        with self.progress(run.total, done, options["quiet"]) as advance:
+            run = job.execute(progress=advance)
+        self.summary(run)
+
+    def prepare(self, options: dict[str, Any]) -> BackfillRun:
+        if not 0 < options["rate_share"] <= 1:
+            raise ValueError("--rate-share must be above 0 and at most 1")
+        if options["batch_size"] < 1:
+            raise ValueError("--batch-size must be at least 1")
+        if options["resume"]:
+            runs = BackfillRun.objects.exclude(status=BackfillRun.DONE)
+            run = (runs.first() if options["resume"] == "last"
+                   else runs.filter(pk=options["resume"]).first())
+            if run is None:
+                raise ValueError(f"no unfinished backfill run {options['resume']}")
+            return run
+        if not options["label"]:
+            raise ValueError("name a model (app_label.Model), or --resume a run")
+        filters = dict(_pair(where) for where in options["where"])
+        model = backfill.resolve_model(options["label"])
+        total = backfill.queryset(model, filters).count()  # a bad filter fails here
+        return BackfillRun(model=options["label"], filters=filters, total=total)
+
+    def dry_run(self, run: BackfillRun, options: dict[str, Any]) -> None:
+        model = backfill.resolve_model(run.model)
+        sample = backfill.queryset(model, run.filters)[:3]
+        self.stdout.write(f"{run.total:,} row(s) of {run.model} would be sent. For example:")
+        for row in sample:
+            self.stdout.write(f"  {_identify(row, created=False)!r}")
+        requests = max(1, run.total // max(1, options["batch_size"]))
+        seconds = requests / (get_settings().rate.per_second * options["rate_share"])
+        self.stdout.write(f"At least {requests:,} request(s): about {seconds:,.0f} s at the "
+                          f"configured limit, plus reading the rows.")
+
+    def catch_signals(self, job: backfill.Backfill) -> None:
+        def stop(signum: int, frame: Any) -> None:
+            job.stop.set()
+            self.stderr.write("Stopping after the current batch ...")
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+
+    def progress(self, total: int, done: int, quiet: bool) -> Any:
+        if quiet:
+            return _Silent()
+        if sys.stderr.isatty():
+            return _Bar(tqdm(total=total, initial=done, unit="row", dynamic_ncols=True))
+        return _Lines(self.stderr, total, done)
+
+    def summary(self, run: BackfillRun) -> None:
+        self.stdout.write(f"Backfill #{run.pk} of {run.model}: {run.status}. {run.sent:,} sent, "
+                          f"{run.skipped:,} skipped, {run.failed:,} failed of {run.total:,}.")
+        if run.status == BackfillRun.STOPPED:
+            raise CommandError(f"stopped; continue with: manage.py cio_backfill --resume "
+                               f"{run.pk}", returncode=1)
+        if run.failed:
+            raise CommandError(f"{run.failed} row(s) failed: see the dead letters "
+                               f"(manage.py cio_status), replay with manage.py cio_replay",
+                               returncode=1)
+
+
+def _pair(where: str) -> tuple[str, str]:
+    field, sep, value = where.partition("=")
+    if not sep or not field:
+        raise ValueError(f"--where wants FIELD=VALUE, got {where!r}")
+    return field, value
+
+
+class _Silent:
+    def __enter__(self) -> Any:
+        return lambda rows: None
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+class _Bar:
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def __enter__(self) -> Any:
+        return self.bar.update
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.close()
+
+
+class _Lines:
+    """Progress as a line every few seconds, for logs (not a terminal)."""
+
+    def __init__(self, out: Any, total: int, done: int) -> None:
+        self.out, self.total, self.done = out, total, done
+        self.started = self.last = time.monotonic()
+        self.start_done = done
+
+    def __enter__(self) -> Any:
+        return self.advance
+
+    def advance(self, rows: int) -> None:
+        self.done += rows
+        now = time.monotonic()
+        if now - self.last >= 5 or self.done >= self.total:
+            rate = (self.done - self.start_done) / max(now - self.started, 1e-9)
+            left = (self.total - self.done) / rate if rate else 0
+            self.out.write(f"{self.done:,}/{self.total:,} rows, {rate:,.0f} rows/s, "
+                           f"about {left:,.0f} s left")
+            self.last = now
+
+    def __exit__(self, *exc: Any) -> None:
+        pass

@@ -1,0 +1,123 @@
+"""cio_backfill on PostgreSQL against the fake Track API."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+import django_cio
+from django_cio import backfill
+from django_cio.models import BackfillRun, DeadLetter
+from django_cio.registry import registry
+from tests.conftest import ROOT, _test_database_url
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def users(cio_fake):
+    @django_cio.register(User)
+    class UserCustomer(django_cio.Customer):
+        fields = ["email", "is_active"]
+
+    User.objects.bulk_create(
+        User(username=f"u{n:05}", email=f"u{n}@example.com", is_active=n % 10 != 0)
+        for n in range(20_000)
+    )
+    yield cio_fake
+    registry.unregister(User)
+
+
+def test_every_row_is_sent_in_pages_of_one_request_each(users, capsys):
+    call_command("cio_backfill", "auth.User", "--batch-size", "1000", "--quiet")
+    stats = users.store.stats()
+    assert stats["people"] == 20_000 and stats["requests"] == 20
+    run = BackfillRun.objects.get()
+    assert (run.status, run.total, run.sent, run.failed) == ("done", 20_000, 20_000, 0)
+    assert "20,000 sent" in capsys.readouterr().out
+
+
+def test_where_filters_rows(users):
+    call_command("cio_backfill", "auth.User", "--where", "is_active=False", "--quiet")
+    assert users.store.stats()["people"] == 2_000
+    assert all(person["is_active"] is False for person in users.store.people.values())
+
+
+def test_a_stopped_run_resumes_where_it_stopped_and_sends_nothing_twice(users):
+    run = backfill.start("auth.User", {})
+    job = backfill.Backfill(run, batch_size=5_000)
+    job.stop.set()  # as Ctrl-C would: stop after the current page
+    assert job.execute().status == "stopped" and run.last_pk is not None
+    assert users.store.stats()["people"] == 5_000
+    call_command("cio_backfill", "--resume", str(run.pk), "--quiet")
+    run.refresh_from_db()
+    assert (run.status, run.sent) == ("done", 20_000)
+    assert users.store.stats()["ops"] == {"identify": 20_000}  # not one row sent twice
+
+
+def test_sigint_stops_after_the_batch_and_prints_the_resume_command(users):
+    users.configure(latency_ms=300)  # slow enough to interrupt mid-run
+    env = {**os.environ, "DATABASE_URL": _test_database_url(),
+           "CUSTOMERIO_TRACK_URL": users.url, "CUSTOMERIO_SITE_ID": users.site_id,
+           "CUSTOMERIO_API_KEY": users.api_key}
+    command = [sys.executable, "-c", (
+        "import django, sys; django.setup(); import django_cio; "
+        "from django.contrib.auth.models import User; "
+        "django_cio.register(User)(type('C', (django_cio.Customer,), {'fields': ['email']})); "
+        "from django.core.management import execute_from_command_line as run; "
+        "run(['manage.py', 'cio_backfill', 'auth.User', '--batch-size', '1000'])")]
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while users.received < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    run = BackfillRun.objects.get()
+    assert run.status == "stopped" and f"--resume {run.pk}" in err
+    assert 0 < run.sent < 20_000 and run.sent == users.store.stats()["people"]
+
+
+def test_rate_share_takes_at_most_that_share_of_the_limit(users, settings):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "RATE_LIMIT": "40/s"}
+    User.objects.filter(pk__gt=User.objects.order_by("pk")[400].pk).delete()
+    call_command("cio_backfill", "auth.User", "--batch-size", "10", "--rate-share", "0.5",
+                 "--quiet")
+    times = sorted(request["at"] for request in users.store.requests)
+    assert len(times) == 41
+    busiest = max(sum(1 for t in times if start <= t < start + 1) for start in times)
+    assert busiest <= 20
+
+
+def test_dry_run_counts_and_hides_values(users, capsys):
+    call_command("cio_backfill", "auth.User", "--dry-run")
+    out = capsys.readouterr().out
+    assert "20,000 row(s) of auth.User would be sent" in out
+    assert "@example.com" not in out and "<Identify" in out
+    assert users.store.stats()["requests"] == 0 and not BackfillRun.objects.exists()
+
+
+def test_refused_rows_are_dead_letters_and_exit_1(users):
+    User.objects.filter(pk__gt=User.objects.order_by("pk")[99].pk).delete()
+    refused = str(User.objects.order_by("pk")[5].pk)
+    users.configure(refuse=[refused])
+    with pytest.raises(CommandError, match="1 row") as caught:
+        call_command("cio_backfill", "auth.User", "--quiet")
+    assert caught.value.returncode == 1
+    assert list(DeadLetter.objects.values_list("person_id", flat=True)) == [refused]
+    assert BackfillRun.objects.get().failed == 1
+
+
+@pytest.mark.parametrize("args", [["nope.Model"], ["auth.Group"], ["auth.User", "--where", "x"],
+                                  ["auth.User", "--where", "colour=red"], []])
+def test_usage_errors_exit_2(users, args):
+    with pytest.raises(CommandError) as caught:
+        call_command("cio_backfill", *args, "--quiet")
+    assert caught.value.returncode == 2
