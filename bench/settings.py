@@ -2,12 +2,15 @@
 
 import os
 
+import dj_database_url
+
 SECRET_KEY = "django-cio-bench"
 USE_TZ = True
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_cio"]
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
-                         "NAME": os.environ.get("CIO_BENCH_DB", "bench.sqlite3"),
-                         "OPTIONS": {"timeout": 20}}}
+# "bench" registers auth users for backfills (bench/apps.py).
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_cio", "bench"]
+DATABASES = {"default": dj_database_url.parse(
+    os.environ.get("DATABASE_URL",
+                   f"sqlite:///{os.environ.get('CIO_BENCH_DB', 'bench.sqlite3')}"))}
 CACHES = {"default": {
     "BACKEND": "django_redis.cache.RedisCache",
     "LOCATION": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15"),

@@ -11,7 +11,6 @@ so a stopped or crashed run resumes where it was, skipping nothing.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,21 +20,22 @@ from django.utils import timezone
 
 from .exceptions import ConfigurationError
 from .models import BackfillRun
-from .ratelimit import LocalLimiter, RateLimiter, get_limiter
+from .operations import Operation
+from .ratelimit import RateLimiter, get_limiter
 from .registry import _identify, registry
 from .tasks import Delivery
 
 
 class ShareOfLimit:
-    """At most ``share`` of the workspace's limit, and never more than what the shared limit
-    leaves: live traffic keeps its room. Waits as long as it takes (a backfill can wait)."""
+    """At most ``share`` of the workspace's limit: each request books ``1 / share`` slots of
+    the shared limit (two at 0.5), so live traffic keeps the rest and the total stays under
+    the limit. It waits as long as it takes: a backfill is in no hurry."""
 
     def __init__(self, shared: RateLimiter, share: float) -> None:
-        self.shared, self.own = shared, LocalLimiter(shared.interval / share)
+        self.shared, self.cost = shared, 1 / share
 
     def acquire(self, max_wait: float = float("inf")) -> None:
-        time.sleep(self.own.reserve(float("inf")))
-        self.shared.acquire()
+        self.shared.acquire(cost=self.cost)
 
 
 def resolve_model(label: str) -> type[models.Model]:
@@ -86,9 +86,10 @@ class Backfill:
         run = self.run
         run.status = BackfillRun.RUNNING
         for page in self.pages():
-            ops = [op for op in (_identify(row, created=False) for row in page) if op]
-            delivery = Delivery([op.to_dict() for op in ops], dedup=self.dedup,
-                                limiter=self.limiter)
+            ops: list[Operation] = [
+                op for op in (_identify(row, created=False) for row in page) if op
+            ]
+            delivery = Delivery([], ops=ops, dedup=self.dedup, limiter=self.limiter)
             delivery.run()
             statuses = [result.status for result in delivery.results]
             run.sent += statuses.count("sent") + statuses.count("retrying")

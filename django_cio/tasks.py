@@ -140,14 +140,15 @@ class Delivery:
     dedup: bool = True  # drop identifies Customer.io already has (backfills may opt out)
     limiter: Any = None  # default: the workspace's shared limiter
     throttled_for: float | None = None  # the limiter had no slot for this long
-    ops: list[Operation] | None = None  # parsed, as pre_send left them
+    ops: list[Operation] | None = None  # parsed (or given), as pre_send left them
     results: list[OpResult] = field(default_factory=list)
     pending: list[Operation] = field(default_factory=list)
     error: APIError | None = None
 
     def run(self) -> None:
         cio, backend = get_settings(), get_backend()
-        self.ops = self.parse()
+        if self.ops is None:  # a backfill hands over ops it has just built and validated
+            self.ops = self.parse()
         pre_send.send(sender=type(backend), ops=self.ops)
         self.send(backend, self.ops, cio)
         if self.pending:
