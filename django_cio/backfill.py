@@ -49,6 +49,24 @@ def resolve_model(label: str) -> type[models.Model]:
     return model
 
 
+def registered_labels() -> list[str]:
+    """``app_label.Model`` of every registered model, proxies left out (their rows are their
+    concrete model's rows)."""
+    return sorted(model._meta.label for model in registry.customers if not model._meta.proxy)
+
+
+def since_field(model: type[models.Model]) -> str:
+    """The field ``--since`` filters on: the registration's ``since_field``, else a usual one."""
+    customer = registry.customer_for(model)
+    chosen = getattr(customer, "since_field", None)
+    names = {field.name for field in model._meta.get_fields()}
+    for name in ([chosen] if chosen else ["date_joined", "created_at", "created"]):
+        if name in names:
+            return name
+    raise ConfigurationError(f"--since: set since_field on the registration of "
+                             f"{model._meta.label} (no date_joined, created_at or created)")
+
+
 def queryset(model: type[models.Model], filters: dict[str, Any]) -> models.QuerySet[Any]:
     """The rows a run covers: ``filters`` are field lookups, e.g. ``{"is_active": "1"}``."""
     return model._default_manager.filter(**filters).order_by("pk")

@@ -41,6 +41,7 @@ class Customer:
 
     fields: ClassVar[Sequence[str]] = ()
     delete_on_model_delete: ClassVar[bool] = False
+    since_field: ClassVar[str | None] = None  # what cio_backfill --since filters on
 
     def person_id(self, instance: Any) -> str:
         """The Customer.io id: the primary key as a string (an email field works too)."""

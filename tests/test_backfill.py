@@ -121,3 +121,31 @@ def test_usage_errors_exit_2(users, args):
     with pytest.raises(CommandError) as caught:
         call_command("cio_backfill", *args, "--quiet")
     assert caught.value.returncode == 2
+
+
+def test_since_filters_on_date_joined(users):
+    call_command("cio_backfill", "auth.User", "--since", "2999-01-01", "--quiet")
+    assert users.store.stats()["people"] == 0
+    call_command("cio_backfill", "auth.User", "--since", "2000-01-01T00:00:00Z", "--quiet")
+    assert users.store.stats()["people"] == 20_000
+
+
+def test_ids_from_a_file(users, tmp_path):
+    wanted = [str(pk) for pk in User.objects.order_by("pk").values_list("pk", flat=True)[:7]]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(wanted) + "\n\n")
+    call_command("cio_backfill", "auth.User", "--ids-from", str(ids), "--quiet")
+    assert sorted(users.store.people) == sorted(wanted)
+
+
+def test_all_registered_models(users, capsys):
+    call_command("cio_backfill", "--all", "--dry-run")
+    assert "of auth.User would be sent" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [["auth.User", "--since", "last tuesday"],
+                                  ["auth.User", "--ids-from", "/nonexistent/ids.txt"]])
+def test_bad_since_or_ids_file_exit_2(users, args):
+    with pytest.raises(CommandError) as caught:
+        call_command("cio_backfill", *args, "--quiet")
+    assert caught.value.returncode == 2

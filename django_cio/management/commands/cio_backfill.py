@@ -3,10 +3,13 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import FieldError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
 from tqdm import tqdm
 
 from django_cio import backfill
@@ -35,6 +38,14 @@ class Command(BaseCommand):
         parser.add_argument("--rate-share", type=float, default=1.0,
                             help="Most of the workspace's RATE_LIMIT this run may use, 0-1 "
                             "(default 1; live traffic shares the same limit either way).")
+        parser.add_argument("--all", action="store_true",
+                            help="Every registered model, one after another.")
+        parser.add_argument("--since", metavar="DATE",
+                            help="Only rows created or joined since DATE (ISO 8601), by the "
+                            "registration's since_field (default: date_joined, created_at, "
+                            "created, whichever the model has).")
+        parser.add_argument("--ids-from", metavar="FILE",
+                            help="Only rows whose primary keys are listed in FILE, one a line.")
         parser.add_argument("--dedup", action="store_true",
                             help="Skip identifies Customer.io already has (default: send all).")
         parser.add_argument("--resume", nargs="?", const="last", metavar="RUN_ID",
@@ -45,22 +56,28 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            run = self.prepare(options)
-        except (ConfigurationError, FieldError, ValueError) as exc:
+            runs = self.prepare(options)
+        except (ConfigurationError, FieldError, ValueError, OSError) as exc:
             raise CommandError(str(exc), returncode=2) from None
-        if options["dry_run"]:
-            return self.dry_run(run, options)
-        if run.pk is None:
-            run.save()
-        job = backfill.Backfill(run, options["batch_size"], options["rate_share"],
-                                options["dedup"])
-        self.catch_signals(job)
-        done = run.sent + run.skipped + run.failed
-        with self.progress(run.total, done, options["quiet"]) as advance:
-            run = job.execute(progress=advance)
-        self.summary(run)
+        for run in runs:
+            if options["dry_run"]:
+                self.dry_run(run, options)
+                continue
+            if run.pk is None:
+                run.save()
+            job = backfill.Backfill(run, options["batch_size"], options["rate_share"],
+                                    options["dedup"])
+            self.catch_signals(job)
+            done = run.sent + run.skipped + run.failed
+            with self.progress(run.total, done, options["quiet"]) as advance:
+                job.execute(progress=advance)
+            self.summary(run)
+            if run.status == BackfillRun.STOPPED:
+                break
+        if not options["dry_run"]:
+            self.verdict(runs)
 
-    def prepare(self, options: dict[str, Any]) -> BackfillRun:
+    def prepare(self, options: dict[str, Any]) -> list[BackfillRun]:
         if not 0 < options["rate_share"] <= 1:
             raise ValueError("--rate-share must be above 0 and at most 1")
         if options["batch_size"] < 1:
@@ -71,13 +88,25 @@ class Command(BaseCommand):
                    else runs.filter(pk=options["resume"]).first())
             if run is None:
                 raise ValueError(f"no unfinished backfill run {options['resume']}")
-            return run
-        if not options["label"]:
-            raise ValueError("name a model (app_label.Model), or --resume a run")
-        filters = dict(_pair(where) for where in options["where"])
-        model = backfill.resolve_model(options["label"])
+            return [run]
+        if options["all"]:
+            labels = backfill.registered_labels()
+        elif options["label"]:
+            labels = [options["label"]]
+        else:
+            raise ValueError("name a model (app_label.Model), --all, or --resume a run")
+        return [self.new_run(label, options) for label in labels]
+
+    def new_run(self, label: str, options: dict[str, Any]) -> BackfillRun:
+        model = backfill.resolve_model(label)
+        filters: dict[str, Any] = dict(_pair(where) for where in options["where"])
+        if options["since"]:
+            filters[f"{backfill.since_field(model)}__gte"] = _moment(options["since"])
+        if options["ids_from"]:
+            with open(options["ids_from"]) as ids:
+                filters["pk__in"] = [line.strip() for line in ids if line.strip()]
         total = backfill.queryset(model, filters).count()  # a bad filter fails here
-        return BackfillRun(model=options["label"], filters=filters, total=total)
+        return BackfillRun(model=label, filters=filters, total=total)
 
     def dry_run(self, run: BackfillRun, options: dict[str, Any]) -> None:
         model = backfill.resolve_model(run.model)
@@ -108,13 +137,31 @@ class Command(BaseCommand):
     def summary(self, run: BackfillRun) -> None:
         self.stdout.write(f"Backfill #{run.pk} of {run.model}: {run.status}. {run.sent:,} sent, "
                           f"{run.skipped:,} skipped, {run.failed:,} failed of {run.total:,}.")
-        if run.status == BackfillRun.STOPPED:
+
+    def verdict(self, runs: list[BackfillRun]) -> None:
+        stopped = [run for run in runs if run.status == BackfillRun.STOPPED]
+        if stopped:
             raise CommandError(f"stopped; continue with: manage.py cio_backfill --resume "
-                               f"{run.pk}", returncode=1)
-        if run.failed:
-            raise CommandError(f"{run.failed} row(s) failed: see the dead letters "
+                               f"{stopped[0].pk}", returncode=1)
+        failed = sum(run.failed for run in runs)
+        if failed:
+            raise CommandError(f"{failed} row(s) failed: see the dead letters "
                                f"(manage.py cio_status), replay with manage.py cio_replay",
                                returncode=1)
+
+
+def _moment(text: str) -> str:
+    """An ISO 8601 date or datetime, in the current time zone when it names none, as the
+    string the filter (and a resume) keeps."""
+    moment = parse_datetime(text)
+    if moment is None:
+        day = parse_date(text)
+        if day is None:
+            raise ValueError(f"--since wants an ISO 8601 date or datetime, got {text!r}")
+        moment = datetime.combine(day, datetime.min.time())
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment)
+    return moment.isoformat()
 
 
 def _pair(where: str) -> tuple[str, str]:
