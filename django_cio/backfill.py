@@ -10,6 +10,7 @@ so a stopped or crashed run resumes where it was, skipping nothing.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,12 +19,14 @@ from django.apps import apps
 from django.db import models
 from django.utils import timezone
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, ValidationError
 from .models import BackfillRun
 from .operations import Operation
 from .ratelimit import RateLimiter, get_limiter
 from .registry import _identify, registry
 from .tasks import Delivery
+
+logger = logging.getLogger("django_cio")
 
 
 class ShareOfLimit:
@@ -99,20 +102,35 @@ class Backfill:
             yield page
             last = page[-1].pk
 
+    def build(self, page: list[Any]) -> tuple[list[Operation], int]:
+        """The page's identifies, and how many rows could not become one (logged by pk, with
+        the field at fault and never its value)."""
+        ops: list[Operation] = []
+        invalid = 0
+        for row in page:
+            try:
+                op = _identify(row, created=False)
+            except Exception as exc:
+                invalid += 1
+                reason = str(exc) if isinstance(exc, ValidationError) else type(exc).__name__
+                logger.error("customerio: backfill row pk=%s not sent (%s)", row.pk, reason)
+                continue
+            if op is not None:
+                ops.append(op)
+        return ops, invalid
+
     def execute(self, progress: Callable[[int], None] = lambda rows: None) -> BackfillRun:
         """Deliver page after page until done or ``stop`` is set (after the current page)."""
         run = self.run
         run.status = BackfillRun.RUNNING
         for page in self.pages():
-            ops: list[Operation] = [
-                op for op in (_identify(row, created=False) for row in page) if op
-            ]
+            ops, invalid = self.build(page)
             delivery = Delivery([], ops=ops, dedup=self.dedup, limiter=self.limiter)
             delivery.run()
             statuses = [result.status for result in delivery.results]
             run.sent += statuses.count("sent") + statuses.count("retrying")
-            run.failed += statuses.count("failed")
-            run.skipped += len(page) - len(ops) + statuses.count("skipped")
+            run.failed += statuses.count("failed") + invalid
+            run.skipped += len(page) - len(ops) - invalid + statuses.count("skipped")
             pk = page[-1].pk
             run.last_pk = pk if isinstance(pk, (int, str)) else str(pk)  # UUIDs, too
             run.updated_at = timezone.now()

@@ -149,3 +149,21 @@ def test_bad_since_or_ids_file_exit_2(users, args):
     with pytest.raises(CommandError) as caught:
         call_command("cio_backfill", *args, "--quiet")
     assert caught.value.returncode == 2
+
+
+def test_a_row_that_cannot_be_an_identify_is_counted_failed_and_the_rest_go(users, caplog):
+    User.objects.filter(pk__gt=User.objects.order_by("pk")[9].pk).delete()
+    bad = User.objects.order_by("pk")[3]
+    registry.unregister(User)
+
+    @django_cio.register(User)
+    class LongBio(django_cio.Customer):
+        def get_attributes(self, user):
+            return {"bio": "secret " * (200 if user.pk == bad.pk else 1)}  # over 1,000 bytes
+
+    with pytest.raises(CommandError) as caught:
+        call_command("cio_backfill", "auth.User", "--quiet")
+    assert caught.value.returncode == 1
+    assert users.store.stats()["people"] == 9 and BackfillRun.objects.get().failed == 1
+    assert f"pk={bad.pk} not sent (identify: attributes.bio" in caplog.text
+    assert "secret secret" not in caplog.text
