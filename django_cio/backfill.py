@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,15 +31,22 @@ logger = logging.getLogger("django_cio")
 
 
 class ShareOfLimit:
-    """At most ``share`` of the workspace's limit: each request books ``1 / share`` slots of
-    the shared limit (two at 0.5), so live traffic keeps the rest and the total stays under
-    the limit. It waits as long as it takes: a backfill is in no hurry."""
+    """At most ``share`` of the workspace's limit for backfills (a limit of their own, shared
+    by every backfill of the workspace), inside the workspace's limit, which live traffic
+    shares: together they never pass ``RATE_LIMIT``, and what backfills leave is live
+    traffic's. It waits as long as it takes: a backfill is in no hurry."""
 
     def __init__(self, shared: RateLimiter, share: float) -> None:
-        self.shared, self.cost = shared, 1 / share
+        self.shared = shared
+        self.own = None if share >= 1 else RateLimiter(
+            f"{shared.key}:backfill", shared.interval / share, shared.client,
+            shared.local.interval / share,
+        )
 
     def acquire(self, max_wait: float = float("inf")) -> None:
-        self.shared.acquire(cost=self.cost)
+        if self.own is not None:
+            self.own.acquire()
+        self.shared.acquire()
 
 
 def resolve_model(label: str) -> type[models.Model]:
@@ -119,16 +127,31 @@ class Backfill:
                 ops.append(op)
         return ops, invalid
 
+    def deliver(self, ops: list[Operation]) -> list[str]:
+        """Deliver a page until every op is sent or failed: transient errors and 429s wait
+        here, in the backfill, so the checkpoint only moves past acknowledged rows."""
+        statuses: list[str] = []
+        failures = 0
+        while ops:
+            delivery = Delivery([], failures, ops=ops, dedup=self.dedup, limiter=self.limiter,
+                                hold_retries=True)
+            delivery.run()
+            statuses += [r.status for r in delivery.results if r.status != "retrying"]
+            if delivery.retry is None:
+                break
+            failures, wait = delivery.retry
+            time.sleep(wait)
+            ops = delivery.pending
+        return statuses
+
     def execute(self, progress: Callable[[int], None] = lambda rows: None) -> BackfillRun:
         """Deliver page after page until done or ``stop`` is set (after the current page)."""
         run = self.run
         run.status = BackfillRun.RUNNING
         for page in self.pages():
             ops, invalid = self.build(page)
-            delivery = Delivery([], ops=ops, dedup=self.dedup, limiter=self.limiter)
-            delivery.run()
-            statuses = [result.status for result in delivery.results]
-            run.sent += statuses.count("sent") + statuses.count("retrying")
+            statuses = self.deliver(ops)
+            run.sent += statuses.count("sent")
             run.failed += statuses.count("failed") + invalid
             run.skipped += len(page) - len(ops) - invalid + statuses.count("skipped")
             pk = page[-1].pk

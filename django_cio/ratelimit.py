@@ -34,20 +34,18 @@ from .conf import CIOSettings, get_settings
 logger = logging.getLogger("django_cio")
 
 # Reserve the next slot: one request every ``interval`` seconds, no burst, so no 1-second
-# window ever holds more than the limit. A request of ``cost`` 2 takes two slots' time (a
-# backfill at half the limit). Returns the wait as a string (Lua numbers would be truncated
-# to integers), negative and unreserved when it exceeds ``max_wait``.
+# window ever holds more than the limit. Returns the wait as a string (Lua numbers would be
+# truncated to integers), negative and unreserved when it exceeds ``max_wait``.
 _GCRA = """
 local now = redis.call('TIME')
 now = tonumber(now[1]) + tonumber(now[2]) / 1000000
 local interval, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2])
-local step = interval * tonumber(ARGV[3] or '1')
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local wait = tat - now
 if wait > max_wait then return tostring(-wait) end
-local ttl = math.ceil((wait + step) * 1000) + 1000
-redis.call('SET', KEYS[1], tostring(tat + step), 'PX', ttl)
+local ttl = math.ceil((wait + interval) * 1000) + 1000
+redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', ttl)
 return tostring(wait)
 """
 
@@ -77,13 +75,13 @@ class LocalLimiter:
     _tat: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def reserve(self, max_wait: float, cost: float = 1.0) -> float:
+    def reserve(self, max_wait: float) -> float:
         with self._lock:
             now = time.monotonic()
             wait = max(self._tat, now) - now
             if wait > max_wait:
                 return -wait
-            self._tat = max(self._tat, now) + self.interval * cost
+            self._tat = max(self._tat, now) + self.interval
             return wait
 
 
@@ -97,19 +95,18 @@ class RateLimiter:
         self._script = client.register_script(_GCRA) if client is not None else None
         self._redis_down_until = 0.0
 
-    def reserve(self, max_wait: float, cost: float = 1.0) -> float:
-        """Reserve the next slot (``cost`` slots' worth of time) and return the seconds until
-        it; ``Throttled`` if it is more than ``max_wait`` away."""
-        wait = self._reserve_shared(max_wait, cost)
+    def reserve(self, max_wait: float) -> float:
+        """Reserve the next slot and return the seconds until it; ``Throttled`` if too far."""
+        wait = self._reserve_shared(max_wait)
         if wait is None:
-            wait = self.local.reserve(max_wait, cost)
+            wait = self.local.reserve(max_wait)
         if wait < 0:
             raise Throttled(-wait)
         return wait
 
-    def acquire(self, max_wait: float = float("inf"), cost: float = 1.0) -> None:
+    def acquire(self, max_wait: float = float("inf")) -> None:
         """Wait for this process's turn to send one request."""
-        wait = self.reserve(max_wait, cost)
+        wait = self.reserve(max_wait)
         if wait > 0:
             time.sleep(wait)
 
@@ -124,11 +121,11 @@ class RateLimiter:
         now = seconds + micros / 1_000_000
         return {"shared": True, "booked_seconds": round(max(0.0, float(tat or 0) - now), 3)}
 
-    def _reserve_shared(self, max_wait: float, cost: float) -> float | None:
+    def _reserve_shared(self, max_wait: float) -> float | None:
         if self._script is None or time.monotonic() < self._redis_down_until:
             return None
         try:
-            return float(self._script(keys=[self.key], args=[self.interval, max_wait, cost]))
+            return float(self._script(keys=[self.key], args=[self.interval, max_wait]))
         except redis.RedisError as exc:
             self._redis_down_until = time.monotonic() + _RETRY_REDIS_AFTER
             logger.warning(

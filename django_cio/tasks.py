@@ -139,6 +139,8 @@ class Delivery:
     failures: int = 0
     dedup: bool = True  # drop identifies Customer.io already has (backfills may opt out)
     limiter: Any = None  # default: the workspace's shared limiter
+    hold_retries: bool = False  # keep retries for the caller (a backfill waits and resends)
+    retry: tuple[int, float] | None = None  # held retry: (failure count, seconds to wait)
     throttled_for: float | None = None  # the limiter had no slot for this long
     ops: list[Operation] | None = None  # parsed (or given), as pre_send left them
     results: list[OpResult] = field(default_factory=list)
@@ -231,8 +233,7 @@ class Delivery:
         error = self.error
         if error is None:  # only our own limiter held them back
             self.results += [OpResult(op, "retrying", "throttled") for op in self.pending]
-            schedule([op.to_dict() for op in self.pending], self.failures,
-                     min(self.throttled_for or 0, cio.retry_after_max))
+            self.hand_over(self.failures, min(self.throttled_for or 0, cio.retry_after_max))
             return
         if isinstance(error, RateLimited):
             # Being told to slow down is not a failure of these ops: keep the retry budget.
@@ -248,8 +249,13 @@ class Delivery:
             wait = backoff(failures, cio)
         self.results += [OpResult(op, "retrying", error.reason, error.status)
                          for op in self.pending]
-        ops = [op.to_dict() for op in self.pending]  # same event ids: repeats are dropped
-        schedule(ops, failures, wait)
+        self.hand_over(failures, wait)
+
+    def hand_over(self, failures: int, wait: float) -> None:
+        if self.hold_retries:
+            self.retry = (failures, wait)
+        else:  # same event ids: repeats are dropped
+            schedule([op.to_dict() for op in self.pending], failures, wait)
 
 
 def schedule(ops: list[Json], failures: int, wait: float) -> None:

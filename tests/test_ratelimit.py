@@ -90,9 +90,3 @@ def test_the_limiters_redis_is_redis_url_then_the_cache_then_the_broker(settings
     assert ratelimit.redis_url(get_settings()) == settings.CACHES["default"]["LOCATION"]
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     assert ratelimit.redis_url(get_settings()) == BROKERS["redis"]
-
-
-def test_a_costlier_request_books_that_many_slots():
-    shared = limiter(interval=0.1)
-    shared.reserve(max_wait=10, cost=3)
-    assert 0.25 < shared.reserve(max_wait=10) <= 0.3 + 1e-6

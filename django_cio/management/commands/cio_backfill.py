@@ -7,7 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import FieldError
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from tqdm import tqdm
@@ -57,25 +59,35 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             runs = self.prepare(options)
-        except (ConfigurationError, FieldError, ValueError, OSError) as exc:
-            raise CommandError(str(exc), returncode=2) from None
-        for run in runs:
+            jobs = [backfill.Backfill(run, options["batch_size"], options["rate_share"],
+                                      options["dedup"]) for run in runs]
+        except (ConfigurationError, FieldError, ValueError, OSError, DjangoValidationError,
+                DatabaseError) as exc:
+            # One line, no traceback; a database error's text is cut short (it may quote data).
+            raise CommandError(str(exc).splitlines()[0][:300], returncode=2) from None
+        for job in jobs:
+            run = job.run
             if options["dry_run"]:
                 self.dry_run(run, options)
                 continue
             if run.pk is None:
                 run.save()
-            job = backfill.Backfill(run, options["batch_size"], options["rate_share"],
-                                    options["dedup"])
             self.catch_signals(job)
             done = run.sent + run.skipped + run.failed
             with self.progress(run.total, done, options["quiet"]) as advance:
-                job.execute(progress=advance)
+                try:
+                    job.execute(progress=advance)
+                except BaseException:
+                    run.status = BackfillRun.FAILED
+                    run.save(update_fields=["status"])
+                    self.stderr.write(f"Backfill #{run.pk} crashed; continue with: "
+                                      f"manage.py cio_backfill --resume {run.pk}")
+                    raise
             self.summary(run)
             if run.status == BackfillRun.STOPPED:
                 break
         if not options["dry_run"]:
-            self.verdict(runs)
+            self.verdict([job.run for job in jobs])
 
     def prepare(self, options: dict[str, Any]) -> list[BackfillRun]:
         if not 0 < options["rate_share"] <= 1:
@@ -83,7 +95,7 @@ class Command(BaseCommand):
         if options["batch_size"] < 1:
             raise ValueError("--batch-size must be at least 1")
         if options["resume"]:
-            runs = BackfillRun.objects.exclude(status=BackfillRun.DONE)
+            runs = BackfillRun.objects.exclude(status=BackfillRun.DONE)  # stopped, crashed
             run = (runs.first() if options["resume"] == "last"
                    else runs.filter(pk=options["resume"]).first())
             if run is None:
@@ -141,12 +153,15 @@ class Command(BaseCommand):
     def verdict(self, runs: list[BackfillRun]) -> None:
         stopped = [run for run in runs if run.status == BackfillRun.STOPPED]
         if stopped:
+            untouched = [run.model for run in runs if run.pk is None]
+            then = f"; then back up: {', '.join(untouched)}" if untouched else ""
             raise CommandError(f"stopped; continue with: manage.py cio_backfill --resume "
-                               f"{stopped[0].pk}", returncode=1)
+                               f"{stopped[0].pk}{then}", returncode=1)
         failed = sum(run.failed for run in runs)
         if failed:
-            raise CommandError(f"{failed} row(s) failed: see the dead letters "
-                               f"(manage.py cio_status), replay with manage.py cio_replay",
+            raise CommandError(f"{failed} row(s) failed: those Customer.io refused are dead "
+                               f"letters (manage.py cio_status, cio_replay); rows that could "
+                               f"not become an identify are logged with their pk",
                                returncode=1)
 
 
