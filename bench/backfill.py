@@ -48,6 +48,9 @@ def main() -> None:
     try:
         run(args, env, url)
     finally:
+        from django.core.cache import caches
+
+        caches["default"].delete_pattern("*")  # this run's dedup keys (its own key prefix)
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
