@@ -182,3 +182,23 @@ def test_transient_errors_are_waited_out_before_the_checkpoint_moves(users):
     assert (run.status, run.sent, run.failed) == ("done", 300, 0)
     assert users.store.stats()["people"] == 300
     assert [r["status"] for r in users.store.requests][:4] == [503, 503, 429, 200]
+
+
+def test_concurrent_senders_deliver_everything_and_checkpoint_in_order(users):
+    users.configure(latency_ms=100)
+    call_command("cio_backfill", "auth.User", "--concurrency", "4", "--quiet")
+    run = BackfillRun.objects.get()
+    assert (run.status, run.sent) == ("done", 20_000)
+    assert run.last_pk == User.objects.order_by("-pk").values_list("pk", flat=True)[0]
+    assert users.store.stats()["ops"] == {"identify": 20_000}
+
+
+def test_a_stop_with_pages_in_flight_checkpoints_only_what_is_acknowledged(users):
+    users.configure(latency_ms=50)
+    run = backfill.start("auth.User", {})
+    job = backfill.Backfill(run, batch_size=1000)
+    job.execute(progress=lambda rows: job.stop.set(), concurrency=4)
+    assert run.status == "stopped"
+    covered = set(map(str, User.objects.filter(pk__lte=run.last_pk).values_list("pk", flat=True)))
+    assert covered <= set(users.store.people)  # nothing at or below the checkpoint is missing
+    assert run.sent == len(covered)

@@ -48,6 +48,9 @@ class Command(BaseCommand):
                             "created, whichever the model has).")
         parser.add_argument("--ids-from", metavar="FILE",
                             help="Only rows whose primary keys are listed in FILE, one a line.")
+        parser.add_argument("--concurrency", type=int, default=1, metavar="N",
+                            help="Pages sent at once while one thread reads (default 1); "
+                            "raise it when Customer.io answers slowly.")
         parser.add_argument("--dedup", action="store_true",
                             help="Skip identifies Customer.io already has (default: send all).")
         parser.add_argument("--resume", nargs="?", const="last", metavar="RUN_ID",
@@ -76,7 +79,7 @@ class Command(BaseCommand):
             done = run.sent + run.skipped + run.failed
             with self.progress(run.total, done, options["quiet"]) as advance:
                 try:
-                    job.execute(progress=advance)
+                    job.execute(progress=advance, concurrency=options["concurrency"])
                 except BaseException:
                     run.status = BackfillRun.FAILED
                     run.save(update_fields=["status"])
@@ -94,6 +97,8 @@ class Command(BaseCommand):
             raise ValueError("--rate-share must be above 0 and at most 1")
         if options["batch_size"] < 1:
             raise ValueError("--batch-size must be at least 1")
+        if options["concurrency"] < 1:
+            raise ValueError("--concurrency must be at least 1")
         if options["resume"]:
             runs = BackfillRun.objects.exclude(status=BackfillRun.DONE)  # stopped, crashed
             run = (runs.first() if options["resume"] == "last"
