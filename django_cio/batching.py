@@ -55,6 +55,16 @@ class Message:
     error: BaseException | None = None  # set when its ops must go back to the broker
     queued: Any = None  # the kombu message, for drained ones (to acknowledge it)
 
+    @classmethod
+    def of(cls, ops: Any, failures: Any, queued: Any = None) -> Message:
+        """A message from a task's arguments, however malformed (each bad op becomes a dead
+        letter later; a bad failure count counts as none)."""
+        if not isinstance(ops, list):
+            ops = [ops]
+        if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
+            failures = 0
+        return cls(ops, failures, queued=queued)
+
 
 def drain(queue: str, max_messages: int, max_ops: int) -> list[Message]:
     """Take up to ``max_messages`` waiting ``deliver`` messages (``max_ops`` ops) straight
@@ -115,11 +125,7 @@ def _as_message(queued: Any) -> Message | None:
     except Exception:  # not JSON, not protocol 2: Celery's own handling deals with it
         return None
     failures = kwargs.get("failures", 0) if isinstance(kwargs, dict) else 0
-    if not isinstance(ops, list):
-        ops = [ops]
-    if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
-        failures = 0
-    return Message(ops, failures, queued=queued)
+    return Message.of(ops, failures, queued)
 
 
 def _hand_back(bound: Any, queued: Any) -> None:

@@ -55,10 +55,8 @@ def enqueue(op: Operation, using: str | None = None) -> None:
     connection = transaction.get_connection(alias)
     if connection.in_atomic_block:
         _transaction_ops(alias, connection).add(op, connection)
-    elif _batch.get():
-        _batch.get()[-1].append(op)
     else:
-        publish([op], alias)
+        _hand_on([op], alias)
 
 
 @contextlib.contextmanager
@@ -94,7 +92,8 @@ def _atomic_alias() -> str:
 
 
 def _hand_on(ops: list[Operation], alias: str) -> None:
-    """Committed ops join the enclosing batch if there is one, else go to the broker."""
+    """Ops outside a transaction (or committed) join the enclosing batch if there is one,
+    else go to the broker."""
     if _batch.get():
         _batch.get()[-1].extend(ops)
     else:
@@ -130,9 +129,7 @@ class _TransactionOps:
 
     def owns(self, connection: Any) -> bool:
         """Whether the connection's current transaction is this one (its flush is pending)."""
-        hooks = connection.run_on_commit
-        return bool(hooks) and (hooks[-1][1] == self.flush
-                                or any(hook[1] == self.flush for hook in hooks))
+        return any(hook[1] == self.flush for hook in reversed(connection.run_on_commit))
 
     def flush(self) -> None:
         ops, self.committed = self.committed, []

@@ -58,16 +58,13 @@ MAX_LIMITER_WAIT = 5
 )
 def deliver(self: Any, ops: list[Json], failures: int = 0) -> None:
     """Send ``ops`` (``Operation.to_dict()`` output); ``failures`` counts earlier attempts."""
-    if not isinstance(ops, list):  # malformed: let each item become a dead letter
-        ops = [ops]
-    if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
-        failures = 0
-    own = Message(ops, failures)
+    own = Message.of(ops, failures)
     redelivered = bool(self.request.delivery_info.get("redelivered"))
     drained: list[Message] = []
     try:
         if redelivered and _too_many_deliveries(self.request.id):
-            _dead_letters([(raw, "worker lost too often", None) for raw in ops], failures + 1)
+            _dead_letters([(raw, "worker lost too often", None) for raw in own.ops],
+                          own.failures + 1)
             return
         if not redelivered:  # back from a lost worker: it goes alone, counted alone
             drained = _drain()

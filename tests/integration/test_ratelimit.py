@@ -7,6 +7,7 @@ import time
 import pytest
 from django.test import override_settings
 
+from bench.common import busiest_second
 from django_cio.client import TrackClient
 from django_cio.fakeserver import FakeTrackAPI
 from django_cio.ratelimit import get_limiter
@@ -50,16 +51,6 @@ def run_processes(fake, count, seconds, cio):
 
 
 
-def max_in_one_second(times):
-    """The most requests inside any sliding 1-second window."""
-    most, first = 0, 0
-    for last, moment in enumerate(times):
-        while moment - times[first] >= 1.0:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
-
-
 def new_workspace(settings):
     """A fake Track API for a workspace of this test alone (its own limiter key)."""
     return FakeTrackAPI(site_id=f"limit-test-{os.getpid()}-{time.time_ns()}")
@@ -74,6 +65,6 @@ def test_four_processes_never_exceed_the_limit_and_use_most_of_it(settings):
     limit, seconds = 40, 5
     with new_workspace(settings) as fake:
         times = run_processes(fake, 4, seconds, settings_for(settings, fake, f"{limit}/s"))
-    assert max_in_one_second(times) <= limit
+    assert busiest_second(times) <= limit
     # share of the limit used while sending (process start-up is not the limiter's doing)
     assert (len(times) - 1) / (times[-1] - times[0]) >= 0.9 * limit
