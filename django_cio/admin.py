@@ -5,7 +5,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
-from .models import DeadLetter, DeadLetterQuerySet, Outbox
+from .models import BackfillRun, DeadLetter, DeadLetterQuerySet, Outbox
 
 
 @admin.register(DeadLetter)
@@ -30,6 +30,17 @@ class DeadLetterAdmin(admin.ModelAdmin):
 class OutboxAdmin(admin.ModelAdmin):
     list_display = ["id", "created_at", "not_before", "failures"]
     readonly_fields = [field.name for field in Outbox._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(BackfillRun)
+class BackfillRunAdmin(admin.ModelAdmin):
+    list_display = ["id", "model", "status", "total", "sent", "skipped", "failed", "started_at",
+                    "updated_at"]
+    list_filter = ["status", "model"]
+    readonly_fields = [field.name for field in BackfillRun._meta.fields]
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -16,10 +16,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from itertools import islice
 from typing import Any
 
 from django.apps import apps
-from django.db import connections, models
+from django.db import connections, models, router, transaction
 from django.utils import timezone
 
 from .exceptions import ConfigurationError, ValidationError
@@ -27,28 +30,38 @@ from .models import BackfillRun
 from .operations import Operation
 from .ratelimit import RateLimiter, get_limiter
 from .registry import _identify, registry
-from .tasks import Delivery
+from .tasks import MAX_LIMITER_WAIT, Delivery
 
 logger = logging.getLogger("django_cio")
+
+# A running backfill touches its run this often; one untouched for LEASE seconds is taken for
+# dead, and --resume may pick it up.
+HEARTBEAT = 10
+LEASE = 60
+# Longest an --async task waits for a retry inside the worker; longer, the page goes back to
+# the broker with a countdown.
+MAX_HOLD = MAX_LIMITER_WAIT
 
 
 class ShareOfLimit:
     """At most ``share`` of the workspace's limit for backfills (a limit of their own, shared
     by every backfill of the workspace), inside the workspace's limit, which live traffic
     shares: together they never pass ``RATE_LIMIT``, and what backfills leave is live
-    traffic's. It waits as long as it takes: a backfill is in no hurry."""
+    traffic's. A patient one (the command) waits as long as it takes; a Celery task is not
+    patient, so that it never holds a worker live traffic needs."""
 
-    def __init__(self, shared: RateLimiter, share: float) -> None:
-        self.shared = shared
+    def __init__(self, shared: RateLimiter, share: float, patient: bool = True) -> None:
+        self.shared, self.patient = shared, patient
         self.own = None if share >= 1 else RateLimiter(
             f"{shared.key}:backfill", shared.interval / share, shared.client,
             shared.local.interval / share,
         )
 
     def acquire(self, max_wait: float = float("inf")) -> None:
+        wait = max_wait if not self.patient else float("inf")
         if self.own is not None:
-            self.own.acquire()
-        self.shared.acquire()
+            self.own.acquire(wait)
+        self.shared.acquire(wait)
 
 
 def resolve_model(label: str) -> type[models.Model]:
@@ -59,6 +72,8 @@ def resolve_model(label: str) -> type[models.Model]:
         raise ConfigurationError(f"no model {label!r} (use app_label.Model)") from None
     if registry.customer_for(model) is None:
         raise ConfigurationError(f"{label} is not registered with django_cio.register")
+    if getattr(model._meta, "is_composite_pk", False):  # Django 5.2+
+        raise ConfigurationError(f"{label} has a composite primary key: not supported")
     return model
 
 
@@ -85,32 +100,84 @@ def queryset(model: type[models.Model], filters: dict[str, Any]) -> models.Query
     return model._default_manager.filter(**filters).order_by("pk")
 
 
-def start(label: str, filters: dict[str, Any]) -> BackfillRun:
+def start(label: str, filters: dict[str, Any], **options: Any) -> BackfillRun:
     model = resolve_model(label)
     total = queryset(model, filters).count()
-    return BackfillRun.objects.create(model=label, filters=filters, total=total)
+    return BackfillRun.objects.create(model=label, filters=filters, total=total,
+                                      options=options)
+
+
+def read_ids(path: str) -> Iterator[str]:
+    """The primary keys of an ids file, one a line, blank lines left out, read lazily."""
+    with open(path) as lines:
+        for line in lines:
+            if line.strip():
+                yield line.strip()
+
+
+def count_ids(model: type[models.Model], path: str) -> int:
+    """How many ids the file lists; ``ConfigurationError`` names the first line that is not
+    a primary key of ``model``."""
+    field = model._meta.pk
+    number = 0
+    for number, pk in enumerate(read_ids(path), 1):
+        try:
+            field.to_python(pk)
+        except Exception:
+            raise ConfigurationError(f"--ids-from: id {number} of {path} is not a primary key "
+                                     f"of {model._meta.label}") from None
+    return number
+
+
+def _json_pk(pk: Any) -> Any:
+    return pk if isinstance(pk, (int, str)) else str(pk)  # UUIDs, too
+
+
+@dataclass
+class Page:
+    rows: list[Any]
+    size: int  # what the run counts: rows read, or ids of the file looked up
+    mark: Any  # the checkpoint once the page is acknowledged (a pk, or ids done)
 
 
 class Backfill:
     """One run's work: pages of rows, delivered and checkpointed in order."""
 
-    def __init__(self, run: BackfillRun, batch_size: int = 1000, rate_share: float = 1.0,
-                 dedup: bool = False) -> None:
-        self.run, self.batch_size, self.dedup = run, batch_size, dedup
+    def __init__(self, run: BackfillRun, patient: bool = True) -> None:
+        self.run = run
+        self.batch_size = run.options.get("batch_size", 1000)
+        self.dedup = run.options.get("dedup", False)
         self.model = resolve_model(run.model)
-        self.limiter = ShareOfLimit(get_limiter(), rate_share)
+        self.limiter = ShareOfLimit(get_limiter(), run.options.get("rate_share", 1.0), patient)
         self.stop = threading.Event()
 
-    def pages(self) -> Iterator[list[Any]]:
+    def rows(self, after: Any = None, upto: Any = None) -> list[Any]:
+        """The next page of rows with ``after < pk <= upto`` (either end open when None)."""
         rows = queryset(self.model, self.run.filters)
+        if after is not None:
+            rows = rows.filter(pk__gt=after)
+        if upto is not None:
+            rows = rows.filter(pk__lte=upto)
+        return list(rows[:self.batch_size])
+
+    def pages(self) -> Iterator[Page]:
+        if self.run.ids_file:
+            yield from self._id_pages()
+            return
         last = self.run.last_pk
-        while True:
-            page = list((rows.filter(pk__gt=last) if last is not None else rows)
-                        [:self.batch_size])
-            if not page:
-                return
-            yield page
-            last = page[-1].pk
+        while page := self.rows(after=last):
+            last = _json_pk(page[-1].pk)
+            yield Page(page, len(page), last)
+
+    def _id_pages(self) -> Iterator[Page]:
+        ids = read_ids(self.run.ids_file)
+        done = self.run.ids_done
+        for _ in islice(ids, done):  # acknowledged before a stop
+            pass
+        rows = queryset(self.model, self.run.filters)
+        while chunk := list(islice(ids, self.batch_size)):
+            done += len(chunk)
+            yield Page(list(rows.filter(pk__in=chunk)), len(chunk), done)
 
     def build(self, page: list[Any]) -> tuple[list[Operation], int]:
         """The page's identifies, and how many rows could not become one (logged by pk, with
@@ -129,11 +196,12 @@ class Backfill:
                 ops.append(op)
         return ops, invalid
 
-    def deliver(self, ops: list[Operation]) -> list[str]:
+    def deliver(self, ops: list[Operation], failures: int = 0,
+                max_hold: float = float("inf")) -> tuple[list[str], tuple[int, float] | None]:
         """Deliver a page until every op is sent or failed: transient errors and 429s wait
-        here, in the backfill, so the checkpoint only moves past acknowledged rows."""
+        here, up to ``max_hold`` seconds at a time, so that the checkpoint only moves past
+        acknowledged rows. Returns the statuses, and (failures, wait) if it gave up waiting."""
         statuses: list[str] = []
-        failures = 0
         while ops:
             delivery = Delivery([], failures, ops=ops, dedup=self.dedup, limiter=self.limiter,
                                 hold_retries=True)
@@ -142,9 +210,11 @@ class Backfill:
             if delivery.retry is None:
                 break
             failures, wait = delivery.retry
+            if wait > max_hold:
+                return statuses, delivery.retry
             time.sleep(wait)
             ops = delivery.pending
-        return statuses
+        return statuses, None
 
     def execute(self, progress: Callable[[int], None] = lambda rows: None,
                 concurrency: int = 1) -> BackfillRun:
@@ -155,37 +225,121 @@ class Backfill:
         order: it only ever covers pages that are all acknowledged."""
         run = self.run
         run.status = BackfillRun.RUNNING
-        in_flight: deque[tuple[Future[list[str]], list[Any], int, int]] = deque()
-        with ThreadPoolExecutor(concurrency, thread_name_prefix="cio-backfill") as senders:
-            for page in self.pages():
-                ops, invalid = self.build(page)
-                in_flight.append((senders.submit(self._send, ops), page, len(ops), invalid))
-                while len(in_flight) >= concurrency:
+        run.save()
+        in_flight: deque[tuple[Future[list[str]], Page, int, int]] = deque()
+        finished = threading.Event()
+        heartbeat = threading.Thread(target=self._heartbeat, args=(finished,), daemon=True)
+        heartbeat.start()
+        try:
+            with ThreadPoolExecutor(concurrency, thread_name_prefix="cio-backfill") as senders:
+                for page in self.pages():
+                    ops, invalid = self.build(page.rows)
+                    in_flight.append((senders.submit(self._send, ops), page, len(ops), invalid))
+                    while len(in_flight) >= concurrency:
+                        self._checkpoint(*in_flight.popleft(), progress)
+                    if self.stop.is_set():
+                        break
+                while in_flight:
                     self._checkpoint(*in_flight.popleft(), progress)
-                if self.stop.is_set():
-                    break
-            while in_flight:
-                self._checkpoint(*in_flight.popleft(), progress)
+        finally:
+            finished.set()
+            heartbeat.join()
         run.status = BackfillRun.STOPPED if self.stop.is_set() else BackfillRun.DONE
         run.updated_at = timezone.now()
-        run.save()
+        run.save(update_fields=["status", "updated_at"])
         return run
+
+    def _heartbeat(self, finished: threading.Event) -> None:
+        """Show the run is alive (``--resume`` leaves a live run alone) and obey ``--stop``."""
+        rows = BackfillRun.objects.filter(pk=self.run.pk)
+        try:
+            while not finished.wait(HEARTBEAT):
+                rows.update(updated_at=timezone.now())
+                if rows.filter(status=BackfillRun.STOPPED).exists():
+                    self.stop.set()
+        finally:
+            connections.close_all()  # this thread's own
 
     def _send(self, ops: list[Operation]) -> list[str]:
         try:
-            return self.deliver(ops)
+            return self.deliver(ops)[0]
         finally:
             connections.close_all()  # this sender thread's own (dead letters), not the reader's
 
-    def _checkpoint(self, sending: Future[list[str]], page: list[Any], built: int,
+    def _checkpoint(self, sending: Future[list[str]], page: Page, built: int,
                     invalid: int, progress: Callable[[int], None]) -> None:
-        statuses = sending.result()
         run = self.run
-        run.sent += statuses.count("sent")
-        run.failed += statuses.count("failed") + invalid
-        run.skipped += len(page) - built - invalid + statuses.count("skipped")
-        pk = page[-1].pk
-        run.last_pk = pk if isinstance(pk, (int, str)) else str(pk)  # UUIDs, too
+        tally(run, page, built, invalid, sending.result())
+        if run.ids_file:
+            run.ids_done = page.mark
+        else:
+            run.last_pk = page.mark
+        run.updated_at = timezone.now()
+        # Not the status: a --stop from elsewhere must stay.
+        run.save(update_fields=["sent", "failed", "skipped", "last_pk", "ids_done",
+                                "updated_at"])
+        progress(page.size)
+
+
+def tally(run: BackfillRun, page: Page, built: int, invalid: int, statuses: list[str]) -> None:
+    """Count a page's rows: each one sent, skipped (no identify, or already known) or failed."""
+    run.sent += statuses.count("sent")
+    run.failed += statuses.count("failed") + invalid
+    run.skipped += page.size - built - invalid + statuses.count("skipped")
+
+
+# --async: the rows are cut into pk ranges, and each range is sent by a chain of Celery tasks,
+# one page per task (no worker is held longer than a page). A task's identity is (run, range):
+# it reads the range's checkpoint, sends the next page and moves the checkpoint only if it is
+# still where it was read, so two copies of a task (a redelivery) end as one chain.
+
+def split(run: BackfillRun, parts: int) -> list[list[Any]]:
+    """``parts`` pk ranges ``[after, upto]`` of about equal size, reading only the pks."""
+    model = resolve_model(run.model)
+    step = max(1, -(-run.total // parts))
+    pks = queryset(model, run.filters).values_list("pk", flat=True).iterator(chunk_size=10_000)
+    ends: list[Any] = []
+    last = None
+    for number, pk in enumerate(pks, 1):
+        last = _json_pk(pk)
+        if number % step == 0:
+            ends.append(last)
+    if last is not None and (not ends or ends[-1] != last):
+        ends.append(last)
+    return [[ends[n - 1] if n else None, end] for n, end in enumerate(ends)]
+
+
+def send_range_page(run_id: int, index: int, failures: int) -> tuple[int, float] | None:
+    """Send the next page of range ``index`` of an --async run and checkpoint it. Returns
+    when to send again, as (failures, countdown), or None when the range is done (or the run
+    stopped, or another copy of this task has the page)."""
+    run = BackfillRun.objects.filter(pk=run_id, status=BackfillRun.RUNNING).first()
+    if run is None or not run.ranges:
+        return None
+    after, upto = run.ranges[index]
+    if after == upto:
+        return None
+    job = Backfill(run, patient=False)
+    rows = job.rows(after, upto)
+    ops, invalid = job.build(rows)
+    statuses, retry = job.deliver(ops, failures, max_hold=MAX_HOLD)
+    if retry is not None:  # the page again, later: sent ones again, harmless for identifies
+        return retry
+    page = Page(rows, len(rows), _json_pk(rows[-1].pk) if rows else upto)
+    with transaction.atomic(using=router.db_for_write(BackfillRun)):
+        run = BackfillRun.objects.select_for_update().get(pk=run_id)
+        if run.status != BackfillRun.RUNNING or run.ranges[index][0] != after:
+            return None
+        run.ranges[index][0] = page.mark
+        tally(run, page, len(ops), invalid, statuses)
+        if all(after == upto for after, upto in run.ranges):
+            run.status = BackfillRun.DONE
         run.updated_at = timezone.now()
         run.save()
-        progress(len(page))
+    return None if page.mark == upto else (0, 0.0)
+
+
+def alive(run: BackfillRun) -> bool:
+    """Whether a run is still being worked on (its heartbeat or a page is recent)."""
+    recent = timezone.now() - run.updated_at < timedelta(seconds=LEASE)
+    return run.status == BackfillRun.RUNNING and recent

@@ -81,7 +81,15 @@ class BackfillRun(models.Model):
 
     model = models.CharField(max_length=200, help_text="app_label.Model")
     filters = models.JSONField(default=dict)
+    ids_file = models.CharField(max_length=1000, blank=True,
+                                help_text="Only the primary keys listed in this file.")
+    options = models.JSONField(default=dict, help_text="batch_size, rate_share, dedup.")
     last_pk = models.JSONField(null=True, blank=True, help_text="Last row acknowledged.")
+    ids_done = models.PositiveBigIntegerField(
+        default=0, help_text="Lines of the ids file acknowledged.")
+    ranges = models.JSONField(
+        null=True, blank=True,
+        help_text="--async: [last pk acknowledged, last pk] of each range Celery tasks send.")
     total = models.PositiveBigIntegerField(default=0)
     sent = models.PositiveBigIntegerField(default=0)
     skipped = models.PositiveBigIntegerField(default=0)

@@ -209,15 +209,20 @@ def publish_to_broker(ops: list[Json], *, failures: int = 0, countdown: float = 
     """One ``deliver`` message on this thread's broker connection. Raises on broker errors."""
     from .tasks import deliver
 
-    producer = _producer()
+    publish_task(
+        deliver, (ops,), kwargs={"failures": failures} if failures else None,
+        countdown=countdown or None,
+        # Celery copies the arguments' repr into headers, events and Flower: no values.
+        argsrepr=f"[<{len(ops)} ops>]", kwargsrepr=f"{{'failures': {failures}}}",
+    )
+
+
+def publish_task(task: Any, args: tuple[Any, ...], **options: Any) -> None:
+    """``task`` on the delivery queue, by this thread's broker connection (short timeouts, no
+    retries: a caller that cannot wait has a fallback). Raises on broker errors."""
     try:
-        deliver.apply_async(
-            args=(ops,), kwargs={"failures": failures} if failures else None,
-            queue=get_settings().queue, countdown=countdown or None,
-            producer=producer, retry=False,
-            # Celery copies the arguments' repr into headers, events and Flower: no values.
-            argsrepr=f"[<{len(ops)} ops>]", kwargsrepr=f"{{'failures': {failures}}}",
-        )
+        task.apply_async(args, queue=get_settings().queue, producer=_producer(), retry=False,
+                         **options)
     except Exception:
         _drop_producer()
         raise

@@ -110,6 +110,33 @@ def deliver_messages(messages: list[Message]) -> None:
                     message.error = reject
 
 
+@shared_task(name="django_cio.tasks.backfill_page", bind=True, acks_late=True,
+             ignore_result=True, max_retries=None)
+def backfill_page(self: Any, run_id: int, index: int, failures: int = 0) -> None:
+    """The next page of range ``index`` of a ``cio_backfill --async`` run, then the next one
+    (as a new message, so no worker is held for a whole range)."""
+    from .backfill import send_range_page
+    from .models import BackfillRun
+
+    cio = get_settings()
+    try:
+        again = send_range_page(run_id, index, failures)
+    except Exception as exc:  # the database down, a bug: the page again, later
+        logger.error("customerio: backfill #%s page failed (%s)", run_id, type(exc).__name__)
+        if failures + 1 > cio.max_retries:
+            BackfillRun.objects.filter(pk=run_id).update(status=BackfillRun.FAILED)
+            logger.error("customerio: backfill #%s failed; continue with: manage.py "
+                         "cio_backfill --resume %s", run_id, run_id)
+            return
+        again = (failures + 1, backoff(failures + 1, cio))
+    if again is None:
+        return
+    try:
+        producer.publish_task(self, (run_id, index, again[0]), countdown=again[1] or None)
+    except Exception as exc:  # the broker down: this message again, later; nothing is lost
+        raise Reject(type(exc).__name__, requeue=True) from None
+
+
 @shared_task(name="django_cio.tasks.relay_outbox", ignore_result=True)
 def relay_outbox(limit: int = 1000) -> int:
     """Publish due Outbox messages of every database that holds the table; return the count."""

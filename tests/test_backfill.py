@@ -4,7 +4,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
@@ -15,6 +17,7 @@ import django_cio
 from bench.common import busiest_second
 from django_cio import backfill
 from django_cio.models import BackfillRun, DeadLetter
+from django_cio.producer import publish_task
 from django_cio.registry import registry
 from tests.conftest import ROOT, _test_database_url
 
@@ -51,8 +54,8 @@ def test_where_filters_rows(users):
 
 
 def test_a_stopped_run_resumes_where_it_stopped_and_sends_nothing_twice(users):
-    run = backfill.start("auth.User", {})
-    job = backfill.Backfill(run, batch_size=5_000)
+    run = backfill.start("auth.User", {}, batch_size=5_000)
+    job = backfill.Backfill(run)
     job.stop.set()  # as Ctrl-C would: stop after the current page
     assert job.execute().status == "stopped" and run.last_pk is not None
     assert users.store.stats()["people"] == 5_000
@@ -195,10 +198,102 @@ def test_concurrent_senders_deliver_everything_and_checkpoint_in_order(users):
 
 def test_a_stop_with_pages_in_flight_checkpoints_only_what_is_acknowledged(users):
     users.configure(latency_ms=50)
-    run = backfill.start("auth.User", {})
-    job = backfill.Backfill(run, batch_size=1000)
+    run = backfill.start("auth.User", {}, batch_size=1000)
+    job = backfill.Backfill(run)
     job.execute(progress=lambda rows: job.stop.set(), concurrency=4)
     assert run.status == "stopped"
     covered = set(map(str, User.objects.filter(pk__lte=run.last_pk).values_list("pk", flat=True)))
     assert covered <= set(users.store.people)  # nothing at or below the checkpoint is missing
     assert run.sent == len(covered)
+
+
+def test_ids_from_a_large_file_pages_through_it_in_order_and_resumes(users, tmp_path):
+    pks = list(User.objects.order_by("-pk").values_list("pk", flat=True)[:2_500])
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(map(str, [*pks, 10**9])) + "\n")  # the last is no row
+    run = backfill.start("auth.User", {}, batch_size=1_000)
+    run.ids_file, run.total = str(ids), backfill.count_ids(User, str(ids))
+    job = backfill.Backfill(run)
+    job.stop.set()
+    job.execute()
+    assert (run.ids_done, users.store.stats()["people"]) == (1_000, 1_000)
+    assert set(users.store.people) == set(map(str, pks[:1_000]))  # the file's order
+    call_command("cio_backfill", "--resume", str(run.pk), "--quiet")
+    run.refresh_from_db()
+    assert (run.status, run.sent, run.skipped, run.total) == ("done", 2_500, 1, 2_501)
+    assert users.store.stats()["ops"] == {"identify": 2_500}
+
+
+def test_an_ids_file_line_that_is_no_pk_exits_2_naming_the_line(users, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1\n2\nnot-a-number\n")
+    with pytest.raises(CommandError, match=r"id 3 of .* is not a primary key") as caught:
+        call_command("cio_backfill", "auth.User", "--ids-from", str(ids), "--quiet")
+    assert caught.value.returncode == 2
+
+
+def test_resume_leaves_a_live_run_alone_and_takes_over_a_dead_one(users):
+    run = backfill.start("auth.User", {}, batch_size=5_000)  # "running", touched just now
+    with pytest.raises(CommandError, match="is running") as caught:
+        call_command("cio_backfill", "--resume", str(run.pk), "--quiet")
+    assert caught.value.returncode == 2
+    BackfillRun.objects.filter(pk=run.pk).update(
+        updated_at=run.updated_at - timedelta(seconds=backfill.LEASE + 1))  # its process died
+    call_command("cio_backfill", "--resume", "--quiet")
+    run.refresh_from_db()
+    assert (run.status, run.sent, run.options["batch_size"]) == ("done", 20_000, 5_000)
+    assert users.store.stats()["ops"] == {"identify": 20_000}
+
+
+def test_stop_from_elsewhere_stops_a_running_backfill(users, monkeypatch):
+    monkeypatch.setattr(backfill, "HEARTBEAT", 0.05)
+    users.configure(latency_ms=100)
+    run = backfill.start("auth.User", {}, batch_size=500)
+    job = backfill.Backfill(run)
+    stopper = threading.Timer(0.3, call_command, ["cio_backfill", "--stop", str(run.pk)])
+    stopper.start()
+    job.execute()
+    stopper.join()
+    run.refresh_from_db()
+    assert run.status == "stopped" and 0 < run.sent < 20_000
+    with pytest.raises(CommandError, match="no running backfill run") as caught:
+        call_command("cio_backfill", "--stop", str(run.pk))
+    assert caught.value.returncode == 2
+
+
+def test_async_sends_every_row_through_the_workers_in_ranges(users, worker, wait_for, capsys):
+    call_command("cio_backfill", "auth.User", "--async", "--concurrency", "3",
+                 "--batch-size", "2000")
+    assert "queued in 3 range(s)" in capsys.readouterr().out
+    run = BackfillRun.objects.get()
+    wait_for(lambda: BackfillRun.objects.filter(pk=run.pk, status="done").exists(), timeout=60)
+    run.refresh_from_db()
+    assert (run.sent, run.skipped, run.failed) == (20_000, 0, 0)
+    assert all(after == upto for after, upto in run.ranges)
+    assert users.store.stats()["people"] == 20_000
+    call_command("cio_status")
+    assert f"Backfill #{run.pk} of auth.User: done, 20,000/20,000 rows" in capsys.readouterr().out
+
+
+def test_async_copies_of_a_task_end_as_one_chain_and_a_stopped_run_resumes(users, worker,
+                                                                           wait_for):
+    from django_cio.tasks import backfill_page
+
+    users.configure(latency_ms=20)
+    run = backfill.start("auth.User", {}, batch_size=1_000)
+    run.ranges = backfill.split(run, 2)
+    run.save()
+    for index in (0, 0, 1):  # a redelivered copy of range 0
+        publish_task(backfill_page, (run.pk, index))
+    wait_for(lambda: BackfillRun.objects.get(pk=run.pk).sent >= 4_000, timeout=60)
+    call_command("cio_backfill", "--stop", str(run.pk))
+    time.sleep(0.5)  # the pages in flight
+    stopped = BackfillRun.objects.get(pk=run.pk)
+    assert stopped.status == "stopped" and stopped.sent < 20_000
+    BackfillRun.objects.filter(pk=run.pk).update(
+        updated_at=stopped.updated_at - timedelta(seconds=backfill.LEASE + 1))
+    call_command("cio_backfill", "--resume", str(run.pk))
+    wait_for(lambda: BackfillRun.objects.filter(pk=run.pk, status="done").exists(), timeout=60)
+    run.refresh_from_db()
+    assert run.sent == 20_000  # each page counted once, however many copies sent it
+    assert users.store.stats()["people"] == 20_000

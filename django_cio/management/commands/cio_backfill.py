@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -18,6 +19,7 @@ from django_cio import backfill
 from django_cio.conf import get_settings
 from django_cio.exceptions import ConfigurationError
 from django_cio.models import BackfillRun
+from django_cio.producer import publish_task
 from django_cio.registry import _identify
 
 
@@ -35,9 +37,9 @@ class Command(BaseCommand):
         parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
                             help="Only rows where FIELD equals VALUE (repeatable; Django "
                             "lookups such as date_joined__gte=2024-01-01 work too).")
-        parser.add_argument("--batch-size", type=int, default=1000,
+        parser.add_argument("--batch-size", type=int,
                             help="Rows per page and checkpoint (default 1000).")
-        parser.add_argument("--rate-share", type=float, default=1.0,
+        parser.add_argument("--rate-share", type=float,
                             help="Most of the workspace's RATE_LIMIT this run may use, 0-1 "
                             "(default 1; live traffic shares the same limit either way).")
         parser.add_argument("--all", action="store_true",
@@ -47,39 +49,53 @@ class Command(BaseCommand):
                             "registration's since_field (default: date_joined, created_at, "
                             "created, whichever the model has).")
         parser.add_argument("--ids-from", metavar="FILE",
-                            help="Only rows whose primary keys are listed in FILE, one a line.")
-        parser.add_argument("--concurrency", type=int, default=1, metavar="N",
+                            help="Only rows whose primary keys are listed in FILE, one a line, "
+                            "sent in the file's order (any size: read a page at a time).")
+        parser.add_argument("--concurrency", type=int, metavar="N",
                             help="Pages sent at once while one thread reads (default 1); "
-                            "raise it when Customer.io answers slowly.")
-        parser.add_argument("--dedup", action="store_true",
+                            "raise it when Customer.io answers slowly. With --async: the "
+                            "number of pk ranges sent in parallel (default 4).")
+        parser.add_argument("--dedup", action="store_true", default=None,
                             help="Skip identifies Customer.io already has (default: send all).")
+        parser.add_argument("--async", action="store_true", dest="in_workers",
+                            help="Queue the run for the Celery workers (on the delivery queue, "
+                            "in pk ranges) and return; follow it with cio_status or the admin.")
         parser.add_argument("--resume", nargs="?", const="last", metavar="RUN_ID",
-                            help="Continue a stopped run (default: the latest one).")
+                            help="Continue a stopped, failed or dead run (default: the latest "
+                            "one), with its own options unless given again.")
+        parser.add_argument("--stop", metavar="RUN_ID", type=int,
+                            help="Stop a running run (in workers or another process) after its "
+                            "current pages; --resume continues it.")
         parser.add_argument("--dry-run", action="store_true",
                             help="Count the rows, show a few ops (values hidden), estimate time.")
         parser.add_argument("--quiet", action="store_true", help="No progress output.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
+            if options["stop"] is not None:
+                self.stop_run(options["stop"])
+                return
             runs = self.prepare(options)
-            jobs = [backfill.Backfill(run, options["batch_size"], options["rate_share"],
-                                      options["dedup"]) for run in runs]
+            jobs = [backfill.Backfill(run) for run in runs]
         except (ConfigurationError, FieldError, ValueError, OSError, DjangoValidationError,
                 DatabaseError) as exc:
             # One line, no traceback; a database error's text is cut short (it may quote data).
             raise CommandError(str(exc).splitlines()[0][:300], returncode=2) from None
+        if options["dry_run"]:
+            for run in runs:
+                self.dry_run(run)
+            return
+        if options["in_workers"] or runs[0].ranges is not None:
+            for run in runs:
+                self.queue(run, options["concurrency"] or 4)
+            return
         for job in jobs:
             run = job.run
-            if options["dry_run"]:
-                self.dry_run(run, options)
-                continue
-            if run.pk is None:
-                run.save()
             self.catch_signals(job)
             done = run.sent + run.skipped + run.failed
             with self.progress(run.total, done, options["quiet"]) as advance:
                 try:
-                    job.execute(progress=advance, concurrency=options["concurrency"])
+                    job.execute(progress=advance, concurrency=options["concurrency"] or 1)
                 except BaseException:
                     run.status = BackfillRun.FAILED
                     run.save(update_fields=["status"])
@@ -89,50 +105,100 @@ class Command(BaseCommand):
             self.summary(run)
             if run.status == BackfillRun.STOPPED:
                 break
-        if not options["dry_run"]:
-            self.verdict([job.run for job in jobs])
+        self.verdict([job.run for job in jobs])
 
     def prepare(self, options: dict[str, Any]) -> list[BackfillRun]:
-        if not 0 < options["rate_share"] <= 1:
+        if options["rate_share"] is not None and not 0 < options["rate_share"] <= 1:
             raise ValueError("--rate-share must be above 0 and at most 1")
-        if options["batch_size"] < 1:
+        if options["batch_size"] is not None and options["batch_size"] < 1:
             raise ValueError("--batch-size must be at least 1")
-        if options["concurrency"] < 1:
+        if options["concurrency"] is not None and options["concurrency"] < 1:
             raise ValueError("--concurrency must be at least 1")
+        if options["in_workers"] and options["ids_from"]:
+            raise ValueError("--async sends pk ranges: not with --ids-from")
+        given = {key: options[key] for key in ("batch_size", "rate_share", "dedup")
+                 if options[key] is not None}
         if options["resume"]:
-            runs = BackfillRun.objects.exclude(status=BackfillRun.DONE)  # stopped, crashed
-            run = (runs.first() if options["resume"] == "last"
-                   else runs.filter(pk=options["resume"]).first())
-            if run is None:
-                raise ValueError(f"no unfinished backfill run {options['resume']}")
-            return [run]
+            return [self.claim(options["resume"], given)]
         if options["all"]:
             labels = backfill.registered_labels()
         elif options["label"]:
             labels = [options["label"]]
         else:
             raise ValueError("name a model (app_label.Model), --all, or --resume a run")
-        return [self.new_run(label, options) for label in labels]
+        runs = [self.new_run(label, options) for label in labels]
+        for run in runs:
+            run.options = {"batch_size": 1000, "rate_share": 1.0, "dedup": False, **given}
+        return runs  # saved when they start
+
+    def claim(self, wanted: str, given: dict[str, Any]) -> BackfillRun:
+        """The run to resume, taken over only if no one else is working on it."""
+        runs = BackfillRun.objects.exclude(status=BackfillRun.DONE)  # stopped, failed, dead
+        run = runs.first() if wanted == "last" else runs.filter(pk=wanted).first()
+        if run is None:
+            raise ValueError(f"no unfinished backfill run {wanted}")
+        if backfill.alive(run):
+            raise ConfigurationError(
+                f"backfill #{run.pk} is running (touched in the last {backfill.LEASE} s); "
+                f"stop it with --stop {run.pk}, or resume it a minute after it died")
+        run.options.update(given)
+        taken = BackfillRun.objects.filter(pk=run.pk, updated_at=run.updated_at).update(
+            status=BackfillRun.RUNNING, updated_at=timezone.now(), options=run.options)
+        if not taken:
+            raise ConfigurationError(f"backfill #{run.pk} was just resumed elsewhere")
+        run.refresh_from_db()
+        return run
+
+    def stop_run(self, pk: int) -> None:
+        if not BackfillRun.objects.filter(pk=pk, status=BackfillRun.RUNNING).update(
+                status=BackfillRun.STOPPED, updated_at=timezone.now()):
+            raise ConfigurationError(f"no running backfill run {pk}")
+        self.stdout.write(f"Backfill #{pk} stops after its current pages; continue with: "
+                          f"manage.py cio_backfill --resume {pk}")
+
+    def queue(self, run: BackfillRun, parts: int) -> None:
+        """An --async run: its pk ranges (cut now, or kept from before) go to the workers."""
+        from django_cio.tasks import backfill_page
+
+        if run.ranges is None:
+            run.ranges = backfill.split(run, parts)
+            run.save()
+        try:
+            for index, (after, upto) in enumerate(run.ranges):
+                if after != upto:
+                    publish_task(backfill_page, (run.pk, index))
+        except Exception as exc:  # the broker: a resume queues the ranges again
+            run.status = BackfillRun.STOPPED
+            run.save(update_fields=["status"])
+            raise CommandError(f"cannot queue backfill #{run.pk} ({type(exc).__name__}); "
+                               f"when the broker is back: manage.py cio_backfill --resume "
+                               f"{run.pk}", returncode=1) from None
+        self.stdout.write(
+            f"Backfill #{run.pk} of {run.model}: {run.total:,} row(s) queued in "
+            f"{len(run.ranges)} range(s) on {get_settings().queue!r}. Follow it with "
+            f"manage.py cio_status or the admin; stop it with manage.py cio_backfill --stop "
+            f"{run.pk}.")
 
     def new_run(self, label: str, options: dict[str, Any]) -> BackfillRun:
         model = backfill.resolve_model(label)
         filters: dict[str, Any] = dict(_pair(where) for where in options["where"])
         if options["since"]:
             filters[f"{backfill.since_field(model)}__gte"] = _moment(options["since"])
-        if options["ids_from"]:
-            with open(options["ids_from"]) as ids:
-                filters["pk__in"] = [line.strip() for line in ids if line.strip()]
         total = backfill.queryset(model, filters).count()  # a bad filter fails here
-        return BackfillRun(model=label, filters=filters, total=total)
+        if not options["ids_from"]:
+            return BackfillRun(model=label, filters=filters, total=total)
+        path = os.path.abspath(options["ids_from"])  # a resume may run elsewhere
+        return BackfillRun(model=label, filters=filters, ids_file=path,
+                           total=backfill.count_ids(model, path))
 
-    def dry_run(self, run: BackfillRun, options: dict[str, Any]) -> None:
+    def dry_run(self, run: BackfillRun) -> None:
         model = backfill.resolve_model(run.model)
         sample = backfill.queryset(model, run.filters)[:3]
         self.stdout.write(f"{run.total:,} row(s) of {run.model} would be sent. For example:")
         for row in sample:
             self.stdout.write(f"  {_identify(row, created=False)!r}")
-        requests = max(1, run.total // max(1, options["batch_size"]))
-        seconds = requests / (get_settings().rate.per_second * options["rate_share"])
+        requests = max(1, -(-run.total // run.options["batch_size"]))
+        seconds = requests / (get_settings().rate.per_second * run.options["rate_share"])
         self.stdout.write(f"At least {requests:,} request(s): about {seconds:,.0f} s at the "
                           f"configured limit, plus reading the rows.")
 

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from django_cio import dedup
 from django_cio.conf import get_settings
-from django_cio.models import DeadLetter, Outbox
+from django_cio.models import BackfillRun, DeadLetter, Outbox
 from django_cio.ratelimit import get_limiter
 from django_cio.relay import databases
 
@@ -18,16 +18,18 @@ class Command(BaseCommand):
     help = (
         "Show how delivery is doing: messages waiting in the broker's delivery queue, Outbox "
         "messages and the age of the oldest, dead letters by reason, the shared rate "
-        "limiter and identify dedup."
+        "limiter, identify dedup and backfill runs."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="Print one JSON object.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        status = {"queue": queue_status(), "outbox": outbox_status(),
-                  "dead_letters": dead_letter_status(), "rate_limiter": get_limiter().state(),
-                  "dedup": dedup.counters()}
+        status: dict[str, Any] = {
+            "queue": queue_status(), "outbox": outbox_status(),
+            "dead_letters": dead_letter_status(), "rate_limiter": get_limiter().state(),
+            "dedup": dedup.counters(), "backfills": backfill_status(),
+        }
         if options["json"]:
             self.stdout.write(json.dumps(status, indent=2))
             return
@@ -50,6 +52,10 @@ class Command(BaseCommand):
         if counts:
             self.stdout.write(f"Identify dedup: {counts['hits']} dropped, "
                               f"{counts['misses']} sent")
+        for run in status["backfills"]:
+            self.stdout.write(f"Backfill #{run['id']} of {run['model']}: {run['status']}, "
+                              f"{run['done']:,}/{run['total']:,} rows ({run['sent']:,} sent, "
+                              f"{run['failed']:,} failed)")
 
 
 def queue_status() -> dict[str, Any]:
@@ -83,3 +89,13 @@ def dead_letter_status() -> dict[str, Any]:
     rows = DeadLetter.objects.values("reason").annotate(count=Count("id")).order_by("-count")
     by_reason = {row["reason"]: row["count"] for row in rows}
     return {"total": sum(by_reason.values()), "by_reason": by_reason}
+
+
+def backfill_status(latest: int = 5) -> list[dict[str, Any]]:
+    """The unfinished backfill runs and the latest few."""
+    runs = BackfillRun.objects.exclude(status=BackfillRun.DONE)[:20]
+    recent = BackfillRun.objects.filter(status=BackfillRun.DONE)[:latest]
+    return [{"id": run.pk, "model": run.model, "status": run.status, "total": run.total,
+             "done": run.sent + run.skipped + run.failed, "sent": run.sent,
+             "failed": run.failed, "updated_at": run.updated_at.isoformat()}
+            for run in [*runs, *recent]]
