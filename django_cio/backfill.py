@@ -25,15 +25,18 @@ from django.apps import apps
 from django.db import connections, models, router, transaction
 from django.utils import timezone
 
+from .conf import get_settings
 from .exceptions import ConfigurationError, ValidationError
 from .models import BackfillRun
 from .operations import Operation
 from .ratelimit import RateLimiter, get_limiter
 from .registry import _identify, registry
+from .signals import OpResult
 from .tasks import MAX_LIMITER_WAIT, Delivery
 
 logger = logging.getLogger("django_cio")
 
+DEFAULT_OPTIONS = {"batch_size": 1000, "rate_share": 1.0, "dedup": False}
 # A running backfill touches its run this often; one untouched for LEASE seconds is taken for
 # dead, and --resume may pick it up.
 HEARTBEAT = 10
@@ -58,7 +61,7 @@ class ShareOfLimit:
         )
 
     def acquire(self, max_wait: float = float("inf")) -> None:
-        wait = max_wait if not self.patient else float("inf")
+        wait = float("inf") if self.patient else max_wait
         if self.own is not None:
             self.own.acquire(wait)
         self.shared.acquire(wait)
@@ -104,7 +107,7 @@ def start(label: str, filters: dict[str, Any], **options: Any) -> BackfillRun:
     model = resolve_model(label)
     total = queryset(model, filters).count()
     return BackfillRun.objects.create(model=label, filters=filters, total=total,
-                                      options=options)
+                                      options={**DEFAULT_OPTIONS, **options})
 
 
 def read_ids(path: str) -> Iterator[str]:
@@ -145,10 +148,10 @@ class Backfill:
 
     def __init__(self, run: BackfillRun, patient: bool = True) -> None:
         self.run = run
-        self.batch_size = run.options.get("batch_size", 1000)
-        self.dedup = run.options.get("dedup", False)
+        options = {**DEFAULT_OPTIONS, **run.options}
+        self.batch_size, self.dedup = options["batch_size"], options["dedup"]
         self.model = resolve_model(run.model)
-        self.limiter = ShareOfLimit(get_limiter(), run.options.get("rate_share", 1.0), patient)
+        self.limiter = ShareOfLimit(get_limiter(), options["rate_share"], patient)
         self.stop = threading.Event()
 
     def rows(self, after: Any = None, upto: Any = None) -> list[Any]:
@@ -179,42 +182,43 @@ class Backfill:
             done += len(chunk)
             yield Page(list(rows.filter(pk__in=chunk)), len(chunk), done)
 
-    def build(self, page: list[Any]) -> tuple[list[Operation], int]:
-        """The page's identifies, and how many rows could not become one (logged by pk, with
-        the field at fault and never its value)."""
-        ops: list[Operation] = []
-        invalid = 0
-        for row in page:
+    def build(self, rows: list[Any]) -> tuple[list[tuple[int, Operation]], list[int]]:
+        """The rows' identifies, each with its row's position, and the positions of rows that
+        could not become one (logged by pk, with the field at fault and never its value)."""
+        built: list[tuple[int, Operation]] = []
+        invalid: list[int] = []
+        for position, row in enumerate(rows):
             try:
                 op = _identify(row, created=False)
             except Exception as exc:
-                invalid += 1
+                invalid.append(position)
                 reason = str(exc) if isinstance(exc, ValidationError) else type(exc).__name__
                 logger.error("customerio: backfill row pk=%s not sent (%s)", row.pk, reason)
                 continue
             if op is not None:
-                ops.append(op)
-        return ops, invalid
+                built.append((position, op))
+        return built, invalid
 
-    def deliver(self, ops: list[Operation], failures: int = 0,
-                max_hold: float = float("inf")) -> tuple[list[str], tuple[int, float] | None]:
-        """Deliver a page until every op is sent or failed: transient errors and 429s wait
-        here, up to ``max_hold`` seconds at a time, so that the checkpoint only moves past
-        acknowledged rows. Returns the statuses, and (failures, wait) if it gave up waiting."""
-        statuses: list[str] = []
+    def deliver(self, ops: list[Operation], failures: int = 0, max_hold: float = float("inf"),
+                ) -> tuple[list[OpResult], list[Operation], tuple[int, float] | None]:
+        """Deliver ops until each is sent or failed: transient errors and 429s wait here, up
+        to ``max_hold`` seconds at a time, so that the checkpoint only moves past acknowledged
+        rows. Returns the results; if it gave up waiting, also the ops still to send (the
+        tail of ``ops``) and (failures, wait)."""
+        results: list[OpResult] = []
         while ops:
             delivery = Delivery([], failures, ops=ops, dedup=self.dedup, limiter=self.limiter,
                                 hold_retries=True)
             delivery.run()
-            statuses += [r.status for r in delivery.results if r.status != "retrying"]
+            results += [r for r in delivery.results if r.status != "retrying"]
             if delivery.retry is None:
                 break
             failures, wait = delivery.retry
             if wait > max_hold:
-                return statuses, delivery.retry
+                return results, delivery.pending, delivery.retry
             time.sleep(wait)
             ops = delivery.pending
-        return statuses, None
+        return results, [], None
 
     def execute(self, progress: Callable[[int], None] = lambda rows: None,
                 concurrency: int = 1) -> BackfillRun:
@@ -224,17 +228,19 @@ class Backfill:
         keep the limit full when Customer.io is slow). The checkpoint follows the pages in
         order: it only ever covers pages that are all acknowledged."""
         run = self.run
-        run.status = BackfillRun.RUNNING
-        run.save()
-        in_flight: deque[tuple[Future[list[str]], Page, int, int]] = deque()
+        if run.pk is None:  # a resumed run was claimed as running already
+            run.save()
+        in_flight: deque[tuple[Future[list[OpResult]], Page, int, int]] = deque()
         finished = threading.Event()
         heartbeat = threading.Thread(target=self._heartbeat, args=(finished,), daemon=True)
         heartbeat.start()
         try:
             with ThreadPoolExecutor(concurrency, thread_name_prefix="cio-backfill") as senders:
                 for page in self.pages():
-                    ops, invalid = self.build(page.rows)
-                    in_flight.append((senders.submit(self._send, ops), page, len(ops), invalid))
+                    built, invalid = self.build(page.rows)
+                    ops = [op for _, op in built]
+                    in_flight.append((senders.submit(self._send, ops), page, len(ops),
+                                      len(invalid)))
                     while len(in_flight) >= concurrency:
                         self._checkpoint(*in_flight.popleft(), progress)
                     if self.stop.is_set():
@@ -252,21 +258,23 @@ class Backfill:
     def _heartbeat(self, finished: threading.Event) -> None:
         """Show the run is alive (``--resume`` leaves a live run alone) and obey ``--stop``."""
         rows = BackfillRun.objects.filter(pk=self.run.pk)
-        try:
-            while not finished.wait(HEARTBEAT):
+        while not finished.wait(HEARTBEAT):
+            try:
                 rows.update(updated_at=timezone.now())
-                if rows.filter(status=BackfillRun.STOPPED).exists():
+                if rows.filter(status=BackfillRun.STOPPING).exists():
                     self.stop.set()
-        finally:
-            connections.close_all()  # this thread's own
+            except Exception as exc:  # beat again next time, on a new connection
+                logger.warning("customerio: backfill heartbeat failed (%s)", type(exc).__name__)
+            finally:
+                connections.close_all()  # this thread's own
 
-    def _send(self, ops: list[Operation]) -> list[str]:
+    def _send(self, ops: list[Operation]) -> list[OpResult]:
         try:
             return self.deliver(ops)[0]
         finally:
             connections.close_all()  # this sender thread's own (dead letters), not the reader's
 
-    def _checkpoint(self, sending: Future[list[str]], page: Page, built: int,
+    def _checkpoint(self, sending: Future[list[OpResult]], page: Page, built: int,
                     invalid: int, progress: Callable[[int], None]) -> None:
         run = self.run
         tally(run, page, built, invalid, sending.result())
@@ -281,8 +289,10 @@ class Backfill:
         progress(page.size)
 
 
-def tally(run: BackfillRun, page: Page, built: int, invalid: int, statuses: list[str]) -> None:
+def tally(run: BackfillRun, page: Page, built: int, invalid: int,
+          results: list[OpResult]) -> None:
     """Count a page's rows: each one sent, skipped (no identify, or already known) or failed."""
+    statuses = [result.status for result in results]
     run.sent += statuses.count("sent")
     run.failed += statuses.count("failed") + invalid
     run.skipped += page.size - built - invalid + statuses.count("skipped")
@@ -295,9 +305,11 @@ def tally(run: BackfillRun, page: Page, built: int, invalid: int, statuses: list
 
 def split(run: BackfillRun, parts: int) -> list[list[Any]]:
     """``parts`` pk ranges ``[after, upto]`` of about equal size, reading only the pks."""
-    model = resolve_model(run.model)
-    step = max(1, -(-run.total // parts))
-    pks = queryset(model, run.filters).values_list("pk", flat=True).iterator(chunk_size=10_000)
+    rows = queryset(resolve_model(run.model), run.filters)
+    if run.last_pk is not None:  # a run stopped in a process goes on in the workers
+        rows = rows.filter(pk__gt=run.last_pk)
+    step = max(1, -(-(run.total - run.sent - run.skipped - run.failed) // parts))
+    pks = rows.values_list("pk", flat=True).iterator(chunk_size=10_000)
     ends: list[Any] = []
     last = None
     for number, pk in enumerate(pks, 1):
@@ -306,40 +318,63 @@ def split(run: BackfillRun, parts: int) -> list[list[Any]]:
             ends.append(last)
     if last is not None and (not ends or ends[-1] != last):
         ends.append(last)
-    return [[ends[n - 1] if n else None, end] for n, end in enumerate(ends)]
+    return [[ends[n - 1] if n else run.last_pk, end] for n, end in enumerate(ends)]
 
 
 def send_range_page(run_id: int, index: int, failures: int) -> tuple[int, float] | None:
-    """Send the next page of range ``index`` of an --async run and checkpoint it. Returns
-    when to send again, as (failures, countdown), or None when the range is done (or the run
-    stopped, or another copy of this task has the page)."""
-    run = BackfillRun.objects.filter(pk=run_id, status=BackfillRun.RUNNING).first()
+    """Send the next page of range ``index`` of an --async run and checkpoint what
+    Customer.io acknowledged. Returns when to go on, as (failures, countdown), or None when
+    the range is done (or the run stopped, or another copy of this task has the page)."""
+    alias = router.db_for_write(BackfillRun)  # not a replica that may lag behind checkpoints
+    run = BackfillRun.objects.using(alias).filter(pk=run_id, status=BackfillRun.RUNNING).first()
     if run is None or not run.ranges:
         return None
     after, upto = run.ranges[index]
     if after == upto:
         return None
     job = Backfill(run, patient=False)
+    cio = get_settings()
+    if not cio.batch:  # a request per row: no more rows than the limit sends in MAX_HOLD
+        job.batch_size = min(job.batch_size, max(1, int(cio.rate.per_second * MAX_HOLD)))
     rows = job.rows(after, upto)
-    ops, invalid = job.build(rows)
-    statuses, retry = job.deliver(ops, failures, max_hold=MAX_HOLD)
-    if retry is not None:  # the page again, later: sent ones again, harmless for identifies
-        return retry
-    page = Page(rows, len(rows), _json_pk(rows[-1].pk) if rows else upto)
-    with transaction.atomic(using=router.db_for_write(BackfillRun)):
-        run = BackfillRun.objects.select_for_update().get(pk=run_id)
-        if run.status != BackfillRun.RUNNING or run.ranges[index][0] != after:
+    built, invalid = job.build(rows)
+    results, pending, retry = job.deliver([op for _, op in built], failures, MAX_HOLD)
+    # What was acknowledged is the rows before the first op still to send.
+    positions = {id(op): position for position, op in built}
+    cut = positions.get(id(pending[0]), 0) if pending else len(rows)
+    # No rows left: the range's last rows were deleted since the split.
+    mark = _json_pk(rows[cut - 1].pk) if cut else (None if rows else upto)
+    if mark is not None:
+        done = {id(op) for position, op in built if position < cut}
+        page = Page(rows[:cut], cut, mark)
+        if not _checkpoint_range(alias, run_id, index, after, page,
+                                 built=len(done), invalid=sum(p < cut for p in invalid),
+                                 results=[r for r in results if id(r.op) in done]):
             return None
+    if retry is not None:
+        return retry
+    return None if mark == upto else (0, 0.0)
+
+
+def _checkpoint_range(alias: str, run_id: int, index: int, after: Any, page: Page,
+                      **counts: Any) -> bool:
+    """Move range ``index`` from ``after`` to the page's mark, unless another copy of the
+    task did (then False: that copy goes on with the range)."""
+    with transaction.atomic(using=alias):
+        run = BackfillRun.objects.using(alias).select_for_update().get(pk=run_id)
+        if run.status != BackfillRun.RUNNING or run.ranges[index][0] != after:
+            return False
         run.ranges[index][0] = page.mark
-        tally(run, page, len(ops), invalid, statuses)
-        if all(after == upto for after, upto in run.ranges):
+        tally(run, page, **counts)
+        if all(start == end for start, end in run.ranges):
             run.status = BackfillRun.DONE
         run.updated_at = timezone.now()
         run.save()
-    return None if page.mark == upto else (0, 0.0)
+    return True
 
 
 def alive(run: BackfillRun) -> bool:
-    """Whether a run is still being worked on (its heartbeat or a page is recent)."""
+    """Whether a process may still be working on a run: one running (or asked to stop) that
+    a heartbeat or a page touched in the last LEASE seconds."""
     recent = timezone.now() - run.updated_at < timedelta(seconds=LEASE)
-    return run.status == BackfillRun.RUNNING and recent
+    return recent and run.status in (BackfillRun.RUNNING, BackfillRun.STOPPING)

@@ -78,6 +78,7 @@ class BackfillRun(models.Model):
     every batch Customer.io acknowledged, so ``--resume`` continues from there)."""
 
     RUNNING, DONE, STOPPED, FAILED = "running", "done", "stopped", "failed"
+    STOPPING = "stopping"  # asked to stop (--stop); its process has not yet
 
     model = models.CharField(max_length=200, help_text="app_label.Model")
     filters = models.JSONField(default=dict)

@@ -111,28 +111,35 @@ def deliver_messages(messages: list[Message]) -> None:
 
 
 @shared_task(name="django_cio.tasks.backfill_page", bind=True, acks_late=True,
-             ignore_result=True, max_retries=None)
+             reject_on_worker_lost=True, ignore_result=True, max_retries=None)
 def backfill_page(self: Any, run_id: int, index: int, failures: int = 0) -> None:
     """The next page of range ``index`` of a ``cio_backfill --async`` run, then the next one
     (as a new message, so no worker is held for a whole range)."""
     from .backfill import send_range_page
     from .models import BackfillRun
 
+    def give_up() -> None:
+        BackfillRun.objects.filter(pk=run_id).update(status=BackfillRun.FAILED)
+        logger.error("customerio: backfill #%s failed; continue with: manage.py "
+                     "cio_backfill --resume %s", run_id, run_id)
+
     cio = get_settings()
+    if self.request.delivery_info.get("redelivered") and _too_many_deliveries(self.request.id):
+        give_up()  # a page that kills its worker
+        return
     try:
         again = send_range_page(run_id, index, failures)
     except Exception as exc:  # the database down, a bug: the page again, later
         logger.error("customerio: backfill #%s page failed (%s)", run_id, type(exc).__name__)
         if failures + 1 > cio.max_retries:
-            BackfillRun.objects.filter(pk=run_id).update(status=BackfillRun.FAILED)
-            logger.error("customerio: backfill #%s failed; continue with: manage.py "
-                         "cio_backfill --resume %s", run_id, run_id)
+            give_up()
             return
-        again = (failures + 1, backoff(failures + 1, cio))
+        again = (failures + 1, min(backoff(failures + 1, cio), MAX_COUNTDOWN))
     if again is None:
         return
     try:
-        producer.publish_task(self, (run_id, index, again[0]), countdown=again[1] or None)
+        producer.publish_task(self, (run_id, index, again[0]),
+                              countdown=min(again[1], MAX_COUNTDOWN) or None)
     except Exception as exc:  # the broker down: this message again, later; nothing is lost
         raise Reject(type(exc).__name__, requeue=True) from None
 

@@ -213,6 +213,7 @@ def test_ids_from_a_large_file_pages_through_it_in_order_and_resumes(users, tmp_
     ids.write_text("\n".join(map(str, [*pks, 10**9])) + "\n")  # the last is no row
     run = backfill.start("auth.User", {}, batch_size=1_000)
     run.ids_file, run.total = str(ids), backfill.count_ids(User, str(ids))
+    run.save()
     job = backfill.Backfill(run)
     job.stop.set()
     job.execute()
@@ -297,3 +298,45 @@ def test_async_copies_of_a_task_end_as_one_chain_and_a_stopped_run_resumes(users
     run.refresh_from_db()
     assert run.sent == 20_000  # each page counted once, however many copies sent it
     assert users.store.stats()["people"] == 20_000
+
+
+def test_an_async_page_cut_short_by_a_long_wait_checkpoints_what_was_acknowledged(
+        users, worker, wait_for):
+    users.configure(retry_after=6)  # longer than a task waits in a worker
+    users.fail_next(0, 429)  # the page's second request
+    call_command("cio_backfill", "auth.User", "--async", "--concurrency", "1",
+                 "--batch-size", "20000")
+    wait_for(lambda: BackfillRun.objects.filter(status="done").exists(), timeout=60)
+    run = BackfillRun.objects.get()
+    assert (run.sent, run.skipped, run.failed) == (20_000, 0, 0)
+    assert users.store.stats()["rate_limited"] == 1
+    assert users.store.stats()["ops"] == {"identify": 20_000}  # the first request not again
+
+
+def test_async_goes_on_from_where_a_stopped_run_in_a_process_left_off(users, worker, wait_for):
+    run = backfill.start("auth.User", {}, batch_size=5_000)
+    job = backfill.Backfill(run)
+    job.stop.set()
+    job.execute()
+    call_command("cio_backfill", "--resume", str(run.pk), "--async")
+    wait_for(lambda: BackfillRun.objects.filter(pk=run.pk, status="done").exists(), timeout=60)
+    run.refresh_from_db()
+    assert (run.sent, run.total) == (20_000, 20_000)
+    assert users.store.stats()["ops"] == {"identify": 20_000}
+
+
+def test_async_with_no_rows_is_done_at_once(users):
+    call_command("cio_backfill", "auth.User", "--async", "--where", "username=nobody")
+    assert BackfillRun.objects.get().status == "done"
+
+
+def test_resume_dry_run_does_not_take_the_run_and_ids_runs_do_not_go_async(users, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1\n")
+    run = backfill.start("auth.User", {}, batch_size=1)
+    BackfillRun.objects.filter(pk=run.pk).update(status="stopped", ids_file=str(ids), total=1)
+    call_command("cio_backfill", "--resume", str(run.pk), "--dry-run")
+    assert BackfillRun.objects.get(pk=run.pk).status == "stopped"
+    with pytest.raises(CommandError, match="not with --ids-from") as caught:
+        call_command("cio_backfill", "--resume", str(run.pk), "--async")
+    assert caught.value.returncode == 2

@@ -119,7 +119,10 @@ class Command(BaseCommand):
         given = {key: options[key] for key in ("batch_size", "rate_share", "dedup")
                  if options[key] is not None}
         if options["resume"]:
-            return [self.claim(options["resume"], given)]
+            run = self.claim(options["resume"], given, dry=options["dry_run"])
+            if run.ids_file and (options["in_workers"] or run.ranges is not None):
+                raise ValueError("--async sends pk ranges: not with --ids-from")
+            return [run]
         if options["all"]:
             labels = backfill.registered_labels()
         elif options["label"]:
@@ -128,20 +131,26 @@ class Command(BaseCommand):
             raise ValueError("name a model (app_label.Model), --all, or --resume a run")
         runs = [self.new_run(label, options) for label in labels]
         for run in runs:
-            run.options = {"batch_size": 1000, "rate_share": 1.0, "dedup": False, **given}
+            run.options = {**backfill.DEFAULT_OPTIONS, **given}
         return runs  # saved when they start
 
-    def claim(self, wanted: str, given: dict[str, Any]) -> BackfillRun:
-        """The run to resume, taken over only if no one else is working on it."""
-        runs = BackfillRun.objects.exclude(status=BackfillRun.DONE)  # stopped, failed, dead
-        run = runs.first() if wanted == "last" else runs.filter(pk=wanted).first()
+    def claim(self, wanted: str, given: dict[str, Any], dry: bool = False) -> BackfillRun:
+        """The run to resume, taken over only if no process is working on it."""
+        runs = BackfillRun.objects.exclude(status=BackfillRun.DONE)
+        if wanted == "last":
+            run = next((run for run in runs if not backfill.alive(run)), None)
+        else:
+            run = runs.filter(pk=wanted).first()
         if run is None:
-            raise ValueError(f"no unfinished backfill run {wanted}")
+            raise ValueError("no backfill run to resume" if wanted == "last"
+                             else f"no unfinished backfill run {wanted}")
         if backfill.alive(run):
             raise ConfigurationError(
-                f"backfill #{run.pk} is running (touched in the last {backfill.LEASE} s); "
-                f"stop it with --stop {run.pk}, or resume it a minute after it died")
+                f"backfill #{run.pk} is {run.status} (touched in the last {backfill.LEASE} s); "
+                f"stop it with --stop {run.pk}, or resume it a minute after its process died")
         run.options.update(given)
+        if dry:
+            return run
         taken = BackfillRun.objects.filter(pk=run.pk, updated_at=run.updated_at).update(
             status=BackfillRun.RUNNING, updated_at=timezone.now(), options=run.options)
         if not taken:
@@ -150,9 +159,14 @@ class Command(BaseCommand):
         return run
 
     def stop_run(self, pk: int) -> None:
-        if not BackfillRun.objects.filter(pk=pk, status=BackfillRun.RUNNING).update(
-                status=BackfillRun.STOPPED, updated_at=timezone.now()):
+        run = BackfillRun.objects.filter(pk=pk, status=BackfillRun.RUNNING).first()
+        if run is None:
             raise ConfigurationError(f"no running backfill run {pk}")
+        # A process stops when its heartbeat sees STOPPING, then marks the run STOPPED. The
+        # tasks of an --async run stop at their next page, and it may be resumed at once:
+        # copies of a task end as one chain.
+        status = BackfillRun.STOPPED if run.ranges is not None else BackfillRun.STOPPING
+        BackfillRun.objects.filter(pk=pk).update(status=status, updated_at=timezone.now())
         self.stdout.write(f"Backfill #{pk} stops after its current pages; continue with: "
                           f"manage.py cio_backfill --resume {pk}")
 
@@ -162,6 +176,8 @@ class Command(BaseCommand):
 
         if run.ranges is None:
             run.ranges = backfill.split(run, parts)
+            if not run.ranges:
+                run.status = BackfillRun.DONE
             run.save()
         try:
             for index, (after, upto) in enumerate(run.ranges):
@@ -184,9 +200,10 @@ class Command(BaseCommand):
         filters: dict[str, Any] = dict(_pair(where) for where in options["where"])
         if options["since"]:
             filters[f"{backfill.since_field(model)}__gte"] = _moment(options["since"])
-        total = backfill.queryset(model, filters).count()  # a bad filter fails here
-        if not options["ids_from"]:
-            return BackfillRun(model=label, filters=filters, total=total)
+        if not options["ids_from"]:  # a bad filter fails here
+            return BackfillRun(model=label, filters=filters,
+                               total=backfill.queryset(model, filters).count())
+        backfill.queryset(model, filters).exists()  # ... and here
         path = os.path.abspath(options["ids_from"])  # a resume may run elsewhere
         return BackfillRun(model=label, filters=filters, ids_file=path,
                            total=backfill.count_ids(model, path))
@@ -197,8 +214,9 @@ class Command(BaseCommand):
         self.stdout.write(f"{run.total:,} row(s) of {run.model} would be sent. For example:")
         for row in sample:
             self.stdout.write(f"  {_identify(row, created=False)!r}")
-        requests = max(1, -(-run.total // run.options["batch_size"]))
-        seconds = requests / (get_settings().rate.per_second * run.options["rate_share"])
+        options = {**backfill.DEFAULT_OPTIONS, **run.options}
+        requests = max(1, -(-run.total // options["batch_size"]))
+        seconds = requests / (get_settings().rate.per_second * options["rate_share"])
         self.stdout.write(f"At least {requests:,} request(s): about {seconds:,.0f} s at the "
                           f"configured limit, plus reading the rows.")
 
