@@ -15,7 +15,12 @@ app = Celery("django_cio_tests")
 app.conf.update(
     # Worker processes started by tests are told their broker through the environment.
     broker_url=BROKERS[os.environ.get("CIO_TEST_BROKER", "redis")],
-    broker_transport_options={"visibility_timeout": 300},
+    # As the docs recommend; reliability tests scale the timeout down through the environment.
+    broker_transport_options={
+        "visibility_timeout": int(os.environ.get("CIO_TEST_VISIBILITY_TIMEOUT", 300)),
+        **({"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+           if "CIO_TEST_VISIBILITY_TIMEOUT" in os.environ else {}),
+    },
     broker_connection_retry_on_startup=True,
     task_acks_late=True,
     worker_prefetch_multiplier=1,

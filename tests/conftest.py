@@ -147,15 +147,19 @@ def free_port() -> int:
 class RedisServer:
     """A private ``redis-server`` on a free port, that a test may kill and start again."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.data_dir = data_dir
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
+        # An append-only file synced on every write, as a broker should be run: a Redis that
+        # is killed and started again still has the messages it had accepted.
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL,
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)],
+            stdout=subprocess.DEVNULL,
         )
         _wait_for(self._accepts, timeout=10)
 
@@ -179,8 +183,8 @@ class RedisServer:
 
 
 @pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
     server.start()
     yield server
     server.kill()
@@ -210,15 +214,17 @@ def _test_database_url() -> str:
 @pytest.fixture
 def worker_process(cio_fake: FakeTrackAPI) -> Iterator[Any]:
     """``worker_process(queue=None)`` starts a real ``celery worker`` process (prefork, one
-    child) for this test's database, fake server and queue; all are stopped after the test."""
+    child) for this test's database, fake server and queue (``env`` adds to its environment);
+    all are stopped after the test."""
     started: list[subprocess.Popen] = []
 
-    def start(queue: str | None = None, broker: str = "redis") -> subprocess.Popen:
+    def start(queue: str | None = None, broker: str = "redis",
+              env: dict[str, str] | None = None) -> subprocess.Popen:
         queue = queue or get_settings().queue
         env = {**os.environ, "CIO_TEST_QUEUE": queue, "DATABASE_URL": _test_database_url(),
                "CIO_TEST_BROKER": broker,
                "CUSTOMERIO_TRACK_URL": cio_fake.url, "CUSTOMERIO_SITE_ID": cio_fake.site_id,
-               "CUSTOMERIO_API_KEY": cio_fake.api_key}
+               "CUSTOMERIO_API_KEY": cio_fake.api_key, **(env or {})}
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-Q", queue,
              "-c", "1", "-n", f"test{len(started)}-{os.getpid()}@%h", "-l", "WARNING",

@@ -5,6 +5,7 @@ user (trust auth) and Redis DB 13 with a key prefix of its own. ``DATABASE_URL=s
 runs the suite on SQLite, the embedded default.
 """
 
+import json
 import os
 import tempfile
 
@@ -62,6 +63,8 @@ CUSTOMERIO = {
     # Logins made by fixtures (admin_client) would add messages to unrelated tests; the tests
     # of the auth signals turn them on.
     "AUTH_SIGNALS": False,
+    # Worker processes of reliability tests may be given other settings (JSON).
+    **json.loads(os.environ.get("CIO_TEST_CUSTOMERIO", "{}")),
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 ROOT_URLCONF = "tests.urls"

@@ -6,6 +6,7 @@ from django.db import transaction
 from django.http import HttpResponse, JsonResponse
 from django.urls import path
 
+import django_cio
 from tests.models import Order
 
 
@@ -39,6 +40,15 @@ def order(request):
     return HttpResponse("<html>thanks</html>")
 
 
+def signup(request):
+    """A user and a signup event: what a busy site does all day."""
+    with transaction.atomic():
+        user = User.objects.create(username=request.GET["username"])
+        django_cio.identify(str(user.pk), email=f"{user.username}@example.com")
+        django_cio.track(str(user.pk), "signed_up", source="web")
+    return HttpResponse("<html>welcome</html>")
+
+
 async def async_page(request):
     await sync_to_async(request.cio.track)("async_viewed")
     return HttpResponse("<html>async</html>")
@@ -59,5 +69,6 @@ urlpatterns = [
     path("login/", sign_in),
     path("logout/", sign_out),
     path("order/", order),
+    path("signup/", signup),
     path("async/", async_page),
 ]

@@ -23,6 +23,7 @@ import json
 import math
 import random
 import socket
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -209,6 +210,10 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
     fake: FakeTrackAPI
     connections: set[socket.socket]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # not a client that went away
+            super().handle_error(request, client_address)
 
 
 class FakeTrackAPI:

@@ -103,7 +103,7 @@ def test_broker_down_the_request_succeeds_and_the_relay_delivers_later(
         django_cio.track("u1", "signup")
     assert Outbox.objects.count() == 1  # the request went on; the message is safe
     if broker_kind == "redis":
-        private_redis.start()  # the broker comes back (empty: it keeps nothing on disk)
+        private_redis.start()  # the broker comes back
     else:
         use_broker(live)
     assert relay_outbox.apply().get() == 1
