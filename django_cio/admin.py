@@ -1,11 +1,25 @@
 from __future__ import annotations
 
+import json
+from collections import Counter
 from typing import Any
 
 from django.contrib import admin, messages
 from django.http import HttpRequest
+from django.utils.html import format_html
 
 from .models import BackfillRun, DeadLetter, DeadLetterQuerySet, Outbox
+from .operations import _label
+
+
+def redacted(value: Any) -> Any:
+    """The shape of a stored op: its keys and the type of each value, never the values
+    (attribute values are PII). Replay uses the op as it is stored."""
+    if isinstance(value, dict):
+        return {_label(str(key)): redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redacted(item) for item in value]
+    return type(value).__name__
 
 
 @admin.register(DeadLetter)
@@ -14,8 +28,16 @@ class DeadLetterAdmin(admin.ModelAdmin):
     list_filter = ["kind", "reason", "status"]
     search_fields = ["person_id"]
     date_hierarchy = "last_failed_at"
-    readonly_fields = [field.name for field in DeadLetter._meta.fields]
+    # The op is shown redacted, in place of its field.
+    readonly_fields = [
+        "operation" if field.name == "op" else field.name for field in DeadLetter._meta.fields
+    ]
+    fields = tuple(readonly_fields)
     actions = ["replay"]
+
+    @admin.display(description="operation (keys and value types)")
+    def operation(self, letter: DeadLetter) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(redacted(letter.op), indent=2))
 
     @admin.action(description="Replay: queue the selected operations again")
     def replay(self, request: HttpRequest, queryset: DeadLetterQuerySet) -> None:
@@ -29,7 +51,17 @@ class DeadLetterAdmin(admin.ModelAdmin):
 @admin.register(Outbox)
 class OutboxAdmin(admin.ModelAdmin):
     list_display = ["id", "created_at", "not_before", "failures"]
-    readonly_fields = [field.name for field in Outbox._meta.fields]
+    # The ops are shown as counts by kind, in place of their field (their values are PII).
+    readonly_fields = [
+        "operations" if field.name == "ops" else field.name for field in Outbox._meta.fields
+    ]
+    fields = tuple(readonly_fields)
+
+    @admin.display(description="operations")
+    def operations(self, row: Outbox) -> str:
+        ops = row.ops if isinstance(row.ops, list) else [row.ops]
+        kinds = Counter(op.get("kind") if isinstance(op, dict) else None for op in ops)
+        return ", ".join(f"{count} {_label(str(kind))}" for kind, count in kinds.most_common())
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -56,6 +56,32 @@ from .operations import (
 
 logger = logging.getLogger(__name__)
 
+
+class _HidePersonPaths(logging.Filter):
+    """urllib3 logs each request's path at DEBUG, and a v1 path holds the person id (an email,
+    maybe) and a device token: those of Track API paths are logged as ``<id>``, ``<token>``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(arg, str) and arg.startswith("/api/v1/customers/") for arg in record.args
+        ):
+            record.args = tuple(_hide_ids(arg) if isinstance(arg, str) else arg
+                                for arg in record.args)
+        return True
+
+
+def _hide_ids(path: str) -> str:
+    if not path.startswith("/api/v1/customers/"):
+        return path
+    parts = path.split("/")  # "", "api", "v1", "customers", id[, "devices", token]
+    parts[4] = "<id>"
+    if len(parts) > 6 and parts[5] == "devices":
+        parts[6] = "<token>"
+    return "/".join(parts)
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_HidePersonPaths())
+
 _REASONS = {
     400: "bad request",
     401: "unauthorized: check SITE_ID and API_KEY",
@@ -137,6 +163,9 @@ class TrackClient:
             raise ConfigurationError("url must be an http:// or https:// URL")
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise ConfigurationError("timeout must be a number of seconds above 0")
+        if not (str(site_id).isascii() and str(api_key).isascii()):
+            # Else requests fails encoding the header with an error that holds the whole key.
+            raise ConfigurationError("site_id and api_key must be ASCII (a stray quote?)")
         self.base_url = url.rstrip("/") if url else REGION_URLS[region]
         self.timeout = timeout
         self._auth = (str(site_id), str(api_key))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,7 +103,8 @@ def deliver_messages(messages: list[Message]) -> None:
             # A bug, or the database down (dead letters): try again later like a transient
             # error. Only the type is logged: a database error's text may quote the values.
             logger.error("customerio: delivery crashed (%s); retrying", type(exc).__name__)
-            logger.debug("customerio: delivery crash", exc_info=True)
+            logger.debug("customerio: delivery crash (%s) at\n%s", type(exc).__name__,
+                         "".join(traceback.format_tb(exc.__traceback__)))
             try:
                 _retry_after_crash(delivery.unsent(), failures, type(exc).__name__)
             except Reject as reject:
