@@ -28,7 +28,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import __version__
+from . import __version__, metrics
 from .conf import REGION_URLS, CIOSettings, is_http_url
 from .exceptions import (
     ConfigurationError,
@@ -55,6 +55,7 @@ from .operations import (
 )
 
 logger = logging.getLogger(__name__)
+request_logger = logging.getLogger("django_cio.requests")
 
 
 class _HidePersonPaths(logging.Filter):
@@ -292,15 +293,21 @@ class TrackClient:
             failure = "timeout"
         except requests.RequestException as exc:
             failure = f"network error ({type(exc).__name__})"
+        seconds = time.perf_counter() - started
         if failure:
+            metrics.request("error", seconds)
             # Raised outside the except block: the requests exception, whose text holds the
             # URL and so the person id, must not ride along as __context__.
             raise TransientError(failure, status=None, kind=kind, count=count)
         status = response.status_code
-        logger.debug(
+        metrics.request(status, seconds)
+        # One line per request, its numbers also as fields for structured (JSON) log handlers.
+        fields = {"kind": kind, "ops": count, "bytes": len(body), "status": status,
+                  "ms": round(seconds * 1000, 1)}
+        request_logger.info(
             "customerio %s: %d %s op(s), %d bytes, HTTP %d in %.0f ms",
             "batch" if path == "/api/v2/batch" else "request", count, kind, len(body), status,
-            (time.perf_counter() - started) * 1000,
+            seconds * 1000, extra={"customerio": fields},
         )
         if 200 <= status < 300:
             return response

@@ -23,7 +23,7 @@ from celery.exceptions import Reject
 from django.core.cache import caches
 from django.db import router
 
-from . import dedup, producer
+from . import dedup, metrics, producer
 from .backends import BaseBackend, backend_class, get_backend
 from .batching import Message, drain, pack, settle
 from .conf import CIOSettings, get_settings
@@ -188,6 +188,7 @@ class Delivery:
         self.send(backend, self.ops, cio)
         if self.pending:
             self.retry_later(cio)
+        metrics.results(self.results)
         failed = [result for result in self.results if result.status == "failed"]
         _dead_letters([(r.op.to_dict(), r.reason, r.http_status) for r in failed],
                       self.failures + 1)
@@ -311,6 +312,8 @@ def backoff(failures: int, cio: CIOSettings) -> float:
 def _dead_letters(failed: list[tuple[Json, str, int | None]], attempts: int) -> None:
     if not failed:
         return
+    metrics.dead_letters(op.get("kind") if isinstance(op, dict) else None
+                         for op, _, _ in failed)
     alias = router.db_for_write(DeadLetter)
     DeadLetter.objects.using(alias).bulk_create(
         DeadLetter.for_op(op, reason=reason[:200], status=status, attempts=attempts)
