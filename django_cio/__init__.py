@@ -35,22 +35,22 @@ from .registry import Customer, identify_many, register, register_event
 outbox: list[Operation] = []
 
 
-def identify(person_id: str | int, **attributes: Any) -> None:
+def identify(person_id: str | int, /, **attributes: Any) -> None:
     """Create or update a person with these attributes."""
     enqueue(Identify(person_id, attributes))  # type: ignore[arg-type]
 
 
-def track(person_id: str | int, name: str, **data: Any) -> None:
+def track(person_id: str | int, name: str, /, **data: Any) -> None:
     """Record an event for a person; it gets its id and timestamp now."""
     enqueue(Event(person_id, name, data))  # type: ignore[arg-type]
 
 
-def track_anonymous(anonymous_id: str, name: str, **data: Any) -> None:
+def track_anonymous(anonymous_id: str, name: str, /, **data: Any) -> None:
     """Record an event for a visitor not identified yet."""
     enqueue(AnonymousEvent(anonymous_id, name, data))
 
 
-def page(person_id: str | int, url: str, **data: Any) -> None:
+def page(person_id: str | int, url: str, /, **data: Any) -> None:
     """Record a page view."""
     enqueue(Page(person_id, url, data))  # type: ignore[arg-type]
 
@@ -70,7 +70,8 @@ def unsuppress(person_id: str | int) -> None:
     enqueue(Unsuppress(person_id))  # type: ignore[arg-type]
 
 
-def add_device(person_id: str | int, token: str, platform: str, **attributes: Any) -> None:
+def add_device(person_id: str | int, token: str, platform: str, /,
+               **attributes: Any) -> None:
     """Add or update a push device (``platform`` is ``"ios"`` or ``"android"``)."""
     enqueue(AddDevice(person_id, token, platform, attributes=attributes))  # type: ignore[arg-type]
 

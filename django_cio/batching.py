@@ -46,6 +46,10 @@ def pack(ops: Sequence[Operation], batch: bool = True) -> Iterator[Request]:
         yield Request(tuple(group), batch=True)
 
 
+# Above any MAX_RETRIES, and below what DeadLetter.attempts (a 32-bit column) holds.
+MAX_FAILURES = 2**31 - 2
+
+
 @dataclass(eq=False)
 class Message:
     """A ``deliver`` message: the task's own, or one drained straight from the queue."""
@@ -61,7 +65,8 @@ class Message:
         letter later; a bad failure count counts as none)."""
         if not isinstance(ops, list):
             ops = [ops]
-        if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
+        if (not isinstance(failures, int) or isinstance(failures, bool)
+                or not 0 <= failures < MAX_FAILURES):
             failures = 0
         return cls(ops, failures, queued=queued)
 
@@ -95,9 +100,10 @@ def drain(queue: str, max_messages: int, max_ops: int) -> list[Message]:
             drained.append(message)
             count += len(message.ops)
     except Exception:
-        _reconnect()  # what was taken and not acknowledged returns to the queue
-        if not drained:
-            raise
+        # What was taken and not acknowledged returns to the queue with the connection: none
+        # of it is ours to deliver now (delivered too, it would arrive twice).
+        _reconnect()
+        raise
     return drained
 
 

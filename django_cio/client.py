@@ -188,16 +188,16 @@ class TrackClient:
         method, path, body = op.v1()
         self._request(method, path, dumps(body), op.kind, 1)
 
-    def identify(self, person_id: str, **attributes: Any) -> None:
+    def identify(self, person_id: str, /, **attributes: Any) -> None:
         self.send(Identify(person_id, attributes))
 
-    def track(self, person_id: str, name: str, **data: Any) -> None:
+    def track(self, person_id: str, name: str, /, **data: Any) -> None:
         self.send(Event(person_id, name, data))
 
-    def track_anonymous(self, anonymous_id: str, name: str, **data: Any) -> None:
+    def track_anonymous(self, anonymous_id: str, name: str, /, **data: Any) -> None:
         self.send(AnonymousEvent(anonymous_id, name, data))
 
-    def page(self, person_id: str, url: str, **data: Any) -> None:
+    def page(self, person_id: str, url: str, /, **data: Any) -> None:
         self.send(Page(person_id, url, data))
 
     def delete(self, person_id: str) -> None:
@@ -209,7 +209,8 @@ class TrackClient:
     def unsuppress(self, person_id: str) -> None:
         self.send(Unsuppress(person_id))
 
-    def add_device(self, person_id: str, token: str, platform: str, **attributes: Any) -> None:
+    def add_device(self, person_id: str, token: str, platform: str, /,
+                   **attributes: Any) -> None:
         self.send(AddDevice(person_id, token, platform, attributes=attributes))
 
     def delete_device(self, person_id: str, token: str) -> None:

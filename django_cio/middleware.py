@@ -62,14 +62,14 @@ class RequestTracker:
         """The anonymous id the visitor already had, if any (never makes one)."""
         return self._anonymous_id
 
-    def track(self, name: str, **data: Any) -> None:
+    def track(self, name: str, /, **data: Any) -> None:
         person = self.person_id
         if person is not None:
             django_cio.track(person, name, **data)
         else:
             django_cio.track_anonymous(self.anonymous_id, name, **data)
 
-    def page(self, url: str | None = None, **data: Any) -> None:
+    def page(self, url: str | None = None, /, **data: Any) -> None:
         # Without the query string by default: it may hold emails, tokens, search terms.
         url = url or self.request.build_absolute_uri(self.request.path)
         person = self.person_id

@@ -55,7 +55,7 @@ MAX_DEPTH = 32
 # Unix seconds stay below this until the year 5138; bigger looks like milliseconds.
 _MAX_TIMESTAMP = 10**11
 _MAX_INT = 2**63
-_PLAIN_KEY = re.compile(r"^[\w \-]{1,40}$")
+_PLAIN_KEY = re.compile(r"[\w \-]{1,40}")  # fullmatch: "$" would let a final newline in
 
 Json = dict[str, Any]
 
@@ -87,7 +87,7 @@ def person_hash(person_id: str) -> str:
 
 def _label(key: str) -> str:
     """A key for an error message, unless it might be data (an email used as a key, say)."""
-    return key if _PLAIN_KEY.match(key) else "<key>"
+    return key if _PLAIN_KEY.fullmatch(key) else "<key>"
 
 
 def _utf8(kind: str, where: str, text: str) -> bytes:
@@ -136,8 +136,11 @@ def json_safe(value: Any, kind: str, where: str, depth: int = 0) -> Any:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValidationError(kind, where, "is NaN or infinite, which JSON cannot carry")
-        return json_safe(int(value) if value == value.to_integral_value() else float(value),
-                         kind, where, depth)
+        if value != value.to_integral_value():
+            return json_safe(float(value), kind, where, depth)
+        if not -_MAX_INT < value < _MAX_INT:  # before int(): int(Decimal("1e9999999")) hangs
+            raise ValidationError(kind, where, "is an integer too large for JSON; send a string")
+        return int(value)
     if isinstance(value, (UUID, Promise)):
         return json_safe(str(value), kind, where, depth)
     if isinstance(value, Enum):
@@ -157,7 +160,10 @@ def json_safe(value: Any, kind: str, where: str, depth: int = 0) -> Any:
 def _key(key: Any, kind: str, where: str) -> str:
     if isinstance(key, bool) or not isinstance(key, (str, int)):
         raise ValidationError(kind, where, f"has a {type(key).__name__} key; keys must be strings")
-    key = str(key)
+    try:
+        key = str(key)
+    except ValueError:  # an int past the 4,300 digits str() converts
+        raise ValidationError(kind, where, "has an integer key too large for a name") from None
     _utf8(kind, where, key)
     return key
 
@@ -174,7 +180,11 @@ def check_id(kind: str, name: str, value: Any, limit: int = MAX_ID_BYTES) -> str
     if isinstance(value, bool) or not isinstance(value, (str, int, UUID)):
         kind_of = type(value).__name__
         raise ValidationError(kind, name, f"must be a string or an integer, not {kind_of}")
-    value = str(value)
+    try:
+        value = str(value)
+    except ValueError:  # an int past the 4,300 digits str() converts: far past any limit
+        raise ValidationError(kind, name, f"is an integer of more than {limit} digits",
+                              f"{limit} bytes") from None
     if not value.strip():
         raise ValidationError(kind, name, "must not be blank")
     if value in (".", ".."):
@@ -518,7 +528,7 @@ def _device_attributes(kind: str, attributes: Mapping[str, Any]) -> dict[str, st
         if isinstance(value, bool):
             clean[name] = "true" if value else "false"
         elif not isinstance(value, str):
-            raise ValidationError(kind, f"attributes.{name}", "must be a string")
+            raise ValidationError(kind, f"attributes.{_label(name)}", "must be a string")
     return clean
 
 

@@ -12,6 +12,7 @@ redelivered (``reject_on_worker_lost``).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import traceback
@@ -211,8 +212,8 @@ class Delivery:
             try:
                 ops.append(Operation.from_dict(raw))
             except ValidationError as exc:
-                _dead_letters([(raw if isinstance(raw, dict) else {"raw": raw},
-                                f"malformed: {exc}", None)], self.failures + 1)
+                _dead_letters([(_storable(raw), f"malformed: {exc}", None)],
+                              self.failures + 1)
         return ops
 
     def send(self, backend: BaseBackend, ops: list[Operation], cio: CIOSettings) -> None:
@@ -321,6 +322,19 @@ def _dead_letters(failed: list[tuple[Json, str, int | None]], attempts: int) -> 
     )
     logger.warning("customerio: %d op(s) dead-lettered (%s)", len(failed),
                    ", ".join(sorted({reason for _, reason, _ in failed}))[:200])
+
+
+def _storable(raw: Any) -> Json:
+    """A malformed op in a form a dead letter can keep: JSON columns refuse NaN, infinity, NUL
+    characters and lone surrogates, so an op holding one is kept as its ``ascii()`` text."""
+    try:
+        text = json.dumps(raw, ensure_ascii=False, allow_nan=False)
+        text.encode()
+    except (TypeError, ValueError):  # not JSON, NaN or infinity, a lone surrogate
+        return {"raw": ascii(raw)}
+    if "\\u0000" in text:
+        return {"raw": ascii(raw)}
+    return raw if isinstance(raw, dict) else {"raw": raw}
 
 
 def _retry_after_crash(ops: list[Json], failures: int, error: str) -> None:

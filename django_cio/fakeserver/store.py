@@ -16,6 +16,7 @@ from ..operations import (
     MAX_ATTRIBUTE_NAME_BYTES,
     MAX_ATTRIBUTE_VALUE_BYTES,
     MAX_ATTRIBUTES,
+    MAX_DEVICE_TOKEN_BYTES,
     MAX_EVENT_DATA_BYTES,
     MAX_EVENT_NAME_BYTES,
     MAX_ID_BYTES,
@@ -42,11 +43,11 @@ def _size(value: Any) -> int:
     return len(value.encode()) if isinstance(value, str) else len(dumps(value))
 
 
-def _check_id(field: str, value: Any) -> str:
+def _check_id(field: str, value: Any, limit: int = MAX_ID_BYTES) -> str:
     if not isinstance(value, str) or not value.strip():
         raise Invalid(field, "must be a non-empty string")
-    if _size(value) > MAX_ID_BYTES:
-        raise Invalid(field, f"longer than {MAX_ID_BYTES} bytes")
+    if _size(value) > limit:
+        raise Invalid(field, f"longer than {limit} bytes")
     return value
 
 
@@ -99,7 +100,7 @@ def check(op: Json) -> None:
         device = op.get("device")
         if not isinstance(device, dict):
             raise Invalid("device", "must be an object")
-        _check_id("device.token", device.get("token"))
+        _check_id("device.token", device.get("token"), MAX_DEVICE_TOKEN_BYTES)
         if action == "add_device" and device.get("platform") not in PLATFORMS:
             raise Invalid("device.platform", f"must be one of {', '.join(PLATFORMS)}")
 
