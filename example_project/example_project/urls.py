@@ -9,4 +9,6 @@ urlpatterns = [
     path("login/", views.sign_in),
     path("orders/", views.place_order),
     path("pricing/", views.pricing),
+    path("loadtest/signup/", views.loadtest_signup),  # for manage.py cio_loadtest
+    path("loadtest/order/", views.loadtest_order),
 ]

@@ -1,7 +1,11 @@
 from django.contrib.auth import authenticate, get_user_model, login
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+
+import django_cio
+from django_cio.loadtest import loadtest_person
 
 from .models import Order
 
@@ -42,3 +46,31 @@ def place_order(request: HttpRequest) -> HttpResponse:
     with transaction.atomic():
         Order.objects.create(user=request.user, total=request.POST["total"])
     return HttpResponse("<html>Thanks for your order</html>", status=201)
+
+
+# Driven by ``manage.py cio_loadtest``: each simulated visitor names its person id (tagged with
+# the run's prefix, so ``--cleanup`` can delete it) in a header. Their ops take the path of any
+# view's: validated now, one message per request after the transaction commits, then workers.
+
+
+@csrf_exempt
+@require_POST
+def loadtest_signup(request: HttpRequest) -> HttpResponse:
+    person = loadtest_person(request)
+    if person is None:
+        return HttpResponseBadRequest("load test requests only")
+    with transaction.atomic():
+        django_cio.identify(person, email=f"{person}@example.invalid", first_name="Load")
+        django_cio.track(person, "signed_up", plan="free")
+    return HttpResponse("Welcome!", status=201, content_type="text/plain")
+
+
+@csrf_exempt
+@require_POST
+def loadtest_order(request: HttpRequest) -> HttpResponse:
+    person = loadtest_person(request)
+    if person is None:
+        return HttpResponseBadRequest("load test requests only")
+    with transaction.atomic():
+        django_cio.track(person, "order_placed", total="9.99")
+    return HttpResponse("Thanks for your order", status=201, content_type="text/plain")

@@ -1,0 +1,342 @@
+"""The processes a run starts (fake server, gunicorn, Celery workers, Locust), and the run."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .plan import HEADER, WARM_UP_EVENT, PathSpec, Plan, is_loopback
+from .swarm import percentiles
+
+# locust first: its gevent patching must come before ssl, requests and the rest are imported.
+_LOCUST = ("import locust, sys; from django_cio.loadtest.swarm import locust_main as m; "
+           "m(sys.argv[1])")
+_WORKER = "import sys; from django_cio.loadtest.run import worker_main as m; m(sys.argv[1:])"
+
+
+
+
+def worker_main(argv: list[str]) -> None:
+    """``celery`` with ``CUSTOMERIO`` changed first (``argv[0]``, JSON): whatever the project's
+    settings say, these workers deliver where the load test points them."""
+    from celery.bin.celery import main
+    from django.conf import settings
+
+    settings.CUSTOMERIO = {**getattr(settings, "CUSTOMERIO", {}), **json.loads(argv[0])}
+    sys.argv = ["celery", *argv[1:]]
+    main()
+
+
+def wsgi_application() -> Any:
+    """The project's WSGI app as ``runserver`` finds it (``WSGI_APPLICATION``, or Django's)."""
+    import django
+
+    django.setup()
+    from django.core.servers.basehttp import get_internal_wsgi_application
+
+    return get_internal_wsgi_application()
+
+
+class Processes:
+    """Child processes, each in a session of its own, stopped (group and all) on exit."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.children: list[subprocess.Popen[bytes]] = []
+        # The project importable as it is here (manage.py's folder), whatever the cwd.
+        path = dict.fromkeys([sys.path[0] or os.getcwd(), os.getcwd(),
+                              *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+    def start(self, name: str, command: list[str], **env: str) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{name}.log").open("wb") as log:
+            child = subprocess.Popen(command, env={**self.env, **env},  # noqa: S603
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.children.append(child)
+        return child
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for child in reversed(self.children):
+            stop(child)
+
+
+def stop(child: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM to the process (gunicorn and celery stop their children and finish what they
+    hold), then SIGKILL to its whole session if it takes too long or left any behind."""
+    if child.poll() is None:
+        child.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RunFailed(Exception):
+    """The run could not be carried out (the message says what to look at)."""
+
+
+
+
+
+class LoadTest:
+    def __init__(self, plan: Plan, say: Callable[[str], Any]) -> None:
+        self.plan, self.say = plan, say
+        self.fake: FakeView | None = None
+        self.warm_up_person = f"{plan.prefix}warm-up"  # its events are not counted
+        self.result: dict[str, Any] = {"prefix": plan.prefix}
+
+    def run(self) -> dict[str, Any]:
+        from ..conf import get_settings
+        from ..fakeserver import FakeTrackAPI
+
+        plan = self.plan
+        plan.out.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            processes = stack.enter_context(Processes(plan.out))
+            overrides: dict[str, Any] = {"BACKEND": "django_cio.backends.http.TrackAPIBackend"}
+            track_url = plan.track_url
+            if track_url is None:
+                cio = get_settings()
+                fake = stack.enter_context(FakeTrackAPI(
+                    site_id=cio.site_id or "loadtest-site", api_key=cio.api_key or "loadtest-key",
+                    latency_ms=plan.fake_latency_ms, rate_limit=plan.fake_rate_limit))
+                track_url = fake.url
+                overrides |= {"SITE_ID": fake.site_id, "API_KEY": fake.api_key}
+                rate = plan.fake_rate_limit
+                cap = f"429 above {rate:g} req/s" if rate else "no rate cap"
+                self.say(f"Fake Customer.io Track API on {track_url} "
+                         f"({plan.fake_latency_ms:g} ms an answer, {cap})")
+            self.fake = FakeView.connect(track_url)
+            overrides["TRACK_URL"] = track_url
+            if plan.workers:
+                processes.start("worker", [
+                    sys.executable, "-c", _WORKER, json.dumps(overrides), "-A", plan.celery_app,
+                    "worker", "-Q", get_settings().queue, "-c", str(plan.workers), "-l", "WARNING",
+                    "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
+                    "--without-heartbeat"])
+                self.say(f"{plan.workers} Celery worker process(es) of {plan.celery_app!r} "
+                         f"delivering to it (log: {plan.out / 'worker.log'})")
+            host = plan.host or self._serve(processes)
+            self._warm_up(host)
+            self.result["track_stats_before"] = self.fake.stats() if self.fake else None
+            self.result["app"] = self._ramp(processes, host)
+            self.result["delivery"] = self._drain(self.result["app"]["expected_events"])
+            self.result["track_stats_after"] = self.fake.stats() if self.fake else None
+            if plan.cleanup:
+                self.result["cleanup"] = self._cleanup(self.result["app"]["persons"])
+        return self.result
+
+    def _serve(self, processes: Processes) -> str:
+        port = free_port()
+        host = f"http://127.0.0.1:{port}"
+        import gunicorn.config
+
+        # Keep-alive longer than a visitor's pauses: gunicorn's 2 s default closes connections
+        # the client is about to reuse, and those requests fail in the client, not the app.
+        options = ["--workers", str(self.plan.web_workers), "--worker-class", "gthread",
+                   "--threads", "4", "--keep-alive", "75", "--graceful-timeout", "10"]
+        if hasattr(gunicorn.config, "ControlSocket"):  # gunicorn 24+: one per run, not $HOME's
+            options.append("--no-control-socket")
+        gunicorn = processes.start("gunicorn", [
+            sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", *options,
+            "django_cio.loadtest.run:wsgi_application()"])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if gunicorn.poll() is not None:
+                raise RunFailed(f"gunicorn exited ({gunicorn.returncode}); "
+                                f"see {self.plan.out / 'gunicorn.log'}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    self.say(f"The app on {host} (gunicorn, {self.plan.web_workers} workers)")
+                    return host
+            time.sleep(0.2)
+        raise RunFailed(f"gunicorn not listening after 60 s; see {self.plan.out / 'gunicorn.log'}")
+
+    def _warm_up(self, host: str, timeout: float = 90) -> None:
+        """Before the ramp, a few requests of each path (first requests load code and open
+        connections: not what is measured), and one event through broker and workers: they
+        are up and deliver where they should, or the run stops here with a reason."""
+        import django_cio
+
+        with django_cio.batch():
+            django_cio.track(self.warm_up_person, WARM_UP_EVENT)
+        expected = 1 + self._warm_app(host)
+        if self.fake is None:
+            return  # a real Track API cannot be asked what arrived
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # All of them, so that the Track API counts from here on are the ramp's alone.
+            events = [e for e in self.fake.events(self.plan.prefix)
+                      if e["person"] == self.warm_up_person]
+            if len(events) >= expected:
+                self.say(f"Warm-up: {len(events)} event(s) delivered, the pipeline is up")
+                return
+            time.sleep(0.25)
+        where = self.plan.out / "worker.log" if self.plan.workers else "your workers' logs"
+        raise RunFailed(f"warm-up events did not reach {self.fake.url} within {timeout:.0f} s "
+                        f"({len(events)} of {expected}); see {where}")
+
+    def _warm_app(self, host: str) -> int:
+        """A few requests of each path at once; the events they should make."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        import requests
+
+        def call(spec: PathSpec) -> tuple[int, str]:
+            try:
+                status = requests.request(spec.method, host + spec.path, timeout=30,
+                                          headers={HEADER: self.warm_up_person}).status_code
+            except requests.RequestException as exc:
+                return 0, f"{spec.label}: {type(exc).__name__}"
+            return (0, f"{spec.label}: HTTP {status}") if status >= 400 else (spec.events, "")
+
+        specs = [spec for spec in (self.plan.first, *self.plan.paths) if spec]
+        threads = 4 * self.plan.web_workers
+        with ThreadPoolExecutor(threads) as pool:
+            answers = list(pool.map(call, specs * threads))
+        for problem in sorted({problem for _, problem in answers if problem}):
+            self.say(f"Warning: warm-up request {problem}")
+        return sum(events for events, _ in answers)
+
+    def _ramp(self, processes: Processes, host: str) -> dict[str, Any]:
+        plan = self.plan
+        config = {"host": host, "prefix": plan.prefix, "out": str(plan.out),
+                  "stages": [asdict(stage) for stage in plan.stages],
+                  "paths": [asdict(spec) for spec in plan.paths],
+                  "first": asdict(plan.first) if plan.first else None}
+        stages = ", ".join(f"{stage.rate}/s for {stage.seconds:g} s" for stage in plan.stages)
+        self.say(f"Ramp: {stages}; visitors' person ids start with {plan.prefix!r}")
+        summary = plan.out / "locust-summary.json"
+        summary.unlink(missing_ok=True)
+        with (plan.out / "locust.log").open("wb") as log:
+            # Its progress lines go to this terminal; Locust's own logging to locust.log.
+            locust = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-c", _LOCUST, json.dumps(config)], env=processes.env,
+                stderr=log, start_new_session=True)
+        try:
+            locust.wait(timeout=plan.seconds + 120)
+        except subprocess.TimeoutExpired:
+            raise RunFailed(f"Locust did not finish; see {plan.out / 'locust.log'}") from None
+        finally:
+            stop(locust)
+        if locust.returncode != 0 or not summary.exists():
+            raise RunFailed(f"Locust failed ({locust.returncode}); see {plan.out / 'locust.log'}")
+        result: dict[str, Any] = json.loads(summary.read_text())
+        return result
+
+    def _drain(self, expected: int) -> dict[str, Any]:
+        if self.fake is None:  # a real Track API: at least let the workers empty the queue
+            self._wait_for_empty_queue()
+            return {"expected": expected, "delivered": None, "latency_ms": percentiles([])}
+        self.say(f"Waiting up to {self.plan.drain_timeout:g} s for {expected} event(s) "
+                 "to arrive ...")
+        deadline = time.monotonic() + self.plan.drain_timeout
+        while True:
+            events = [e for e in self.fake.events(self.plan.prefix)
+                      if e["person"] != self.warm_up_person]
+            if len(events) >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        with (self.plan.out / "deliveries.csv").open("w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["person", "event", "id", "created_at", "received_at", "lag_ms"])
+            lags = []
+            for event in sorted(events, key=lambda e: e["received_at"]):
+                made = created_at(event)
+                lag = None if made is None else 1000 * (event["received_at"] - made)
+                if lag is not None:
+                    lags.append(lag)
+                writer.writerow([event["person"], event["name"], event["id"], made,
+                                 event["received_at"], None if lag is None else round(lag, 1)])
+        return {"expected": expected, "delivered": len(events), "latency_ms": percentiles(lags)}
+
+    def _wait_for_empty_queue(self) -> None:
+        from .management.commands.cio_status import queue_status
+
+        deadline = time.monotonic() + self.plan.drain_timeout
+        while queue_status().get("messages", 0) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    def _cleanup(self, persons: int) -> dict[str, Any]:
+        import django_cio
+
+        ids = [f"{self.plan.prefix}{n:05d}" for n in range(persons)]
+        ids.append(self.warm_up_person)
+        with django_cio.batch():
+            for person in ids:
+                django_cio.delete(person)
+        self.say(f"Cleanup: {len(ids)} person(s) queued for deletion (django_cio.delete)")
+        if self.fake is None:
+            self._wait_for_empty_queue()
+            return {"deleted": len(ids), "left": None}
+        deadline = time.monotonic() + self.plan.drain_timeout
+        while (left := self.fake.people(self.plan.prefix)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return {"deleted": len(ids), "left": left}
+
+
+def created_at(event: dict[str, Any]) -> float | None:
+    """When the op was made, in seconds: its ULID's millisecond clock, else its timestamp."""
+    from ulid import ULID
+
+    with contextlib.suppress(TypeError, ValueError):
+        return float(ULID.from_str(event["id"]).timestamp)
+    timestamp = event.get("timestamp")
+    return float(timestamp) if isinstance(timestamp, (int, float)) else None
+
+
+@dataclass
+class FakeView:
+    """What a fake Track API (``/_fake/``) received; ``connect`` gives ``None`` for others."""
+
+    url: str
+
+    @classmethod
+    def connect(cls, url: str) -> FakeView | None:
+        if not is_loopback(url):
+            return None  # not asked: a real host gets no stray requests
+        view = cls(url.rstrip("/"))
+        try:
+            view.stats()
+        except Exception:
+            return None
+        return view
+
+    def _get(self, what: str) -> Any:
+        import requests
+
+        response = requests.get(f"{self.url}/_fake/{what}", timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self._get("stats")
+        stats.pop("per_second", None)
+        return stats
+
+    def events(self, prefix: str) -> list[dict[str, Any]]:
+        return [e for e in self._get("events") if str(e.get("person")).startswith(prefix)]
+
+    def people(self, prefix: str) -> int:
+        return sum(1 for person in self._get("people") if person.startswith(prefix))
