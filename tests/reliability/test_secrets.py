@@ -387,7 +387,7 @@ def test_the_whole_flow_with_failures_leaks_no_secret_and_no_value(
 
     # The capture saw the worker thread's records, and ran at DEBUG.
     assert any(thread != threading.main_thread().name for thread in debug_logs.threads)
-    assert any(where == "log django_cio.client" and "DEBUG" in text and "HTTP 503" in text
+    assert any(where == "log django_cio.requests" and "INFO" in text and "HTTP 503" in text
                for where, text in captured.texts)
     assert any(where.startswith("log urllib3") for where, _ in captured.texts)
     assert_nothing_leaked(captured, secrets)
