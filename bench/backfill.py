@@ -7,7 +7,8 @@ Rows are auth users in a PostgreSQL database of the benchmark's own (made and dr
 the bundled fake Track API answers after ``--latency-ms`` and refuses more than ``--cap``
 requests a second (429s would show). The baseline is a naive loop calling the official SDK for
 each row, measured on a few thousand rows against the same server and extrapolated to all rows
-(say so when quoting it).
+(say so when quoting it). ``--json`` prints the report to stderr and one JSON line of
+figures to stdout (bench/run.py); the 120 s target is for 1,000,000 rows only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+from common import emit, figure, output
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=100, help="fake server requests/s")
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--sdk-rows", type=int, default=2000)
+    parser.add_argument("--json", action="store_true", help="one JSON line for bench/run.py")
     args = parser.parse_args()
 
     name = f"cio_bench_backfill_{uuid.uuid4().hex[:8]}"
@@ -97,18 +100,34 @@ def run(args: argparse.Namespace, env: dict[str, str], url: str) -> None:
         sdk_rate = args.sdk_rows / (time.perf_counter() - sample_started)
 
     sdk_seconds = args.rows / sdk_rate
+    out = output(args.json)
     print(f"backfill of {args.rows:,} rows (PostgreSQL -> fake Track API at "
           f"{args.latency_ms:.0f} ms, capped at {args.cap:.0f} req/s), batch size "
-          f"{args.batch_size:,}")
+          f"{args.batch_size:,}", file=out)
     print(f"  django-cio: {seconds:.1f} s ({args.rows / seconds:,.0f} rows/s), peak RSS "
           f"{peak_mb:.0f} MB; {stats['people']:,} people, {stats['requests']:,} requests, "
-          f"429s {stats['rate_limited']}")
+          f"429s {stats['rate_limited']}", file=out)
     print(f"  SDK loop:   {sdk_rate:,.1f} rows/s on {args.sdk_rows:,} rows -> about "
           f"{sdk_seconds / 3600:,.1f} h for {args.rows:,} rows (extrapolated)  ->  ratio "
-          f"{sdk_seconds / seconds:,.0f}x")
-    print(f"  targets: <= 120 s ({'met' if seconds <= 120 else 'MISSED'}), < 200 MB RSS "
-          f"({'met' if peak_mb < 200 else 'MISSED'})")
-
+          f"{sdk_seconds / seconds:,.0f}x", file=out)
+    full = args.rows == 1_000_000
+    time_target = ("met" if seconds <= 120 else "MISSED") if full else "not this size"
+    print(f"  targets: <= 120 s for 1,000,000 rows ({time_target}), "
+          f"< 200 MB RSS ({'met' if peak_mb < 200 else 'MISSED'})", file=out)
+    if args.json:
+        emit([
+            figure("backfill", f"{args.rows:,} rows: wall time", seconds, "s",
+                   baseline=sdk_seconds, ratio=sdk_seconds / seconds,
+                   target="<= 120 s (1M rows)" if full else "",
+                   met=seconds <= 120 if full else None,
+                   note=f"SDK time extrapolated from {args.sdk_rows:,} rows"),
+            figure("backfill", f"{args.rows:,} rows: rate", args.rows / seconds, "rows/s",
+                   baseline=sdk_rate, ratio=args.rows / seconds / sdk_rate),
+            figure("backfill", f"{args.rows:,} rows: peak RSS", peak_mb, "MB",
+                   target="< 200 MB", met=peak_mb < 200),
+            figure("backfill", f"{args.rows:,} rows: 429s from the fake server (cap "
+                   f"{args.cap:g}/s)", stats["rate_limited"], "responses"),
+        ], rows=args.rows, requests=stats["requests"])
 
 if __name__ == "__main__":
     main()

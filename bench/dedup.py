@@ -5,7 +5,8 @@
 Each person is identified once (delivered, remembered in the Redis cache), then identified
 again unchanged, one message each, as a re-save of every row would do. The baseline, in the
 same run and against the same fake Track API, is the official ``customerio`` SDK sending the
-repeats. Printed: HTTP requests the repeats cost, and time per repeat.
+repeats. Printed: HTTP requests the repeats cost, and time per repeat. ``--json`` prints the
+report to stderr and one JSON line of figures to stdout (bench/run.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 import time
 import uuid
 
+from common import emit, figure, output
+
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
@@ -22,6 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--people", type=int, default=100)
     parser.add_argument("--latency-ms", type=float, default=50)
+    parser.add_argument("--json", action="store_true", help="one JSON line for bench/run.py")
     args = parser.parse_args()
 
     import django
@@ -64,11 +68,21 @@ def main() -> None:
         theirs = (time.perf_counter() - started) / args.people
         sdk_requests = fake.store.stats()["requests"] - before
 
-    print(f"{args.people} unchanged identifies, fake Track API at {args.latency_ms:.0f} ms")
-    print(f"  django-cio: {our_requests} HTTP requests, {ours * 1000:.2f} ms per identify")
+    out = output(args.json)
+    print(f"{args.people} unchanged identifies, fake Track API at {args.latency_ms:.0f} ms",
+          file=out)
+    print(f"  django-cio: {our_requests} HTTP requests, {ours * 1000:.2f} ms per identify",
+          file=out)
     print(f"  SDK:        {sdk_requests} HTTP requests, {theirs * 1000:.2f} ms per identify "
-          f"({theirs / ours:,.0f}x the cost)")
-
+          f"({theirs / ours:,.0f}x the cost)", file=out)
+    if args.json:
+        emit([
+            figure("dedup", f"HTTP requests for {args.people} unchanged identifies",
+                   our_requests, "requests", baseline=sdk_requests, target="0",
+                   met=our_requests == 0),
+            figure("dedup", "time per unchanged identify", ours * 1000, "ms",
+                   baseline=theirs * 1000, ratio=theirs / ours),
+        ])
 
 if __name__ == "__main__":
     main()

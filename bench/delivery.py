@@ -1,7 +1,7 @@
 """Delivery throughput: queued messages drained by worker processes into the fake Track API.
 
-    python bench/delivery.py [--shape web|bulk] [--broker redis|rabbitmq] [--workers 2]
-                             [--threads 64] [--latency-ms 50] [--rate 80/s]
+    python bench/delivery.py [--shape web|bulk] [--broker redis|rabbitmq] [--processes 2]
+                             [--latency-ms 50] [--rate 80/s] [--messages N] [--json]
 
 The messages (web: 20,000 x 1 op; bulk: 200 x 100 ops) are on the broker before the workers
 start, so the figure is the drain rate: ops delivered per second from the first request to the
@@ -9,6 +9,11 @@ last op. Workers are a real ``celery worker`` (prefork pool, acks_late, prefetch
 rate limit is django-cio's shared Redis limiter, and the fake Track API answers after
 ``--latency-ms``. The baseline, measured in the same run against the same server, is the
 official ``customerio`` SDK sending one op per request, serially.
+
+``--messages`` changes how many messages of the shape are queued (the targets are quoted for
+2 processes, 50 ms and 80/s only). ``--json`` prints the report to stderr and one JSON line to
+stdout: the headline figures and every request the fake server saw (arrival, ops applied), for
+``bench/run.py``'s plots.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -38,7 +44,9 @@ def main() -> None:
                         help="worker processes (one celery worker, prefork pool)")
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--rate", default="80/s")
+    parser.add_argument("--messages", type=int, help="messages to queue (default: the shape's)")
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--json", action="store_true", help="one JSON line for bench/run.py")
     args = parser.parse_args()
 
     run = uuid.uuid4().hex[:8]
@@ -52,25 +60,31 @@ def main() -> None:
     import django
 
     django.setup()
-    from common import serial_rate
+    from common import busiest_second, emit, figure, output, serial_rate
     from customerio import CustomerIO
     from django.core.management import call_command
 
     from bench.celery_app import app
     from django_cio import producer
+    from django_cio.conf import parse_rate
     from django_cio.fakeserver import FakeTrackAPI
     from django_cio.operations import Event
 
     call_command("migrate", verbosity=0)
     messages, ops_each = SHAPES[args.shape]
+    # The targets hold for this setup (any message count: --quick queues fewer).
+    standard = args.processes == 2 and args.latency_ms == 50 and args.rate == "80/s"
+    messages = args.messages or messages
     total = messages * ops_each
     with FakeTrackAPI(site_id=env["CUSTOMERIO_SITE_ID"], latency_ms=args.latency_ms) as fake:
+        seen = _record_requests(fake)
         os.environ["CUSTOMERIO_TRACK_URL"] = env["CUSTOMERIO_TRACK_URL"] = fake.url
         for number in range(messages):
             ops = [Event(f"person-{number}", "viewed_item", {"item": step, "price": 9.99})
                    .to_dict() for step in range(ops_each)]
             producer.publish_to_broker(ops)
-        workers = [_start_worker(env, args, 0, workdir)]
+        sends = workdir / "sends.log"  # bench/apps.py logs when each request leaves a worker
+        workers = [_start_worker({**env, "CIO_BENCH_SEND_LOG": str(sends)}, args, 0, workdir)]
         try:
             seconds = _drain(fake, total, args.timeout)
         finally:
@@ -79,6 +93,7 @@ def main() -> None:
             for worker in workers:
                 worker.wait(timeout=60)
         stats = fake.store.stats()
+        ours = [request for request in seen if request[1] is not None]  # not the SDK's
 
         sdk = CustomerIO(fake.site_id, fake.api_key, retries=0)
         sdk.base_url = f"{fake.url}/api/v1"  # the SDK only speaks https; same paths over http
@@ -87,17 +102,89 @@ def main() -> None:
     with app.connection_for_write() as connection:
         connection.default_channel.queue_delete(env["CIO_BENCH_QUEUE"])
     rate = total / seconds
-    target = TARGETS[(args.shape, args.broker)]
+    target = TARGETS[(args.shape, args.broker)] if standard else None
+    limit = parse_rate(args.rate).per_second
     requests = stats["requests"]
+    busiest = busiest_second(sorted(request[0] for request in ours))
+    logged = [line.split() for line in sends.read_text().splitlines()] if sends.exists() else []
+    sent = sorted(float(moment) for what, moment in logged if what == "send")
+    booked = sorted(float(moment) for what, moment in logged if what == "slot")
+    busiest_sent, busiest_booked = busiest_second(sent), busiest_second(booked)
+    out = output(args.json)
+    pool = f"{args.processes} worker process{'es' if args.processes > 1 else ''}"
     print(f"{args.shape} shape ({messages:,} messages x {ops_each} op), {args.broker} broker, "
-          f"{args.processes} worker processes, fake server {args.latency_ms:.0f} ms, "
-          f"limit {args.rate}")
-    print(f"  django-cio: {total:,} ops in {seconds:.1f} s = {rate:,.0f} ops/s "
-          f"({rate / target:.2f}x the {target:,} ops/s target); {requests:,} requests, "
-          f"{total / requests:.1f} ops/request, busiest second {stats['max_requests_per_second']} "
-          f"requests, 429s {stats['rate_limited']}, duplicate event ids "
-          f"{stats['duplicate_event_ids']}")
-    print(f"  SDK serial: {sdk_rate:,.1f} ops/s  ->  ratio {rate / sdk_rate:,.0f}x")
+          f"{pool}, fake server {args.latency_ms:.0f} ms, limit {args.rate}", file=out)
+    against = f" ({rate / target:.2f}x the {target:,} ops/s target)" if target else ""
+    print(f"  django-cio: {total:,} ops in {seconds:.1f} s = {rate:,.0f} ops/s{against}; "
+          f"{requests:,} requests ({requests / seconds:.1f}/s), {total / requests:.1f} "
+          f"ops/request, busiest 1-s window {busiest} requests as received ({busiest_sent} as "
+          f"sent, {busiest_booked} as booked by the limiter; limit {limit:g}), "
+          f"429s {stats['rate_limited']}, duplicate event ids {stats['duplicate_event_ids']}",
+          file=out)
+    print(f"  SDK serial: {sdk_rate:,.1f} ops/s  ->  ratio {rate / sdk_rate:,.0f}x", file=out)
+    if args.json:
+        name = f"{args.shape} {messages:,}x{ops_each}, {args.broker}, {args.processes} proc"
+        if not standard:
+            name += f", {args.latency_ms:g} ms, limit {args.rate}"
+        figures = [
+            figure("delivery", name, rate, "ops/s", baseline=sdk_rate, ratio=rate / sdk_rate,
+                   target=f">= {target:,} ops/s" if target else "",
+                   met=rate >= target if target else None),
+            figure("delivery", f"{name}: busiest 1-s window", busiest, "requests",
+                   target=f"<= limit {limit:g}", met=busiest <= limit,
+                   note=f"{busiest_sent} as sent, {busiest_booked} as booked"),
+        ]
+        started = min(request[0] for request in ours)
+        emit(figures, started=started, shape=args.shape, broker=args.broker,
+             processes=args.processes, latency_ms=args.latency_ms, limit=limit,
+             messages=messages, ops_each=ops_each, total=total, seconds=seconds,
+             ops_per_second=rate, requests=requests, ops_per_request=total / requests,
+             busiest_second=busiest, busiest_second_sent=busiest_sent,
+             busiest_second_booked=busiest_booked, send_delays=_delays(booked, sent, started),
+             rate_limited=stats["rate_limited"],
+             duplicate_event_ids=stats["duplicate_event_ids"], sdk_ops_per_second=sdk_rate,
+             timeline=[[round(arrived - started, 4), round(done - started, 4), ops, status]
+                       for arrived, done, ops, status in ours])
+
+
+def _delays(booked: list[float], sent: list[float], started: float) -> list[list[float]]:
+    """[slot, seconds from the slot to the send] for each request, the n-th slot against the
+    n-th send (a slot is followed by its request straight away, so the orders agree)."""
+    return [[round(slot - started, 4), round(send - slot, 4)]
+            for slot, send in zip(booked, sent, strict=False)]
+
+
+def _record_requests(fake: object) -> list[list]:
+    """Log each Track API request the fake server answers as [arrival, answer time, ops
+    applied, status], in arrival order (the store keeps no ops per request). Arrival is when
+    the request line came in, before the body is read: a 200 KB batch body can take the
+    server's threads tens of milliseconds to read while other requests hold the GIL."""
+    from django_cio.fakeserver import server
+
+    seen: list[list] = []
+    lock = threading.Lock()
+    arrivals = threading.local()
+    track, parse_request = fake.track, server.Handler.parse_request  # type: ignore[attr-defined]
+
+    def parse_and_stamp(handler: object) -> bool:
+        arrivals.at = time.time()
+        return parse_request(handler)
+
+    def recorded(method: str, path: str, authorized: bool, body: object) -> object:
+        entry: list = [getattr(arrivals, "at", time.time()), None, 0, 500]
+        with lock:
+            seen.append(entry)
+        try:
+            status, answer, ops = track(method, path, authorized, body)
+        except Exception as exc:  # a Reply: 429, 401, 400...
+            entry[1], entry[3] = time.time(), getattr(exc, "status", 500)
+            raise
+        entry[1], entry[2], entry[3] = time.time(), ops, status
+        return status, answer, ops
+
+    server.Handler.parse_request = parse_and_stamp  # this process's fake server only
+    fake.track = recorded  # type: ignore[attr-defined]
+    return seen
 
 
 def _start_worker(env: dict[str, str], args: argparse.Namespace, number: int,

@@ -6,6 +6,7 @@ Load comes from separate processes (so the server keeps its own GIL) over keep-a
 connections, each sending small v1 identify requests. The same run then measures one client
 sending serially, the official ``customerio`` SDK against ours, on the same server. The
 2,000 req/s target is the floor the load tests and benchmarks of later issues rely on.
+``--json`` prints the report to stderr and one JSON line of figures to stdout (bench/run.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from urllib.parse import urlsplit
 
 import django
-from common import serial_rate
+from common import emit, figure, output, serial_rate
 from django.conf import settings
 
 TARGET = 2000
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--json", action="store_true", help="one JSON line for bench/run.py")
     args = parser.parse_args()
 
     settings.configure(USE_TZ=True)
@@ -84,11 +86,18 @@ def main() -> None:
         sdk_rate = serial_rate(lambda n: sdk.identify(f"s{n}", plan="pro"), serial_seconds)
 
     load = f"{args.processes} processes x {args.threads} keep-alive connections"
+    out = output(args.json)
     print(f"fake server, {load}: {served:,.0f} req/s "
-          f"({served / TARGET:.1f}x the {TARGET:,} req/s target; statuses {statuses})")
+          f"({served / TARGET:.1f}x the {TARGET:,} req/s target; statuses {statuses})", file=out)
     print(f"one client, serial:  django-cio TrackClient {ours_rate:,.0f} req/s, "
-          f"customerio SDK {sdk_rate:,.0f} req/s (ratio {ours_rate / sdk_rate:.2f}x)")
-
+          f"customerio SDK {sdk_rate:,.0f} req/s (ratio {ours_rate / sdk_rate:.2f}x)", file=out)
+    if args.json:
+        emit([
+            figure("fake server", f"served, {load}", served, "req/s",
+                   target=f">= {TARGET:,} req/s", met=served >= TARGET),
+            figure("fake server", "one client, serial, 1 op per request", ours_rate, "req/s",
+                   baseline=sdk_rate, ratio=ours_rate / sdk_rate),
+        ], statuses=statuses)
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,7 @@ For each N, django-cio's shared Redis limiter is measured against the baseline i
 run: the same processes each limited on their own at the full rate, which is what Celery's
 per-worker ``rate_limit="80/s"`` does. Printed: the most requests in any sliding 1-second
 window as a share of the limit (must stay <= 1.00) and the share of the limit used.
+``--json`` prints the report to stderr and one JSON line of figures to stdout (bench/run.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import time
 import uuid
 
-from common import busiest_second
+from common import busiest_second, emit, figure, output
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -81,17 +82,30 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=80)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--json", action="store_true", help="one JSON line for bench/run.py")
     args = parser.parse_args()
     _configure("bench", args.limit)
+    out = output(args.json)
     print(f"limit {args.limit} req/s, {args.seconds:.0f} s per run; busiest 1-s window / limit "
-          f"(<= 1.00 keeps clear of 429s), share of the limit used")
-    print(f"{'processes':>9} | {'django-cio shared':>21} | {'per-process limit (baseline)':>29}")
+          f"(<= 1.00 keeps clear of 429s), share of the limit used", file=out)
+    print(f"{'processes':>9} | {'django-cio shared':>21} | {'per-process limit (baseline)':>29}",
+          file=out)
+    figures = []
     for processes in args.processes:
         ours = measure(processes, args.limit, args.seconds, shared=True)
         base = measure(processes, args.limit, args.seconds, shared=False)
         print(f"{processes:>9} | {ours[0]:>9.2f} {ours[1]:>10.0%} | {base[0]:>13.2f} "
-              f"{base[1]:>14.0%}")
-
+              f"{base[1]:>14.0%}", file=out)
+        who = f"{processes} process{'es' if processes > 1 else ''}"
+        figures += [
+            figure("rate limit", f"{who}: busiest 1-s window / limit {args.limit}", ours[0],
+                   "x limit", baseline=base[0], target="<= 1.00", met=ours[0] <= 1.0,
+                   note="baseline: Celery-style per-process limits"),
+            figure("rate limit", f"{who}: share of the limit used", ours[1] * 100, "%",
+                   baseline=base[1] * 100, target=">= 90%", met=ours[1] >= 0.9),
+        ]
+    if args.json:
+        emit(figures, limit=args.limit, seconds=args.seconds)
 
 if __name__ == "__main__":
     main()

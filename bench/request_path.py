@@ -7,6 +7,7 @@ django-cio validates them and, on commit, publishes one Celery message to the re
 The baseline calls the official SDK for each op, inline, against the bundled fake Track API
 answering after ``--latency-ms`` (Customer.io from a typical cloud region). The ratio is
 measured in the same run. Messages per request are counted from Celery's publish signal.
+``--json`` prints the report to stderr and one JSON line of figures to stdout (bench/run.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import statistics
 import time
 
 import django
+from common import emit, figure, output
 from django.conf import settings
 
 COUNTS = (1, 10, 100)
@@ -28,7 +30,10 @@ def main() -> None:
     parser.add_argument("--broker", default=os.environ.get("CELERY_BROKER_URL",
                                                            "redis://127.0.0.1:6379/14"))
     parser.add_argument("--repeat", type=int, default=200, help="django-cio requests per N")
+    parser.add_argument("--json", action="store_true", help="one JSON line for bench/run.py")
     args = parser.parse_args()
+    out = output(args.json)
+    figures, most_messages = [], 0.0
 
     queue = f"bench-request-path-{os.getpid()}"
     settings.configure(
@@ -68,8 +73,9 @@ def main() -> None:
 
         ours(1, "warm-up")  # connect to the broker and declare the queue once
         print(f"request path: fake Track API at {args.latency_ms:.0f} ms, "
-              f"broker {app.connection_for_write().as_uri()}")
-        print(f"{'ops':>5} {'django-cio':>12} {'messages':>9} {'SDK inline':>12} {'ratio':>9}")
+              f"broker {app.connection_for_write().as_uri()}", file=out)
+        print(f"{'ops':>5} {'django-cio':>12} {'messages':>9} {'SDK inline':>12} {'ratio':>9}",
+              file=out)
         for n in COUNTS:
             published.clear()
             our_time = _median(lambda tag, n=n: ours(n, tag), args.repeat)
@@ -77,10 +83,22 @@ def main() -> None:
             assert messages == 1.0, f"{messages} messages per request, expected 1"
             sdk_time = _median(lambda tag, n=n: inline(n, tag), max(2, 40 // n))
             print(f"{n:>5} {our_time * 1000:>10.2f}ms {messages:>9.1f} "
-                  f"{sdk_time * 1000:>10.1f}ms {sdk_time / our_time:>8.0f}x")
+                  f"{sdk_time * 1000:>10.1f}ms {sdk_time / our_time:>8.0f}x", file=out)
+            ratio = sdk_time / our_time
+            what = f"{n} op{'s' if n > 1 else ''} per request: time in the request"
+            figures.append(figure(
+                "request path", what, our_time * 1000, "ms", baseline=sdk_time * 1000, ratio=ratio,
+                target=">= 100x cheaper" if n == 10 else "",
+                met=ratio >= 100 if n == 10 else None))
+            most_messages = max(most_messages, messages)
 
     with app.connection_for_write() as connection:
         connection.default_channel.queue_delete(queue)
+    if args.json:
+        figures.append(figure(
+            "request path", "broker messages per request (1, 10, 100 ops)", most_messages,
+            "messages", target="<= 1", met=most_messages <= 1))
+        emit(figures, latency_ms=args.latency_ms)
 
 
 def _median(request, repeat: int) -> float:
