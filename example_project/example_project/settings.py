@@ -47,7 +47,9 @@ CACHES = {"default": (
      "LOCATION": str(STATE_DIR / "cache")}
 )}
 
-# Celery: a broker in files by default (kombu's filesystem transport crosses processes).
+# Celery: a broker in files by default (kombu's filesystem transport crosses processes). For
+# the demo only: under load it can read a message file before it is written, and lose it. In
+# production use Redis (with appendonly yes) or RabbitMQ.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
 if CELERY_BROKER_URL == "filesystem://":
