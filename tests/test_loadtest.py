@@ -77,6 +77,14 @@ def test_a_track_api_off_this_machine_is_refused_before_anything_starts(tmp_path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
+def test_an_app_off_this_machine_is_refused_before_anything_starts(tmp_path):
+    result = run_loadtest(tmp_path, "--host", "http://10.1.2.3:8000", timeout=60)
+
+    assert result.returncode == 2 and "--allow-remote-host" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # -- the parts ----------------------------------------------------------------------------
 
 

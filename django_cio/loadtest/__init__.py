@@ -33,6 +33,7 @@ from .plan import (
     UsageError,
     check_installed,
     check_track_url,
+    is_loopback,
     loadtest_person,
     parse_stages,
 )
@@ -43,6 +44,6 @@ from .swarm import percentiles
 __all__ = [
     "DEFAULT_STAGES", "EXAMPLE_FIRST", "EXAMPLE_PATHS", "HEADER", "LIMITS", "PREFIX", "LoadTest",
     "PathSpec", "Plan", "RunFailed", "Stage", "UsageError", "check_installed", "check_track_url",
-    "format_table", "iter_breaches", "loadtest_person", "parse_stages", "percentiles",
-    "report_rows", "write_report",
+    "format_table", "is_loopback", "iter_breaches", "loadtest_person", "parse_stages",
+    "percentiles", "report_rows", "write_report",
 ]

@@ -23,18 +23,26 @@ from .swarm import percentiles
 _LOCUST = ("import locust, sys; from django_cio.loadtest.swarm import locust_main as m; "
            "m(sys.argv[1])")
 _WORKER = "import sys; from django_cio.loadtest.run import worker_main as m; m(sys.argv[1:])"
+# The CUSTOMERIO settings the run's processes use in place of the project's (JSON), passed in
+# the environment: never on a command line, where ``ps`` shows it to every user.
+SETTINGS_ENV = "CIO_LOADTEST_CUSTOMERIO"
 
 
+def _use_run_settings() -> None:
+    from django.conf import settings
+
+    changes = os.environ.get(SETTINGS_ENV)
+    if changes:
+        settings.CUSTOMERIO = {**getattr(settings, "CUSTOMERIO", {}), **json.loads(changes)}
 
 
 def worker_main(argv: list[str]) -> None:
-    """``celery`` with ``CUSTOMERIO`` changed first (``argv[0]``, JSON): whatever the project's
-    settings say, these workers deliver where the load test points them."""
+    """``celery`` with the run's settings: whatever the project's settings say, these workers
+    deliver where the load test points them, from the run's own queue."""
     from celery.bin.celery import main
-    from django.conf import settings
 
-    settings.CUSTOMERIO = {**getattr(settings, "CUSTOMERIO", {}), **json.loads(argv[0])}
-    sys.argv = ["celery", *argv[1:]]
+    _use_run_settings()
+    sys.argv = ["celery", *argv]
     main()
 
 
@@ -43,6 +51,7 @@ def wsgi_application() -> Any:
     import django
 
     django.setup()
+    _use_run_settings()
     from django.core.servers.basehttp import get_internal_wsgi_application
 
     return get_internal_wsgi_application()
@@ -97,8 +106,6 @@ class RunFailed(Exception):
 
 
 
-
-
 class LoadTest:
     def __init__(self, plan: Plan, say: Callable[[str], Any]) -> None:
         self.plan, self.say = plan, say
@@ -107,31 +114,45 @@ class LoadTest:
         self.result: dict[str, Any] = {"prefix": plan.prefix}
 
     def run(self) -> dict[str, Any]:
+        from django.conf import settings
+        from django.test.utils import override_settings
+
         from ..conf import get_settings
         from ..fakeserver import FakeTrackAPI
 
         plan = self.plan
         plan.out.mkdir(parents=True, exist_ok=True)
+        cio = get_settings()
         with contextlib.ExitStack() as stack:
-            processes = stack.enter_context(Processes(plan.out))
-            overrides: dict[str, Any] = {"BACKEND": "django_cio.backends.http.TrackAPIBackend"}
+            changes: dict[str, Any] = {"BACKEND": "django_cio.backends.http.TrackAPIBackend"}
             track_url = plan.track_url
             if track_url is None:
-                cio = get_settings()
+                # Entered first, so stopped last: the workers finish delivering to it. Never
+                # the project's credentials: the fake needs none, and the limiter's key (from
+                # SITE_ID) must not be the real workspace's.
                 fake = stack.enter_context(FakeTrackAPI(
-                    site_id=cio.site_id or "loadtest-site", api_key=cio.api_key or "loadtest-key",
+                    site_id=f"{plan.prefix}site", api_key="loadtest-key",
                     latency_ms=plan.fake_latency_ms, rate_limit=plan.fake_rate_limit))
                 track_url = fake.url
-                overrides |= {"SITE_ID": fake.site_id, "API_KEY": fake.api_key}
+                changes |= {"SITE_ID": fake.site_id, "API_KEY": fake.api_key}
                 rate = plan.fake_rate_limit
                 cap = f"429 above {rate:g} req/s" if rate else "no rate cap"
                 self.say(f"Fake Customer.io Track API on {track_url} "
                          f"({plan.fake_latency_ms:g} ms an answer, {cap})")
             self.fake = FakeView.connect(track_url)
-            overrides["TRACK_URL"] = track_url
+            changes["TRACK_URL"] = track_url
+            if plan.workers and not plan.host:
+                # A queue of the run's own: a worker of yours that is running takes none of
+                # its messages, and what a timeout leaves behind reaches no real workspace.
+                changes["QUEUE"] = f"{cio.queue}-{plan.prefix.rstrip('-')}"
+            # This process (warm-up, cleanup), gunicorn and the workers, all alike.
+            project = getattr(settings, "CUSTOMERIO", {})
+            stack.enter_context(override_settings(CUSTOMERIO={**project, **changes}))
+            processes = stack.enter_context(Processes(plan.out))
+            processes.env[SETTINGS_ENV] = json.dumps(changes)
             if plan.workers:
                 processes.start("worker", [
-                    sys.executable, "-c", _WORKER, json.dumps(overrides), "-A", plan.celery_app,
+                    sys.executable, "-c", _WORKER, "-A", plan.celery_app,
                     "worker", "-Q", get_settings().queue, "-c", str(plan.workers), "-l", "WARNING",
                     "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
                     "--without-heartbeat"])
@@ -272,7 +293,7 @@ class LoadTest:
         return {"expected": expected, "delivered": len(events), "latency_ms": percentiles(lags)}
 
     def _wait_for_empty_queue(self) -> None:
-        from .management.commands.cio_status import queue_status
+        from ..management.commands.cio_status import queue_status
 
         deadline = time.monotonic() + self.plan.drain_timeout
         while queue_status().get("messages", 0) and time.monotonic() < deadline:

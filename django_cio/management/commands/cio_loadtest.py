@@ -45,6 +45,8 @@ class Command(BaseCommand):
                             "package of DJANGO_SETTINGS_MODULE).")
         parser.add_argument("--track-url", help="The Track API the workers send to (default: "
                             "the bundled fake server, started here).")
+        parser.add_argument("--allow-remote-host", action="store_true",
+                            help="Let --host name a server that is not on this machine.")
         parser.add_argument("--allow-real-customerio", action="store_true",
                             help="Allow a --track-url that is not on this machine.")
         parser.add_argument("--fake-latency-ms", type=float, default=50,
@@ -105,6 +107,10 @@ class Command(BaseCommand):
             raise loadtest.UsageError("--no-workers: give --track-url, where your workers send")
         if options["host"] and not options["host"].startswith(("http://", "https://")):
             raise loadtest.UsageError(f"--host {options['host']!r}: expected http(s)://host:port")
+        if options["host"] and not (loadtest.is_loopback(options["host"])
+                                    or options["allow_remote_host"]):
+            raise loadtest.UsageError(f"--host {options['host']}: not on this machine; pass "
+                                      "--allow-remote-host to load a server elsewhere")
         for name in ("web_workers", "workers"):
             if options[name] < 1:
                 raise loadtest.UsageError(f"--{name.replace('_', '-')}: at least 1")
