@@ -202,10 +202,11 @@ class Backfill:
     def deliver(self, ops: list[Operation], failures: int = 0, max_hold: float = float("inf"),
                 ) -> tuple[list[OpResult], list[Operation], tuple[int, float] | None]:
         """Deliver ops until each is sent or failed: transient errors and 429s wait here, up
-        to ``max_hold`` seconds at a time, so that the checkpoint only moves past acknowledged
+        to ``max_hold`` seconds in all, so that the checkpoint only moves past acknowledged
         rows. Returns the results; if it gave up waiting, also the ops still to send (the
         tail of ``ops``) and (failures, wait)."""
         results: list[OpResult] = []
+        deadline = time.monotonic() + max_hold  # for all the waits together (a 429 storm)
         while ops:
             delivery = Delivery([], failures, ops=ops, dedup=self.dedup, limiter=self.limiter,
                                 hold_retries=True)
@@ -214,7 +215,7 @@ class Backfill:
             if delivery.retry is None:
                 break
             failures, wait = delivery.retry
-            if wait > max_hold:
+            if time.monotonic() + wait > deadline:
                 return results, delivery.pending, delivery.retry
             time.sleep(wait)
             ops = delivery.pending
@@ -308,7 +309,7 @@ def split(run: BackfillRun, parts: int) -> list[list[Any]]:
     rows = queryset(resolve_model(run.model), run.filters)
     if run.last_pk is not None:  # a run stopped in a process goes on in the workers
         rows = rows.filter(pk__gt=run.last_pk)
-    step = max(1, -(-(run.total - run.sent - run.skipped - run.failed) // parts))
+    step = max(1, -(-rows.count() // parts))
     pks = rows.values_list("pk", flat=True).iterator(chunk_size=10_000)
     ends: list[Any] = []
     last = None
@@ -332,6 +333,7 @@ def send_range_page(run_id: int, index: int, failures: int) -> tuple[int, float]
     after, upto = run.ranges[index]
     if after == upto:
         return None
+    BackfillRun.objects.using(alias).filter(pk=run_id).update(updated_at=timezone.now())
     job = Backfill(run, patient=False)
     cio = get_settings()
     if not cio.batch:  # a request per row: no more rows than the limit sends in MAX_HOLD

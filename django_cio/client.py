@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -60,25 +61,21 @@ request_logger = logging.getLogger("django_cio.requests")
 
 class _HidePersonPaths(logging.Filter):
     """urllib3 logs each request's path at DEBUG, and a v1 path holds the person id (an email,
-    maybe) and a device token: those of Track API paths are logged as ``<id>``, ``<token>``."""
+    maybe) and a device token: those of Track API paths are logged as ``<id>``, ``<token>``,
+    wherever the path sits (behind a proxy prefix, in an absolute URL)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(
-            isinstance(arg, str) and arg.startswith("/api/v1/customers/") for arg in record.args
-        ):
+        if isinstance(record.args, tuple):
             record.args = tuple(_hide_ids(arg) if isinstance(arg, str) else arg
                                 for arg in record.args)
         return True
 
 
-def _hide_ids(path: str) -> str:
-    if not path.startswith("/api/v1/customers/"):
-        return path
-    parts = path.split("/")  # "", "api", "v1", "customers", id[, "devices", token]
-    parts[4] = "<id>"
-    if len(parts) > 6 and parts[5] == "devices":
-        parts[6] = "<token>"
-    return "/".join(parts)
+_PERSON_PATH = re.compile(r"(/api/v1/customers/)[^/?#\s\"]+(?:(/devices/)[^/?#\s\"]+)?")
+
+
+def _hide_ids(text: str) -> str:
+    return _PERSON_PATH.sub(lambda m: m[1] + "<id>" + (m[2] + "<token>" if m[2] else ""), text)
 
 
 logging.getLogger("urllib3.connectionpool").addFilter(_HidePersonPaths())

@@ -17,9 +17,11 @@ Worker processes expose them with ``serve(port)`` (see docs/deploy.md).
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ulid import ULID
@@ -31,6 +33,8 @@ try:
     import prometheus_client as prometheus
 except ImportError:  # the [metrics] extra is optional
     prometheus = None  # type: ignore[assignment]
+
+logger = logging.getLogger("django_cio")
 
 if prometheus is not None:
     OPS = prometheus.Counter("customerio_ops", "Ops by kind and result.", ["kind", "result"])
@@ -48,16 +52,30 @@ if prometheus is not None:
     )
 
 
+def _never_raises(count: Callable[..., None]) -> Callable[..., None]:
+    """Counting must never fail a delivery (a crash there would retry delivered ops)."""
+
+    @functools.wraps(count)
+    def counted(*args: Any, **kwargs: Any) -> None:
+        if prometheus is None:
+            return
+        try:
+            count(*args, **kwargs)
+        except Exception as exc:
+            logger.warning("customerio: metrics failed (%s)", type(exc).__name__)
+
+    return counted
+
+
+@_never_raises
 def request(status: int | str, seconds: float) -> None:
-    if prometheus is not None:
-        REQUESTS.labels(str(status)).inc()
-        REQUEST_SECONDS.observe(seconds)
+    REQUESTS.labels(str(status)).inc()
+    REQUEST_SECONDS.observe(seconds)
 
 
+@_never_raises
 def results(outcomes: Iterable[OpResult]) -> None:
     """Count what became of each op; time the events that were sent."""
-    if prometheus is None:
-        return
     now = time.time()
     for outcome in outcomes:
         op = outcome.op
@@ -72,10 +90,10 @@ def results(outcomes: Iterable[OpResult]) -> None:
                 DELIVERY_LAG.observe(max(0.0, now - made))
 
 
+@_never_raises
 def dead_letters(kinds: Iterable[Any]) -> None:
-    if prometheus is not None:
-        for kind in kinds:
-            DEAD_LETTERS.labels(str(kind)[:32]).inc()
+    for kind in kinds:
+        DEAD_LETTERS.labels(str(kind)[:32]).inc()
 
 
 def serve(port: int, addr: str = "") -> None:

@@ -70,8 +70,9 @@ class RequestTracker:
             django_cio.track_anonymous(self.anonymous_id, name, **data)
 
     def page(self, url: str | None = None, /, **data: Any) -> None:
-        # Without the query string by default: it may hold emails, tokens, search terms.
-        url = url or self.request.build_absolute_uri(self.request.path)
+        # page(url=...) still names the page. Without a URL, the request's path, without the
+        # query string: it may hold emails, tokens, search terms.
+        url = url or data.pop("url", None) or self.request.build_absolute_uri(self.request.path)
         person = self.person_id
         if person is not None:
             django_cio.page(person, url, **data)

@@ -26,7 +26,7 @@ from django.db import router
 
 from . import dedup, metrics, producer
 from .backends import BaseBackend, backend_class, get_backend
-from .batching import Message, drain, pack, settle
+from .batching import MAX_FAILURES, Message, drain, pack, settle
 from .conf import CIOSettings, get_settings
 from .exceptions import APIError, PermanentError, RateLimited, ValidationError
 from .models import DeadLetter
@@ -189,10 +189,10 @@ class Delivery:
         self.send(backend, self.ops, cio)
         if self.pending:
             self.retry_later(cio)
-        metrics.results(self.results)
         failed = [result for result in self.results if result.status == "failed"]
         _dead_letters([(r.op.to_dict(), r.reason, r.http_status) for r in failed],
                       self.failures + 1)
+        metrics.results(self.results)
         for _, response in post_send.send_robust(sender=type(backend), results=self.results):
             if isinstance(response, Exception):  # delivered is delivered: log, carry on
                 logger.error("customerio: a post_send receiver raised %s",
@@ -202,8 +202,8 @@ class Delivery:
         """The ops not sent yet, for a retry after a crash (sent ones are not sent again)."""
         if self.ops is None:
             return self.raw
-        sent = {id(result.op) for result in self.results if result.status == "sent"}
-        return [op.to_dict() for op in self.ops if id(op) not in sent]
+        done = {id(result.op) for result in self.results if result.status in ("sent", "retrying")}
+        return [op.to_dict() for op in self.ops if id(op) not in done]
 
     def parse(self) -> list[Operation]:
         """The ops of the message; a malformed one becomes a dead letter, not a crash loop."""
@@ -212,8 +212,7 @@ class Delivery:
             try:
                 ops.append(Operation.from_dict(raw))
             except ValidationError as exc:
-                _dead_letters([(_storable(raw), f"malformed: {exc}", None)],
-                              self.failures + 1)
+                _dead_letters([(raw, f"malformed: {exc}", None)], self.failures + 1)
         return ops
 
     def send(self, backend: BaseBackend, ops: list[Operation], cio: CIOSettings) -> None:
@@ -265,10 +264,12 @@ class Delivery:
                 dedup.remember(op for index, op in enumerate(request.ops) if index not in bad)
 
     def retry_later(self, cio: CIOSettings) -> None:
+        # Each branch marks the ops "retrying" only once they are handed over: a crash before
+        # that retries them as unsent.
         error = self.error
         if error is None:  # only our own limiter held them back
-            self.results += [OpResult(op, "retrying", "throttled") for op in self.pending]
             self.hand_over(self.failures, min(self.throttled_for or 0, cio.retry_after_max))
+            self.results += [OpResult(op, "retrying", "throttled") for op in self.pending]
             return
         if isinstance(error, RateLimited):
             # Being told to slow down is not a failure of these ops: keep the retry budget.
@@ -282,9 +283,9 @@ class Delivery:
                                  for op in self.pending]
                 return
             wait = backoff(failures, cio)
+        self.hand_over(failures, wait)
         self.results += [OpResult(op, "retrying", error.reason, error.status)
                          for op in self.pending]
-        self.hand_over(failures, wait)
 
     def hand_over(self, failures: int, wait: float) -> None:
         if self.hold_retries:
@@ -313,20 +314,22 @@ def backoff(failures: int, cio: CIOSettings) -> float:
 def _dead_letters(failed: list[tuple[Json, str, int | None]], attempts: int) -> None:
     if not failed:
         return
-    metrics.dead_letters(op.get("kind") if isinstance(op, dict) else None
-                         for op, _, _ in failed)
+    stored = [(_storable(op), reason, status) for op, reason, status in failed]
     alias = router.db_for_write(DeadLetter)
     DeadLetter.objects.using(alias).bulk_create(
-        DeadLetter.for_op(op, reason=reason[:200], status=status, attempts=attempts)
-        for op, reason, status in failed
+        DeadLetter.for_op(op, reason=reason[:200], status=status,
+                          attempts=min(attempts, MAX_FAILURES))
+        for op, reason, status in stored
     )
+    metrics.dead_letters(op.get("kind") for op, _, _ in stored)
     logger.warning("customerio: %d op(s) dead-lettered (%s)", len(failed),
                    ", ".join(sorted({reason for _, reason, _ in failed}))[:200])
 
 
 def _storable(raw: Any) -> Json:
-    """A malformed op in a form a dead letter can keep: JSON columns refuse NaN, infinity, NUL
-    characters and lone surrogates, so an op holding one is kept as its ``ascii()`` text."""
+    """An op in a form a dead letter can keep: a mapping, and JSON columns refuse NaN,
+    infinity, NUL characters and lone surrogates, so an op holding one is kept as its
+    ``ascii()`` text."""
     try:
         text = json.dumps(raw, ensure_ascii=False, allow_nan=False)
         text.encode()

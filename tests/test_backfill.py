@@ -340,3 +340,14 @@ def test_resume_dry_run_does_not_take_the_run_and_ids_runs_do_not_go_async(users
     with pytest.raises(CommandError, match="not with --ids-from") as caught:
         call_command("cio_backfill", "--resume", str(run.pk), "--async")
     assert caught.value.returncode == 2
+
+
+def test_an_async_page_waits_in_the_worker_for_max_hold_in_all_not_per_429(users):
+    users.configure(retry_after=1)
+    users.fail_next(*[429] * 10)  # a storm of short waits
+    run = backfill.start("auth.User", {}, batch_size=10)
+    job = backfill.Backfill(run, patient=False)
+    built, _ = job.build(job.rows())
+    results, pending, retry = job.deliver([op for _, op in built], max_hold=2)
+    assert pending and retry is not None and not results  # given back, not held for 10 s
+    assert users.store.stats()["rate_limited"] <= 3

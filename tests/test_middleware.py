@@ -167,3 +167,14 @@ def test_a_failing_login_hook_never_fails_the_login(client, cio, caplog):
         registry.unregister(User)
     assert response.status_code == 200
     assert "login not sent (RuntimeError)" in caplog.text and "secret" not in caplog.text
+
+
+def test_page_by_keyword_still_names_the_page(rf, cio):
+    from django.contrib.auth.models import AnonymousUser
+
+    from django_cio.middleware import RequestTracker
+
+    request = rf.get("/somewhere/")
+    request.user = AnonymousUser()
+    RequestTracker(request).page(url="https://shop.example/cart", title="Cart")
+    assert cio[0].name == "https://shop.example/cart" and cio[0].data == {"title": "Cart"}

@@ -240,3 +240,29 @@ def test_ops_the_shared_limit_has_no_room_for_go_back_without_using_the_budget(
     assert [[op["name"] for op in message] for message in published] == [["second"]]
     assert published.details[0]["kwargs"] == {"failures": 2}
     assert 8 <= countdown(published.details[0]) <= 10.5
+
+
+def test_dead_letters_keep_any_op_and_any_attempt_count():
+    """The paths that dead-letter raw ops (a worker lost too often, a crash out of retries) may
+    hold what a JSON column refuses: they must not loop on a database error."""
+    tasks._dead_letters([("not an op", "lost", None),
+                         ({"kind": "identify", "person_id": "a\x00"}, "lost", None)], 2**40)
+    stored = list(DeadLetter.objects.order_by("id"))
+    assert [letter.op for letter in stored] == [
+        {"raw": "not an op"}, {"raw": ascii({"kind": "identify", "person_id": "a\x00"})}]
+    assert {letter.attempts for letter in stored} == {2**31 - 2}
+
+
+def test_a_crash_after_a_retry_was_handed_over_does_not_send_it_again(cio_fake, published):
+    cio_fake.fail_next(503)
+
+    def dead_letters_down(*args, **kwargs):
+        raise RuntimeError("database down")
+
+    original = tasks._dead_letters
+    tasks._dead_letters = dead_letters_down  # the crash comes after the retry is published
+    try:
+        deliver(Event("u1", "a", {}))
+    finally:
+        tasks._dead_letters = original
+    assert len(published) == 1  # the retry of the 503, not a second one after the crash

@@ -119,10 +119,7 @@ class Command(BaseCommand):
         given = {key: options[key] for key in ("batch_size", "rate_share", "dedup")
                  if options[key] is not None}
         if options["resume"]:
-            run = self.claim(options["resume"], given, dry=options["dry_run"])
-            if run.ids_file and (options["in_workers"] or run.ranges is not None):
-                raise ValueError("--async sends pk ranges: not with --ids-from")
-            return [run]
+            return [self.claim(options["resume"], given, options)]
         if options["all"]:
             labels = backfill.registered_labels()
         elif options["label"]:
@@ -134,22 +131,22 @@ class Command(BaseCommand):
             run.options = {**backfill.DEFAULT_OPTIONS, **given}
         return runs  # saved when they start
 
-    def claim(self, wanted: str, given: dict[str, Any], dry: bool = False) -> BackfillRun:
-        """The run to resume, taken over only if no process is working on it."""
+    def claim(self, wanted: str, given: dict[str, Any], options: dict[str, Any]) -> BackfillRun:
+        """The run to resume, taken over only if nothing is working on it."""
         runs = BackfillRun.objects.exclude(status=BackfillRun.DONE)
         if wanted == "last":
-            run = next((run for run in runs if not backfill.alive(run)), None)
+            run = next((run for run in runs if not _busy(run)), None)
         else:
             run = runs.filter(pk=wanted).first()
         if run is None:
             raise ValueError("no backfill run to resume" if wanted == "last"
                              else f"no unfinished backfill run {wanted}")
-        if backfill.alive(run):
-            raise ConfigurationError(
-                f"backfill #{run.pk} is {run.status} (touched in the last {backfill.LEASE} s); "
-                f"stop it with --stop {run.pk}, or resume it a minute after its process died")
+        if why := _busy(run):
+            raise ConfigurationError(why)
+        if run.ids_file and (options["in_workers"] or run.ranges is not None):
+            raise ValueError("--async sends pk ranges: not with --ids-from")
         run.options.update(given)
-        if dry:
+        if options["dry_run"]:
             return run
         taken = BackfillRun.objects.filter(pk=run.pk, updated_at=run.updated_at).update(
             status=BackfillRun.RUNNING, updated_at=timezone.now(), options=run.options)
@@ -252,6 +249,17 @@ class Command(BaseCommand):
                                f"letters (manage.py cio_status, cio_replay); rows that could "
                                f"not become an identify are logged with their pk",
                                returncode=1)
+
+
+def _busy(run: BackfillRun) -> str:
+    """Why a run may not be resumed now ("" if it may)."""
+    if run.ranges is not None and run.status == BackfillRun.RUNNING:
+        # Its tasks may wait on the broker a while, touching nothing.
+        return f"backfill #{run.pk} runs in the workers; stop it with --stop {run.pk} first"
+    if backfill.alive(run):
+        return (f"backfill #{run.pk} is {run.status} (touched in the last {backfill.LEASE} s); "
+                f"stop it with --stop {run.pk}, or resume it a minute after its process died")
+    return ""
 
 
 def _moment(text: str) -> str:
