@@ -9,14 +9,14 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from .models import BackfillRun, DeadLetter, DeadLetterQuerySet, Outbox
-from .operations import _label
+from .operations import safe_label
 
 
 def redacted(value: Any) -> Any:
     """The shape of a stored op: its keys and the type of each value, never the values
     (attribute values are PII). Replay uses the op as it is stored."""
     if isinstance(value, dict):
-        return {_label(str(key)): redacted(item) for key, item in value.items()}
+        return {safe_label(str(key)): redacted(item) for key, item in value.items()}
     if isinstance(value, list):
         return [redacted(item) for item in value]
     return type(value).__name__
@@ -61,7 +61,7 @@ class OutboxAdmin(admin.ModelAdmin):
     def operations(self, row: Outbox) -> str:
         ops = row.ops if isinstance(row.ops, list) else [row.ops]
         kinds = Counter(op.get("kind") if isinstance(op, dict) else None for op in ops)
-        return ", ".join(f"{count} {_label(str(kind))}" for kind, count in kinds.most_common())
+        return ", ".join(f"{count} {safe_label(str(kind))}" for kind, count in kinds.most_common())
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -85,7 +85,7 @@ def person_hash(person_id: str) -> str:
     return hmac.new(key, person_id.encode(errors="replace"), hashlib.sha256).hexdigest()[:12]
 
 
-def _label(key: str) -> str:
+def safe_label(key: str) -> str:
     """A key for an error message, unless it might be data (an email used as a key, say)."""
     return key if _PLAIN_KEY.fullmatch(key) else "<key>"
 
@@ -149,7 +149,7 @@ def json_safe(value: Any, kind: str, where: str, depth: int = 0) -> Any:
         clean = {}
         for key, item in value.items():
             key = _key(key, kind, where)
-            clean[key] = json_safe(item, kind, f"{where}.{_label(key)}", depth + 1)
+            clean[key] = json_safe(item, kind, f"{where}.{safe_label(key)}", depth + 1)
         return clean
     if isinstance(value, (list, tuple, set, frozenset)):
         return [json_safe(item, kind, f"{where}[{index}]", depth + 1)
@@ -214,7 +214,7 @@ def check_attributes(kind: str, attributes: Mapping[str, Any]) -> Json:
     clean = {}
     for name, value in attributes.items():
         name = _key(name, kind, "attributes")
-        where = f"attributes.{_label(name)}"
+        where = f"attributes.{safe_label(name)}"
         if not name:
             raise ValidationError(kind, "attributes", "has an empty attribute name")
         _check_size(kind, where, len(name.encode()), MAX_ATTRIBUTE_NAME_BYTES, "name is")
@@ -528,7 +528,7 @@ def _device_attributes(kind: str, attributes: Mapping[str, Any]) -> dict[str, st
         if isinstance(value, bool):
             clean[name] = "true" if value else "false"
         elif not isinstance(value, str):
-            raise ValidationError(kind, f"attributes.{_label(name)}", "must be a string")
+            raise ValidationError(kind, f"attributes.{safe_label(name)}", "must be a string")
     return clean
 
 

@@ -31,9 +31,6 @@ def loadtest_person(request: Any) -> str | None:
     return person if person.startswith(PREFIX) and len(person.encode()) <= 150 else None
 
 
-
-
-
 @dataclass(frozen=True)
 class Stage:
     rate: int  # requests per second (a simulated visitor makes one a second, on average)

@@ -105,7 +105,6 @@ class RunFailed(Exception):
     """The run could not be carried out (the message says what to look at)."""
 
 
-
 class LoadTest:
     def __init__(self, plan: Plan, say: Callable[[str], Any]) -> None:
         self.plan, self.say = plan, say
