@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ulid import ULID
+from .operations import event_id_time
 
 if TYPE_CHECKING:
     from .signals import OpResult
@@ -84,8 +84,8 @@ def results(outcomes: Iterable[OpResult]) -> None:
             RETRIES.inc()
         elif outcome.status == "skipped":
             DEDUP_HITS.inc()
-        elif outcome.status == "sent" and isinstance(event_id := getattr(op, "id", None), str):
-            made = _made_at(event_id)
+        elif outcome.status == "sent":
+            made = event_id_time(getattr(op, "id", None))
             if made is not None:
                 DELIVERY_LAG.observe(max(0.0, now - made))
 
@@ -109,10 +109,3 @@ def serve(port: int, addr: str = "") -> None:
         multiprocess.MultiProcessCollector(registry)
     prometheus.start_http_server(port, addr, registry=registry)
 
-
-def _made_at(event_id: str) -> float | None:
-    """The time a ULID event id was made (ids given by the caller may be anything)."""
-    try:
-        return ULID.from_str(event_id).timestamp
-    except ValueError:
-        return None

@@ -76,6 +76,15 @@ def new_event_id() -> str:
     return str(ULID())
 
 
+def event_id_time(event_id: Any) -> float | None:
+    """When an id ``new_event_id`` made was made, in seconds (None for an id given by the
+    caller, which may be anything)."""
+    try:
+        return float(ULID.from_str(event_id).timestamp)
+    except (TypeError, ValueError):
+        return None
+
+
 def person_hash(person_id: str) -> str:
     """A short, stable stand-in for a person id in logs (ids may be emails).
 

@@ -318,10 +318,11 @@ class LoadTest:
 
 def created_at(event: dict[str, Any]) -> float | None:
     """When the op was made, in seconds: its ULID's millisecond clock, else its timestamp."""
-    from ulid import ULID
+    from ..operations import event_id_time
 
-    with contextlib.suppress(TypeError, ValueError):
-        return float(ULID.from_str(event["id"]).timestamp)
+    made = event_id_time(event.get("id"))
+    if made is not None:
+        return made
     timestamp = event.get("timestamp")
     return float(timestamp) if isinstance(timestamp, (int, float)) else None
 
