@@ -101,3 +101,23 @@ def check_broker(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             id="django_cio.W003",
         )]
     return []
+
+
+_MIDDLEWARE = "django_cio.middleware.CustomerIOMiddleware"
+_AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+
+
+@register(Tags.compatibility)
+def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    if _MIDDLEWARE not in middleware or (
+        _AUTH_MIDDLEWARE in middleware
+        and middleware.index(_AUTH_MIDDLEWARE) < middleware.index(_MIDDLEWARE)
+    ):
+        return []
+    return [Warning(
+        f"{_MIDDLEWARE} comes before {_AUTH_MIDDLEWARE} (or that one is missing): "
+        "request.cio cannot tell who is logged in, and tracks every visitor anonymously",
+        hint=f"List {_AUTH_MIDDLEWARE} before {_MIDDLEWARE} in MIDDLEWARE.",
+        id="django_cio.W004",
+    )]

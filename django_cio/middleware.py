@@ -10,6 +10,7 @@ excepted). Works under WSGI and ASGI.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -17,13 +18,14 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponseBase
+from django.utils.functional import SimpleLazyObject, empty
 
 import django_cio
 
 from .conf import get_settings
 from .exceptions import ValidationError
 from .operations import AnonymousEvent
-from .producer import collect, enqueue, publish
+from .producer import batch, collect, enqueue, publish
 from .registry import person_id_for
 
 _ONE_YEAR = 365 * 24 * 3600
@@ -46,7 +48,11 @@ class RequestTracker:
     @property
     def person_id(self) -> str | None:
         """The logged-in user's Customer.io id, or ``None`` for a visitor."""
-        user = self._user if self._user is not None else getattr(self.request, "user", None)
+        user = getattr(self.request, "user", None)
+        if user is None or (isinstance(user, SimpleLazyObject) and user._wrapped is empty):
+            # Not loaded yet: the user resolved beforehand (ASGI), else load it now. A login
+            # or logout during the request replaces request.user, and that one counts.
+            user = self._user if self._user is not None else user
         return person_id_for(user) if user is not None and user.is_authenticated else None
 
     @property
@@ -99,22 +105,22 @@ class CustomerIOMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        with collect() as ops:
+        with batch():  # sent however the request ends: committed ops are never dropped
             request.cio = RequestTracker(request)  # type: ignore[attr-defined]
             response = self.get_response(request)
             self._after(request, response)
-        if ops:
-            publish(ops)
         return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
         with collect() as ops:
-            user = await request.auser()
-            request.cio = RequestTracker(request, user)  # type: ignore[attr-defined]
-            response = await self.get_response(request)
-            await sync_to_async(self._after)(request, response)
-        if ops:  # the broker (or, if it is down, the Outbox table) is blocking I/O
-            await sync_to_async(publish)(ops)
+            try:
+                request.cio = RequestTracker(request, await _user(request))  # type: ignore[attr-defined]
+                response = await self.get_response(request)
+                await sync_to_async(self._after)(request, response)
+            finally:
+                if ops:  # also when the client disconnected and the request was cancelled:
+                    # shielded, the ops its committed transactions made still go out.
+                    await asyncio.shield(sync_to_async(publish)(list(ops)))
         return response
 
     def _after(self, request: HttpRequest, response: HttpResponseBase) -> None:
@@ -140,3 +146,11 @@ def _is_page_view(request: HttpRequest, response: HttpResponseBase, skip: str) -
         and response.get("Content-Type", "").startswith("text/html")
         and not re.match(skip, request.path)
     )
+
+
+async def _user(request: HttpRequest) -> Any:
+    """The request's user, resolved in the async context (a ``RequestTracker`` cannot load it
+    later); ``None`` without ``AuthenticationMiddleware`` before this one (the check says so),
+    and then ``request.cio`` looks ``request.user`` up when it is used."""
+    auser = getattr(request, "auser", None)
+    return await auser() if auser is not None else None

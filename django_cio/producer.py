@@ -13,6 +13,7 @@ message to the ``Outbox`` table of the same database, and ``relay_outbox`` sends
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -20,7 +21,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
@@ -38,10 +38,18 @@ MAX_MESSAGE_BYTES = 256 * 1024
 # Seconds the request may spend reaching the broker before it gives up and writes the Outbox.
 PUBLISH_TIMEOUT = 1.0
 
+
+class _Batch(list[Operation]):
+    """The ops of one ``batch()`` block. Once the block has exited it is ``closed``: a task
+    started inside it (``asyncio.create_task`` copies the context) that makes an op later
+    must not append it to a list that has already been sent."""
+
+    closed = False
+
+
 # Open batch() blocks, innermost last. A context variable, so that concurrent requests served
-# by one thread (async views) keep their own. Transaction buffers follow DB connections, which
-# belong to a thread.
-_batch: ContextVar[tuple[list[Operation], ...]] = ContextVar("django_cio_batch", default=())
+# by one thread (async views) keep their own.
+_batch: ContextVar[tuple[_Batch, ...]] = ContextVar("django_cio_batch", default=())
 _local = threading.local()
 
 
@@ -54,7 +62,8 @@ def enqueue(op: Operation, using: str | None = None) -> None:
     alias = using or _atomic_alias()
     connection = transaction.get_connection(alias)
     if connection.in_atomic_block:
-        _transaction_ops(alias, connection).add(op, connection)
+        _flush_first_at_commit(connection)
+        transaction.on_commit(_Committed(op, alias), using=alias, robust=True)
     else:
         _hand_on([op], alias)
 
@@ -62,22 +71,27 @@ def enqueue(op: Operation, using: str | None = None) -> None:
 @contextlib.contextmanager
 def batch() -> Iterator[None]:
     """Send every op made inside the block (and committed, if made in a transaction) as one
-    message when the block exits. The middleware wraps each request in one."""
-    with collect() as ops:
-        yield
-    if ops:
-        _hand_on(ops, DEFAULT_DB_ALIAS)
+    message when the block exits, whether it exits normally or by an exception. The
+    middleware wraps each request in one."""
+    ops: list[Operation] = []
+    try:
+        with collect() as ops:
+            yield
+    finally:
+        if ops:
+            _hand_on(ops, DEFAULT_DB_ALIAS)
 
 
 @contextlib.contextmanager
 def collect() -> Iterator[list[Operation]]:
     """Like ``batch()``, but hands the ops to the caller instead of sending them (an async
-    caller sends them from a thread)."""
-    ops: list[Operation] = []
+    caller sends them from a thread). The caller must send them on every exit path."""
+    ops = _Batch()
     token = _batch.set((*_batch.get(), ops))
     try:
         yield ops
     finally:
+        ops.closed = True
         _batch.reset(token)
 
 
@@ -92,58 +106,61 @@ def _atomic_alias() -> str:
 
 
 def _hand_on(ops: list[Operation], alias: str) -> None:
-    """Ops outside a transaction (or committed) join the enclosing batch if there is one,
-    else go to the broker."""
-    if _batch.get():
-        _batch.get()[-1].extend(ops)
-    else:
+    """Ops outside a transaction (or committed) join the innermost open batch if there is
+    one, else go to the broker."""
+    for open_batch in reversed(_batch.get()):
+        if not open_batch.closed:
+            open_batch.extend(ops)
+            return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no event loop in this thread: publish here
         publish(ops, alias)
+    else:  # the broker and the Outbox are blocking I/O, which an event loop must not run
+        loop.run_in_executor(None, publish, ops, alias)
 
 
 # -- one transaction's ops ----------------------------------------------------------------
 
-class _TransactionOps:
-    """The ops of one transaction on one database, sent by one flush after it commits.
+class _Committed:
+    """The ``on_commit`` hook of one op. Django drops it if its savepoint rolls back.
 
-    Each op is registered with ``on_commit``, so Django drops it if its savepoint rolls back;
-    at commit it joins ``committed``. The flush is a single entry that this class keeps at the
-    end of the connection's commit hooks and outside every savepoint, so it runs once, after
-    every surviving op, and sends them as one message. Django has no public call for "last,
-    at the outer level", so this reads and edits ``connection.run_on_commit`` (a list of
-    ``(savepoint ids, callable, robust)`` since Django 4.2); the tests pin that contract.
+    At commit, ``_flush_first_at_commit`` takes every surviving hook of ours off the list and
+    sends their ops as one message before any other hook runs: Django stops running a
+    transaction's hooks at the first one that raises, and an app's hook (Celery's own
+    ``delay_on_commit`` when the broker is down) must not cost us committed ops. Run by anyone
+    else (``captureOnCommitCallbacks`` in tests), a hook hands on its own op.
     """
 
-    def __init__(self, alias: str) -> None:
-        self.alias = alias
-        self.committed: list[Operation] = []
+    def __init__(self, op: Operation, alias: str) -> None:
+        self.op, self.alias = op, alias
 
-    def add(self, op: Operation, connection: Any) -> None:
+    def __call__(self) -> None:
+        _hand_on([self.op], self.alias)
+
+
+def _flush_first_at_commit(connection: Any) -> None:
+    """Make ``connection`` send our committed ops before it runs the other commit hooks.
+
+    Django has no public hook for "after commit, before the other callbacks"; it calls
+    ``run_and_clear_commit_hooks()`` once the outermost atomic block has committed (never
+    after a rollback, which clears the list), so this wraps that method on the connection
+    object, once. The list's shape, ``(savepoint ids, callable, robust)`` since Django 4.2, is
+    pinned by the tests.
+    """
+    if "run_and_clear_commit_hooks" in connection.__dict__:
+        return
+    run_django_hooks = connection.run_and_clear_commit_hooks
+
+    def run_and_clear_commit_hooks() -> None:
         hooks = connection.run_on_commit
-        if hooks and hooks[-1][1] == self.flush:
-            hooks.pop()
-        else:
-            connection.run_on_commit = [hook for hook in hooks if hook[1] != self.flush]
-        # robust: should a hook of ours fail anyway, Django logs it and runs the app's others.
-        transaction.on_commit(partial(self.committed.append, op), using=self.alias, robust=True)
-        connection.run_on_commit.append((set(), self.flush, True))
+        ours = [hook[1] for hook in hooks if isinstance(hook[1], _Committed)]
+        if ours:
+            connection.run_on_commit = [h for h in hooks if not isinstance(h[1], _Committed)]
+            _hand_on([hook.op for hook in ours], ours[0].alias)
+        run_django_hooks()
 
-    def owns(self, connection: Any) -> bool:
-        """Whether the connection's current transaction is this one (its flush is pending)."""
-        return any(hook[1] == self.flush for hook in reversed(connection.run_on_commit))
-
-    def flush(self) -> None:
-        ops, self.committed = self.committed, []
-        if ops:
-            _hand_on(ops, self.alias)
-
-
-def _transaction_ops(alias: str, connection: Any) -> _TransactionOps:
-    """The ops of the transaction open on ``connection``, a new group for a new transaction."""
-    groups = _local.__dict__.setdefault("transactions", {})
-    group = groups.get(alias)
-    if group is None or not group.owns(connection):
-        group = groups[alias] = _TransactionOps(alias)
-    return group
+    connection.run_and_clear_commit_hooks = run_and_clear_commit_hooks
 
 
 # -- to the broker, or the Outbox -----------------------------------------------------------

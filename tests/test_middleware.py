@@ -1,8 +1,15 @@
 """The middleware and the auth signals, through Django's test clients (locmem backend)."""
 
+import asyncio
+
 import pytest
-from asgiref.sync import async_to_sync
-from django.contrib.auth.models import User
+from asgiref.sync import async_to_sync, sync_to_async
+from django.contrib.auth.models import AnonymousUser, User
+from django.db import connection, transaction
+
+import django_cio
+from django_cio.checks import check_middleware
+from django_cio.middleware import CustomerIOMiddleware
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -178,3 +185,62 @@ def test_page_by_keyword_still_names_the_page(rf, cio):
     request.user = AnonymousUser()
     RequestTracker(request).page(url="https://shop.example/cart", title="Cart")
     assert cio[0].name == "https://shop.example/cart" and cio[0].data == {"title": "Cart"}
+
+
+def test_a_view_that_fails_after_commit_still_sends_the_committed_ops(client, published):
+    with pytest.raises(RuntimeError):
+        client.get("/failing/")
+    assert [[op["name"] for op in message] for message in published] == [
+        ["committed_before_the_error"]]
+
+
+def test_a_cancelled_async_request_still_sends_its_committed_ops(published, rf):
+    # A client that disconnects cancels the ASGI request: what it committed still goes out.
+    committed = asyncio.Event()
+
+    async def view(request):
+        await sync_to_async(commit_an_op)()
+        committed.set()
+        await asyncio.sleep(60)
+
+    def commit_an_op():
+        with transaction.atomic():
+            django_cio.track("u1", "committed_then_cancelled")
+        connection.close()  # a thread of asgiref's: the test database is dropped at the end
+
+    async def main():
+        request = rf.get("/")
+        request.auser = _anonymous
+        handling = asyncio.create_task(CustomerIOMiddleware(view)(request))
+        await committed.wait()
+        handling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handling
+
+    asyncio.run(main())
+    assert [[op["name"] for op in message] for message in published] == [
+        ["committed_then_cancelled"]]
+
+
+async def _anonymous():
+    return AnonymousUser()
+
+
+def test_asgi_without_the_auth_middleware_tracks_anonymously_and_is_checked(
+        async_client, cio, settings):
+    settings.MIDDLEWARE = ["django_cio.middleware.CustomerIOMiddleware"]
+    response = async_to_sync(async_client.get)("/async/")
+    assert response.status_code == 200
+    assert [op.name for op in cio] == ["async_viewed", "http://testserver/async/"]
+    assert [message.id for message in check_middleware()] == ["django_cio.W004"]
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE,
+                           "django.contrib.auth.middleware.AuthenticationMiddleware"]
+    assert [message.id for message in check_middleware()] == ["django_cio.W004"]
+
+
+def test_a_login_during_an_async_request_is_seen_by_request_cio(async_client, cio):
+    user = User.objects.create(username="ada")
+    async_to_sync(async_client.get)("/async-login/", {"username": "ada"})
+    assert ("event", "after_login") in summary(cio)
+    after_login = next(op for op in cio if getattr(op, "name", None) == "after_login")
+    assert after_login.person_id == str(user.pk)

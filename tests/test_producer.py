@@ -1,9 +1,11 @@
 """The producer on the real (Redis) broker: what is published, when, and how it is grouped."""
 
+import asyncio
 import logging
 import threading
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.db import connections, transaction
 
 import django_cio
@@ -64,14 +66,32 @@ def test_ops_in_a_last_savepoint_join_the_one_message(published, inner_commits):
     )
 
 
-def test_the_flush_runs_after_hooks_registered_later_by_the_app(published):
-    seen = []
+def test_an_app_hook_that_raises_does_not_cost_the_transactions_ops(published):
+    # Django stops running a transaction's hooks at the first one that raises (Celery's own
+    # delay_on_commit does when the broker is down); ours ran first, so nothing is lost.
+    def failing_hook():
+        raise ConnectionError("the app's broker is down")
+
+    with pytest.raises(ConnectionError), transaction.atomic():
+        django_cio.track("u1", "before_the_hook")
+        transaction.on_commit(failing_hook)
+        django_cio.track("u1", "after_the_hook")
+    assert [[op["name"] for op in message] for message in published] == [
+        ["before_the_hook", "after_the_hook"]
+    ]
+
+
+def test_ops_captured_by_djangos_test_helper_are_each_handed_on(
+        django_capture_on_commit_callbacks, published):
+    # The documented test pattern: an op made before the block must not swallow the ones made
+    # inside it (it used to leave only a flush of nothing in the captured hooks).
     with transaction.atomic():
-        django_cio.track("u1", "first")
-        transaction.on_commit(lambda: seen.append(len(published)))
-        django_cio.track("u1", "second")
-    assert seen == [0]  # the app's hook ran before the flush
-    assert [[op["name"] for op in message] for message in published] == [["first", "second"]]
+        django_cio.track("u1", "before")
+        with django_capture_on_commit_callbacks(execute=True) as hooks:
+            django_cio.track("u1", "inside")
+        assert len(hooks) == 1
+        transaction.set_rollback(True)
+    assert [[op["name"] for op in message] for message in published] == [["inside"]]
 
 
 def test_a_transaction_opened_by_a_commit_hook_gets_its_own_message(published):
@@ -207,3 +227,40 @@ def test_a_hung_broker_does_not_hang_the_request(published, private_redis):
 def test_message_headers_carry_no_values(published):
     django_cio.identify("u1", email="secret@example.com")
     assert published.details[0]["argsrepr"] == "[<1 ops>]"
+
+
+def test_a_batch_left_by_an_exception_still_sends_what_committed(published):
+    with pytest.raises(RuntimeError), django_cio.batch():
+        django_cio.track("u1", "outside_any_transaction")
+        with transaction.atomic():
+            django_cio.track("u1", "committed")
+        with transaction.atomic():
+            django_cio.track("u1", "rolled_back")
+            raise RuntimeError
+    assert [[op["name"] for op in message] for message in published] == [
+        ["outside_any_transaction", "committed"]
+    ]
+
+
+def test_an_op_made_after_its_batch_closed_is_still_sent(published, wait_for):
+    # asyncio.create_task copies the request's context, batch included: an op the task makes
+    # once the batch was sent goes out on its own, from the event loop and from a thread.
+    async def later(loop_thread: bool) -> None:
+        await asyncio.sleep(0.01)
+        if loop_thread:
+            django_cio.track("u1", "from_the_loop")
+        else:
+            await sync_to_async(django_cio.track)("u1", "from_a_thread")
+
+    async def request() -> list[asyncio.Task]:
+        with django_cio.batch():
+            django_cio.track("u1", "in_the_request")
+            return [asyncio.create_task(later(True)), asyncio.create_task(later(False))]
+
+    async def main() -> None:
+        await asyncio.gather(*await request())
+
+    asyncio.run(main())
+    wait_for(lambda: len(published) == 3)
+    assert sorted(op["name"] for message in published for op in message) == [
+        "from_a_thread", "from_the_loop", "in_the_request"]

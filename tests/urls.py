@@ -1,6 +1,6 @@
 from asgiref.sync import sync_to_async
 from django.contrib import admin
-from django.contrib.auth import login, logout
+from django.contrib.auth import alogin, login, logout
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.http import HttpResponse, JsonResponse
@@ -59,7 +59,22 @@ async def async_direct(request):
     return HttpResponse("<html>async</html>")
 
 
+def failing_after_commit(request):
+    with transaction.atomic():
+        django_cio.track("u1", "committed_before_the_error")
+    raise RuntimeError("the view fails after its transaction committed")
+
+
+async def async_login(request):
+    user = await User.objects.aget(username=request.GET["username"])
+    await alogin(request, user)
+    request.cio.track("after_login")
+    return HttpResponse("<html>welcome</html>")
+
+
 urlpatterns = [
+    path("failing/", failing_after_commit),
+    path("async-login/", async_login),
     path("async-direct/", async_direct),
     path("admin/", admin.site.urls),
     path("pricing/", page),
