@@ -7,7 +7,12 @@ class DjangoCIOConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from celery.signals import worker_init
+
         from . import auth, checks  # noqa: F401 - connect the auth signals, register checks
         from .registry import autodiscover
+        from .relay import add_relay_step
 
         autodiscover()
+        # Every Celery worker relays the Outbox: no beat to wire, no process to add.
+        worker_init.connect(add_relay_step, weak=False, dispatch_uid="django_cio.relay")

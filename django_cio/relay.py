@@ -1,5 +1,10 @@
 """The relay: publish the Outbox's due messages to the broker, each exactly once.
 
+It runs by itself in every Celery worker (``OutboxRelay``, a worker bootstep added at start-up:
+a thread in the main process relays every few seconds), so nothing depends on beat being
+wired, and a backlog on the delivery queue cannot hold it up. ``manage.py cio_relay`` runs the
+same relay by hand.
+
 Several relays may run at once (beat on many hosts, ``manage.py cio_relay`` by hand). Where the
 database can skip locked rows (PostgreSQL, MySQL 8, Oracle), each relay locks the rows it takes
 with ``SELECT ... FOR UPDATE SKIP LOCKED``. Elsewhere (SQLite) a relay leases a row by moving
@@ -11,8 +16,12 @@ the ops' event ids make harmless.
 from __future__ import annotations
 
 import logging
+import random
+import threading
 from datetime import timedelta
+from typing import Any
 
+from celery import bootsteps
 from django.db import DatabaseError, connections, router, transaction
 from django.utils import timezone
 
@@ -23,6 +32,8 @@ logger = logging.getLogger("django_cio")
 
 # How long a leased row is left alone by other relays (databases without SKIP LOCKED).
 LEASE = timedelta(minutes=5)
+# Seconds between two passes of a worker's relay (with jitter, so workers spread out).
+RELAY_EVERY = 5.0
 
 
 def databases() -> list[str]:
@@ -85,3 +96,42 @@ def _publish(row: Outbox) -> bool:
         logger.warning("customerio: outbox relay cannot reach the broker (%s)", type(exc).__name__)
         return False
     return True
+
+
+class OutboxRelay(bootsteps.StartStopStep):
+    """A worker bootstep: relay the Outbox from a thread of the worker's main process.
+
+    Added to every worker by ``add_relay_step`` (connected in ``AppConfig.ready``): wherever a
+    worker runs, so does the relay. Relays on many workers may race; the row claims above make
+    each row go out once.
+    """
+
+    label = "django-cio outbox relay"
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self, parent: Any) -> None:
+        self.thread = threading.Thread(target=self.run, name="django-cio-relay", daemon=True)
+        self.thread.start()
+
+    def stop(self, parent: Any) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+
+    def run(self) -> None:
+        while not self.stopping.wait(RELAY_EVERY * random.uniform(0.5, 1.0)):
+            try:
+                relay()
+            except Exception as exc:  # a bad pass must not end the relay for good
+                logger.error("customerio: outbox relay pass failed (%s)", type(exc).__name__)
+            finally:
+                connections.close_all()  # this thread's own; none kept idle across passes
+
+
+def add_relay_step(sender: Any, **kwargs: Any) -> None:
+    """``worker_init`` receiver: give the starting worker the relay bootstep."""
+    sender.app.steps["worker"].add(OutboxRelay)
