@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,11 +53,17 @@ MAX_DRAINED_OPS = 2000
 # Longest a worker sleeps for the shared rate limit before handing the ops back to the broker
 # (a backlog larger than this many seconds of the limit waits in the queue, not in workers).
 MAX_LIMITER_WAIT = 5
+# Longest a deliver task runs before it hands what is left to a new message: a Celery time
+# limit must never be what ends a delivery (a hard limit kills the process mid-request). A task
+# with a time limit of its own stops at 80% of it.
+MAX_DELIVERY_SECONDS = 60
 
 
+# acks_on_failure_or_timeout=False: a message whose task hit a time limit or failed is never
+# acknowledged as if its ops were delivered (Celery's default for acks_late tasks).
 @shared_task(
     name="django_cio.tasks.deliver", bind=True, acks_late=True, reject_on_worker_lost=True,
-    ignore_result=True, max_retries=None,
+    acks_on_failure_or_timeout=False, ignore_result=True, max_retries=None,
 )
 def deliver(self: Any, ops: list[Json], failures: int = 0) -> None:
     """Send ``ops`` (``Operation.to_dict()`` output); ``failures`` counts earlier attempts."""
@@ -70,7 +77,7 @@ def deliver(self: Any, ops: list[Json], failures: int = 0) -> None:
             return
         if not redelivered:  # back from a lost worker: it goes alone, counted alone
             drained = _drain()
-        deliver_messages([own, *drained])
+        deliver_messages([own, *drained], deadline=time.monotonic() + _time_budget(self))
     except Exception as exc:  # nothing is acknowledged that is not safe
         logger.error("customerio: delivery failed (%s); messages requeued", type(exc).__name__)
         for message in (own, *drained):
@@ -91,13 +98,24 @@ def _drain() -> list[Message]:
         return []
 
 
-def deliver_messages(messages: list[Message]) -> None:
+def _time_budget(task: Any) -> float:
+    """Seconds a delivery may take: MAX_DELIVERY_SECONDS, or less under a Celery time limit
+    (the message's own, the task's, or the app's; the soft one when there is one)."""
+    hard, soft = task.request.timelimit or (None, None)
+    conf = task.app.conf
+    limit = (soft or task.soft_time_limit or conf.task_soft_time_limit
+             or hard or task.time_limit or conf.task_time_limit)
+    return min(MAX_DELIVERY_SECONDS, 0.8 * limit) if limit else MAX_DELIVERY_SECONDS
+
+
+def deliver_messages(messages: list[Message], deadline: float = float("inf")) -> None:
     """Deliver the ops of several messages together (one Delivery per failure count)."""
     groups: dict[int, list[Message]] = {}
     for message in messages:
         groups.setdefault(message.failures, []).append(message)
     for failures, group in groups.items():
-        delivery = Delivery([op for message in group for op in message.ops], failures)
+        delivery = Delivery([op for message in group for op in message.ops], failures,
+                            deadline=deadline)
         try:
             delivery.run()
         except Exception as exc:
@@ -114,7 +132,8 @@ def deliver_messages(messages: list[Message]) -> None:
 
 
 @shared_task(name="django_cio.tasks.backfill_page", bind=True, acks_late=True,
-             reject_on_worker_lost=True, ignore_result=True, max_retries=None)
+             reject_on_worker_lost=True, acks_on_failure_or_timeout=False, ignore_result=True,
+             max_retries=None)
 def backfill_page(self: Any, run_id: int, index: int, failures: int = 0) -> None:
     """The next page of range ``index`` of a ``cio_backfill --async`` run, then the next one
     (as a new message, so no worker is held for a whole range)."""
@@ -176,6 +195,7 @@ class Delivery:
     hold_retries: bool = False  # keep retries for the caller (a backfill waits and resends)
     retry: tuple[int, float] | None = None  # held retry: (failure count, seconds to wait)
     throttled_for: float | None = None  # the limiter had no slot for this long
+    deadline: float = float("inf")  # time.monotonic() by which the rest is handed over
     ops: list[Operation] | None = None  # parsed (or given), as pre_send left them
     results: list[OpResult] = field(default_factory=list)
     pending: list[Operation] = field(default_factory=list)
@@ -229,9 +249,14 @@ class Delivery:
             dedup.forget(ops)
         requests = list(pack(ops, batch=cio.batch))
         for number, request in enumerate(requests):
+            left = self.deadline - time.monotonic()
+            if number and left < cio.timeout:  # a request now could outlast the task's time
+                self.throttled_for = 0.0
+                self.pending = [op for later in requests[number:] for op in later.ops]
+                break
             if limiter is not None:
                 try:
-                    limiter.acquire(max_wait=MAX_LIMITER_WAIT)
+                    limiter.acquire(max_wait=max(0.0, min(MAX_LIMITER_WAIT, left - cio.timeout)))
                 except Throttled as throttled:  # our own limit: come back when it has room
                     self.throttled_for = throttled.wait
                     self.pending = [op for later in requests[number:] for op in later.ops]

@@ -29,6 +29,8 @@ app.conf.update(
     # The worker loop wakes at each AMQP heartbeat check: a short one lets test workers stop
     # within a second instead of ten.
     broker_heartbeat=2,
+    # A project-wide time limit, as some projects set (reliability tests choose one).
+    task_time_limit=int(os.environ.get("CIO_TEST_TIME_LIMIT", 0)) or None,
 )
 app.set_default()
 

@@ -178,3 +178,21 @@ def test_cache_down_identifies_are_still_sent_and_nothing_is_lost(
     wait_for(lambda: len(cio_fake.store.events) == 20, timeout=60)
     assert len(cio_fake.store.people) == 10
     assert not DeadLetter.objects.exists()
+
+
+def test_a_celery_time_limit_never_acknowledges_undelivered_ops(on_broker, cio_fake,
+                                                                 worker_process, wait_for):
+    env = on_broker("redis")
+    # A project-wide hard limit of 3 s, and one message whose delivery takes about 6 s (15
+    # anonymous events, one v1 request each, 400 ms apiece). The task must hand the rest on
+    # before the limit kills it: a killed task's message would be acknowledged and lost.
+    # (TIMEOUT 1 s instead of 10, so that requests fit in the 3 s: the same path, scaled.)
+    env.update(CIO_TEST_TIME_LIMIT="3", CIO_TEST_CUSTOMERIO='{"TIMEOUT": 1}')
+    cio_fake.configure(latency_ms=400)
+    with django_cio.batch():
+        for n in range(15):
+            django_cio.track_anonymous("visitor", "clicked", n=n)
+    worker_process(env=env)
+    wait_for(lambda: len(cio_fake.store.events) == 15, timeout=90)
+    assert_each_event_once(cio_fake, 15)
+    assert not DeadLetter.objects.exists()
