@@ -33,14 +33,17 @@ class Outbox(models.Model):
 
 class DeadLetterQuerySet(models.QuerySet["DeadLetter"]):
     def replay(self) -> int:
-        """Queue these ops again (with their original event ids) and delete them; the count."""
+        """Queue these ops again (with their original event ids) and delete the letters that
+        the broker (or, if it is down, the Outbox) took; return how many it took."""
         from .producer import send_message, split
 
-        letters = list(self)
-        for chunk in split([letter.op for letter in letters]):
-            send_message(chunk, using=self.db)  # never raises: the Outbox takes it if need be
-        self.model.objects.using(self.db).filter(pk__in=[letter.pk for letter in letters]).delete()
-        return len(letters)
+        letters = {id(letter.op): letter for letter in self}
+        replayed = []
+        for chunk in split([letter.op for letter in letters.values()]):
+            if send_message(chunk, using=self.db):  # kept until the message is safe
+                replayed += [letters[id(op)].pk for op in chunk]
+        self.model.objects.using(self.db).filter(pk__in=replayed).delete()
+        return len(replayed)
 
 
 class DeadLetter(models.Model):

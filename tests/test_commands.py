@@ -5,7 +5,9 @@ import json
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import DatabaseError
 
+from django_cio import producer
 from django_cio.models import DeadLetter, Outbox
 from django_cio.operations import Event, Identify
 
@@ -51,6 +53,18 @@ def test_replay_while_the_broker_is_down_keeps_the_ops_in_the_outbox(letters, de
     call_command("cio_replay", "--all")
     assert not DeadLetter.objects.exists()
     assert [op["person_id"] for op in Outbox.objects.get().ops] == ["u1", "u2", "u3"]
+
+
+def test_replay_keeps_the_letters_nothing_took(letters, dead_broker, monkeypatch):
+    # The broker is down and the Outbox cannot be written either: deleting the letters now
+    # would lose the ops for good.
+    def outbox_down(*args, **kwargs):
+        raise DatabaseError("outbox unavailable")
+
+    monkeypatch.setattr(producer, "park", outbox_down)
+    with pytest.raises(CommandError, match="Replayed 0 of 3"):
+        call_command("cio_replay", "--all")
+    assert DeadLetter.objects.count() == 3
 
 
 def test_admin_replay_action(letters, published, admin_client):

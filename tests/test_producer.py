@@ -264,3 +264,17 @@ def test_an_op_made_after_its_batch_closed_is_still_sent(published, wait_for):
     wait_for(lambda: len(published) == 3)
     assert sorted(op["name"] for message in published for op in message) == [
         "from_a_thread", "from_the_loop", "in_the_request"]
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_a_message_parked_while_the_outbox_database_is_in_a_transaction_outlives_its_rollback(
+        dead_broker):
+    if connections["default"].vendor == "sqlite":
+        pytest.skip("SQLite has one writer: a second connection would wait for this one")
+    # The ops of "other" commit while "default" (the Outbox's database) is inside a
+    # transaction that then rolls back: the parked message must not go with it.
+    with pytest.raises(RuntimeError), transaction.atomic():
+        with transaction.atomic(using="other"):
+            producer.enqueue(django_cio.Identify("u1", {}), using="other")
+        raise RuntimeError
+    assert [op["person_id"] for op in Outbox.objects.get().ops] == ["u1"]

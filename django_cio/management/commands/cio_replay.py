@@ -37,5 +37,9 @@ class Command(BaseCommand):
         if dry_run:
             self.stdout.write(f"Would replay {letters.count()} dead letter(s).")
             return
+        total = letters.count()
         count = letters.replay()
+        if count < total:
+            raise CommandError(f"Replayed {count} of {total} dead letter(s); the others are kept "
+                               "(neither the broker nor the Outbox took them). Try again later.")
         self.stdout.write(self.style.SUCCESS(f"Replayed {count} dead letter(s)."))
