@@ -273,14 +273,22 @@ def publish_to_broker(ops: list[Json], *, failures: int = 0, countdown: float = 
 
 
 def publish_task(task: Any, args: tuple[Any, ...], **options: Any) -> None:
-    """``task`` on the delivery queue, by this thread's broker connection (short timeouts, no
-    retries: a caller that cannot wait has a fallback). Raises on broker errors."""
-    try:
-        task.apply_async(args, queue=get_settings().queue, producer=_producer(), retry=False,
-                         **options)
-    except Exception:
-        _drop_producer()
-        raise
+    """``task`` on the delivery queue, by this thread's broker connection; returns once the
+    broker has it (RabbitMQ: confirmed; Redis: written). Short timeouts and no retry loop: a
+    caller that cannot wait has a fallback. Raises on broker errors."""
+    for attempt in (1, 2):
+        fresh = getattr(_local, "producer", None) is None or _local.pid != os.getpid()
+        try:
+            task.apply_async(args, queue=get_settings().queue, producer=_producer(),
+                             retry=False, timeout=PUBLISH_TIMEOUT,
+                             confirm_timeout=PUBLISH_TIMEOUT, **options)
+            return
+        except Exception:
+            _drop_producer()
+            # A connection that sat idle may have been dropped on the way (a NAT, a load
+            # balancer): one more try on a new one, but never twice on a new one.
+            if fresh or attempt == 2:
+                raise
 
 
 def _producer() -> Any:
@@ -291,11 +299,20 @@ def _producer() -> Any:
         app = deliver.app
         connection = app.connection_for_write(
             connect_timeout=PUBLISH_TIMEOUT,
+            # No heartbeats: nothing in a web process would send them, and the broker would
+            # close the connection between requests. A dead link shows at the next publish.
+            heartbeat=0,
             transport_options={
-                # Redis: bound each socket call; AMQP: bound connection setup.
+                # Redis: bound each socket call.
                 "socket_timeout": PUBLISH_TIMEOUT,
                 "socket_connect_timeout": PUBLISH_TIMEOUT,
                 "max_retries": 0,
+                # RabbitMQ: a publish counts once the broker confirms it (publisher confirms);
+                # a link that went dark without a FIN fails within the timeout instead of
+                # swallowing messages into a socket buffer.
+                "confirm_publish": True,
+                "read_timeout": PUBLISH_TIMEOUT,
+                "write_timeout": PUBLISH_TIMEOUT,
             },
         )
         _local.pid, _local.producer = os.getpid(), app.amqp.Producer(connection)
@@ -307,4 +324,5 @@ def _drop_producer() -> None:
     _local.producer = None
     if producer is not None:
         with contextlib.suppress(Exception):
-            producer.connection.close()
+            # Without a goodbye to the broker: on a dead link that would wait for an answer.
+            producer.connection.collect()

@@ -4,6 +4,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,6 +181,59 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+
+class TCPProxy:
+    """A loopback TCP proxy to ``127.0.0.1:target``. ``black_hole()`` makes it swallow
+    everything both ways while every connection stays open: a link that went dark without a
+    FIN (a partition, a NAT or load balancer dropping the flow)."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.dark = threading.Event()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def black_hole(self) -> None:
+        self.dark.set()
+
+    def close(self) -> None:
+        for sock in [self.listener, *self.sockets]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not self.dark.is_set():
+                    sink.sendall(data)
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[Any]:
+    """``tcp_proxy(port)``: a ``TCPProxy`` to that loopback port, closed after the test."""
+    proxies: list[TCPProxy] = []
+
+    def start(target: int) -> TCPProxy:
+        proxies.append(TCPProxy(target))
+        return proxies[-1]
+
+    yield start
+    for proxy in proxies:
+        proxy.close()
 
 
 @pytest.fixture
