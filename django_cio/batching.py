@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kombu
+from kombu.serialization import prepare_accept_content
+from kombu.transport import virtual
 
 from .operations import MAX_BATCH_BYTES, Json, Operation
 
@@ -71,6 +75,28 @@ class Message:
         return cls(ops, failures, queued=queued)
 
 
+# The header marking a copy of a redelivered message that a drain handed back: ``deliver``
+# still runs it alone and counts it toward its poison limit (see ``redelivered``).
+REDELIVERED_HEADER = "cio_redelivered"
+# Most seconds a drain waits for RabbitMQ to confirm a handed-back copy.
+CONFIRM_TIMEOUT = 10
+# Messages a Redis drain takes in its first step, before it knows their size in ops.
+_FIRST_TAKE = 10
+
+
+def redelivered(request: Any) -> bool:
+    """Whether a task's message came back from a lost worker: redelivered by the broker, or
+    a copy a drain handed back (RabbitMQ cannot mark a published copy redelivered)."""
+    info = getattr(request, "delivery_info", None) or {}
+    return bool(info.get("redelivered") or getattr(request, REDELIVERED_HEADER, False))
+
+
+def _came_back(queued: Any) -> bool:
+    """Whether a kombu message is back from a lost worker (``redelivered`` for kombu's)."""
+    return bool((queued.delivery_info or {}).get("redelivered")
+                or (queued.headers or {}).get(REDELIVERED_HEADER))
+
+
 def drain(queue: str, max_messages: int, max_ops: int) -> list[Message]:
     """Take up to ``max_messages`` waiting ``deliver`` messages (``max_ops`` ops) straight
     from the broker, unacknowledged, to be delivered with the running task's own message.
@@ -78,47 +104,68 @@ def drain(queue: str, max_messages: int, max_ops: int) -> list[Message]:
     Going around Celery's per-task machinery is what lets a worker process coalesce thousands
     of one-op messages a second. The broker still holds each one until ``settle``: a worker
     killed meanwhile loses nothing. A message this cannot run now (another task, a retry whose
-    countdown has not passed) is handed back, published again unchanged, and the drain stops.
+    countdown has not passed, one back from a lost worker) is handed back and the drain stops.
     """
-    bound = _queue(queue)
-    drained: list[Message] = []
-    count = 0
+    taking = _Drain(_queue(queue), max_messages, max_ops)
     try:
-        while len(drained) < max_messages and count < max_ops:
-            queued = bound.get(no_ack=False, accept={"json"})
-            if queued is None:
-                break
-            if queued.delivery_info.get("redelivered"):
-                # Back from a lost worker: Celery runs it alone, so that a poison message is
-                # counted (and dead-lettered) alone, not with every batch it was drained into.
-                queued.reject(requeue=True)
-                break
-            message = _as_message(queued)
-            if message is None:
-                _hand_back(bound, queued)
-                break
-            drained.append(message)
-            count += len(message.ops)
+        while not taking.full() and taking.keep(_take(taking.bound, taking.next_take())):
+            pass
     except Exception:
         # What was taken and not acknowledged returns to the queue with the connection: none
         # of it is ours to deliver now (delivered too, it would arrive twice).
         _reconnect()
         raise
-    return drained
+    return taking.messages
+
+
+@dataclass
+class _Drain:
+    bound: Any
+    max_messages: int
+    max_ops: int
+    messages: list[Message] = field(default_factory=list)
+    ops: int = 0
+
+    def full(self) -> bool:
+        return len(self.messages) >= self.max_messages or self.ops >= self.max_ops
+
+    def next_take(self) -> int:
+        """How many to take next: as many as the ops seen so far say will fit."""
+        room = self.max_messages - len(self.messages)
+        if not self.messages:
+            return min(room, _FIRST_TAKE)
+        per_message = -(-self.ops // len(self.messages))
+        return max(1, min(room, (self.max_ops - self.ops) // max(per_message, 1)))
+
+    def keep(self, taken: list[Any]) -> bool:
+        """Keep what fits of ``taken``; False when the drain must stop."""
+        more = bool(taken)
+        for index, queued in enumerate(taken):
+            if self.full():  # more than fits: back to the head of the queue, unchanged
+                _give_back(self.bound, taken[index:], front=True)
+                return False
+            message = None if _came_back(queued) else _as_message(queued)
+            if message is None:
+                # Back from a lost worker, Celery runs it alone (a poison message is counted
+                # and dead-lettered alone); a retry must wait for its countdown.
+                _hand_back(self.bound, queued)
+                more = False
+                continue
+            self.messages.append(message)
+            self.ops += len(message.ops)
+        return more
 
 
 def settle(messages: Sequence[Message]) -> None:
-    """Acknowledge drained messages whose ops are safe; requeue the others."""
-    for message in messages:
-        if message.queued is None:
-            continue
-        try:
-            if message.error is None:
-                message.queued.ack()
-            else:
-                message.queued.reject(requeue=True)
-        except Exception:  # the broker will redeliver it; its event ids make that harmless
-            _reconnect()
+    """Acknowledge drained messages whose ops are safe; hand the others back."""
+    queued = [message for message in messages if message.queued is not None]
+    try:
+        _ack([message.queued for message in queued if message.error is None])
+        for message in queued:
+            if message.error is not None:
+                _requeue(message.queued)
+    except Exception:  # the broker will redeliver them; their event ids make that harmless
+        _reconnect()
 
 
 def _as_message(queued: Any) -> Message | None:
@@ -134,16 +181,58 @@ def _as_message(queued: Any) -> Message | None:
     return Message.of(ops, failures, queued)
 
 
+def _take(bound: Any, limit: int) -> list[Any]:
+    """Up to ``limit`` messages, each recorded unacknowledged by the broker as it is taken."""
+    if _on_redis(bound.channel):
+        return _redis_take(bound, limit)
+    queued = bound.get(no_ack=False, accept={"json"})  # atomic on AMQP: one at a time
+    return [] if queued is None else [queued]
+
+
 def _hand_back(bound: Any, queued: Any) -> None:
-    """Publish a message again as it was, then drop our copy (a reject would mark it
-    redelivered, which counts against a poison message's deliveries)."""
-    kombu.Producer(bound.channel).publish(
-        queued.body, routing_key=bound.name, exchange="", headers=queued.headers,
-        content_type=queued.content_type, content_encoding=queued.content_encoding,
-        **{key: value for key, value in queued.properties.items()
-           if key in ("correlation_id", "reply_to", "priority", "expiration")},
-    )
+    """Return a message to the back of the queue without rejecting it (a reject raises a
+    quorum queue's delivery count, and the broker drops the message at its limit)."""
+    if _on_redis(bound.channel):
+        _give_back(bound, [queued], front=False)  # as it was, its redelivered flag included
+    else:
+        _republish(queued, bound.name, mark=_came_back(queued))
+
+
+def _requeue(queued: Any) -> None:
+    """Return a message whose ops could not be handled, marked as back from a failure."""
+    if _on_redis(queued.channel):
+        # One MULTI/EXEC moving it from unacked to the queue, marked redelivered; Redis has
+        # no delivery limit.
+        queued.reject(requeue=True)
+    else:
+        _republish(queued, _local.name, mark=True)
+
+
+def _republish(queued: Any, queue: str, mark: bool) -> None:
+    """Publish a copy of ``queued`` and acknowledge it once RabbitMQ confirmed the copy
+    (unconfirmed, it stays unacknowledged and returns to the queue with the connection)."""
+    headers = dict(queued.headers or {})
+    if mark:
+        headers[REDELIVERED_HEADER] = True
+    properties = {key: value for key, value in queued.properties.items()
+                  if key in ("correlation_id", "reply_to", "expiration", "delivery_mode")}
+    properties.setdefault("delivery_mode", 2)  # persistent, as Celery published it
+    channel = queued.channel
+    copy = channel.prepare_message(
+        queued.body, queued.properties.get("priority"), queued.content_type,
+        queued.content_encoding, headers, properties)
+    # mandatory: a copy no queue took comes back as an error, not as a confirmation
+    channel.basic_publish_confirm(copy, exchange="", routing_key=queue, mandatory=True,
+                                  confirm_timeout=CONFIRM_TIMEOUT)
     queued.ack()
+
+
+def _ack(done: list[Any]) -> None:
+    if done and _on_redis(done[0].channel):
+        _redis_ack(done[0].channel, done)
+        return
+    for queued in done:
+        queued.ack()
 
 
 _local = threading.local()
@@ -167,3 +256,114 @@ def _reconnect() -> None:
     if connection is not None:
         with contextlib.suppress(Exception):
             connection.close()
+
+
+# Redis: kombu's emulation of acknowledgements keeps each unacknowledged message in the
+# ``unacked`` hash (delivery tag -> [payload, exchange, routing key]) and the ``unacked_index``
+# sorted set (delivery tag -> when taken); ``basic_ack`` removes both, ``basic_reject`` and the
+# visibility-timeout restore move the payload back to the queue. kombu's ``basic_get`` pops a
+# message and records it in a second round trip: a worker killed in between loses it. These
+# scripts make each step one atomic command on the server.
+
+# KEYS: unacked, unacked_index, the queue's lists in kombu's priority order.
+# ARGV: most messages, the time taken (kombu's clock: the client's).
+_TAKE = """
+local taken = {}
+local limit = tonumber(ARGV[1])
+for i = 3, #KEYS do
+  while #taken < limit do
+    local item = redis.call('RPOP', KEYS[i])
+    if not item then break end
+    local ok, payload = pcall(cjson.decode, item)
+    local props = ok and type(payload) == 'table' and payload['properties']
+    local tag = type(props) == 'table' and props['delivery_tag']
+    if type(tag) ~= 'string' then  -- not kombu's: left where it was, for kombu to deal with
+      redis.call('RPUSH', KEYS[i], item)
+      return taken
+    end
+    local info = props['delivery_info']
+    if type(info) ~= 'table' then info = {} end
+    redis.call('ZADD', KEYS[2], ARGV[2], tag)
+    redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'])
+               .. ',' .. cjson.encode(info['routing_key']) .. ']')
+    taken[#taken + 1] = item
+  end
+end
+return taken
+"""
+
+# KEYS: unacked, unacked_index, the queue's lists. ARGV: LPUSH (to the back) or RPUSH (to the
+# front), then (delivery tag, KEYS index of its list, payload) for each message. A message
+# the visibility timeout already restored is not in ``unacked`` any more: left alone.
+_GIVE_BACK = """
+for i = 2, #ARGV, 3 do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call(ARGV[1], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+  end
+end
+"""
+
+
+def _on_redis(channel: Any) -> bool:
+    from kombu.transport import redis
+
+    return isinstance(channel, redis.Channel)
+
+
+def _redis_keys(channel: Any, queue: str) -> list[str]:
+    """unacked, unacked_index and the queue's lists, as ``_TAKE`` and ``_GIVE_BACK`` take
+    them (with kombu's global key prefix: EVAL is not among the commands kombu prefixes)."""
+    lists = dict.fromkeys(channel._q_for_pri(queue, step) for step in channel.priority_steps)
+    prefix = channel.global_keyprefix or ""
+    return [prefix + key for key in (channel.unacked_key, channel.unacked_index_key, *lists)]
+
+
+def _redis_take(bound: Any, limit: int) -> list[Any]:
+    channel = bound.channel
+    keys = _redis_keys(channel, bound.name)
+    with channel.conn_or_acquire() as client:
+        items = client.eval(_TAKE, len(keys), *keys, limit, time.time())
+    return [_received(channel, item) for item in items]
+
+
+def _received(channel: Any, item: bytes) -> Any:
+    """A taken message as ``basic_get`` makes it, already recorded unacknowledged."""
+    message = channel.Message(json.loads(item), channel=channel)
+    # kombu's in-memory record only: what a closing connection restores, what ack clears.
+    virtual.QoS.append(channel.qos, message, message.delivery_tag)
+    message.accept = prepare_accept_content(["json"])
+    return message
+
+
+def _give_back(bound: Any, taken: list[Any], front: bool) -> None:
+    """Return taken messages to the queue unchanged, at its front (in their order) or back."""
+    channel = bound.channel
+    keys = _redis_keys(channel, bound.name)
+    args: list[Any] = ["RPUSH" if front else "LPUSH"]
+    for queued in reversed(taken) if front else taken:
+        priority = channel._get_message_priority(queued._raw, reverse=False)
+        list_key = (channel.global_keyprefix or "") + channel._q_for_pri(bound.name, priority)
+        args += [queued.delivery_tag, keys.index(list_key) + 1, json.dumps(queued._raw)]
+    with channel.conn_or_acquire() as client:
+        client.eval(_GIVE_BACK, len(keys), *keys, *args)
+    for queued in taken:
+        _forget(queued)
+
+
+def _redis_ack(channel: Any, done: list[Any]) -> None:
+    """Acknowledge many messages in one round trip (kombu's ``ack`` takes one each)."""
+    with channel.conn_or_acquire() as client:
+        pipe = client.pipeline()  # kombu's own client: it adds any global key prefix
+        for queued in done:
+            pipe.zrem(channel.unacked_index_key, queued.delivery_tag)
+            pipe.hdel(channel.unacked_key, queued.delivery_tag)
+        pipe.execute()
+    for queued in done:
+        _forget(queued)
+
+
+def _forget(queued: Any) -> None:
+    """Drop a message from kombu's in-memory record of the unacknowledged: it is settled."""
+    virtual.QoS.ack(queued.channel.qos, queued.delivery_tag)
+    queued._state = "ACK"

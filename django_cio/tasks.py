@@ -27,7 +27,7 @@ from django.db import router
 
 from . import dedup, metrics, producer
 from .backends import BaseBackend, backend_class, get_backend
-from .batching import MAX_FAILURES, Message, drain, pack, settle
+from .batching import MAX_FAILURES, Message, drain, pack, redelivered, settle
 from .conf import CIOSettings, get_settings
 from .exceptions import APIError, PermanentError, RateLimited, ValidationError
 from .models import DeadLetter
@@ -68,14 +68,14 @@ MAX_DELIVERY_SECONDS = 60
 def deliver(self: Any, ops: list[Json], failures: int = 0) -> None:
     """Send ``ops`` (``Operation.to_dict()`` output); ``failures`` counts earlier attempts."""
     own = Message.of(ops, failures)
-    redelivered = bool(self.request.delivery_info.get("redelivered"))
+    came_back = redelivered(self.request)
     drained: list[Message] = []
     try:
-        if redelivered and _too_many_deliveries(self.request.id):
+        if came_back and _too_many_deliveries(self.request.id):
             _dead_letters([(raw, "worker lost too often", None) for raw in own.ops],
                           own.failures + 1)
             return
-        if not redelivered:  # back from a lost worker: it goes alone, counted alone
+        if not came_back:  # back from a lost worker: it goes alone, counted alone
             drained = _drain()
         deliver_messages([own, *drained], deadline=time.monotonic() + _time_budget(self))
     except Exception as exc:  # nothing is acknowledged that is not safe
@@ -146,7 +146,7 @@ def backfill_page(self: Any, run_id: int, index: int, failures: int = 0) -> None
                      "cio_backfill --resume %s", run_id, run_id)
 
     cio = get_settings()
-    if self.request.delivery_info.get("redelivered") and _too_many_deliveries(self.request.id):
+    if redelivered(self.request) and _too_many_deliveries(self.request.id):
         give_up()  # a page that kills its worker
         return
     try:
