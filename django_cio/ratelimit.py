@@ -12,14 +12,17 @@ when to ask again); none reserves a future slot atomically and returns the wait,
 lets N processes sleep exactly to their turn instead of retrying in a loop. The script is ten
 lines.
 
-If the limiter's Redis cannot be reached, each process falls back to a local limiter at
-``RATE_LIMIT / RATE_LIMIT_WORKERS`` and logs it, and tries Redis again after a few seconds.
+If the limiter's Redis cannot be reached, the process sends nothing (``LimiterUnavailable``,
+a ``Throttled``) and tries Redis again after a moment: any limit of its own would add to what
+the processes that still reach Redis send. Only a project with no Redis at all limits each
+process on its own, to ``RATE_LIMIT / RATE_LIMIT_WORKERS``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -33,30 +36,39 @@ from .conf import CIOSettings, get_settings
 
 logger = logging.getLogger("django_cio")
 
-# Reserve the next slot: one request every ``interval`` seconds, no burst, so no 1-second
-# window ever holds more than the limit. Returns the wait as a string (Lua numbers would be
-# truncated to integers), negative and unreserved when it exceeds ``max_wait``.
+# Reserve the next slot: one request every ``interval`` microseconds, no burst, so no 1-second
+# window ever holds more than the limit. All in integer microseconds: a Unix time in them
+# (~1.7e15) is exact in a Lua double, whereas ``tostring`` keeps 14 digits and rounded slot
+# times to 0.1 ms. Returns the wait, negative and unreserved when it exceeds ``max_wait``.
 _GCRA = """
-local now = redis.call('TIME')
-now = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local wait = tat - now
-if wait > max_wait then return tostring(-wait) end
-local ttl = math.ceil((wait + interval) * 1000) + 1000
-redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', ttl)
-return tostring(wait)
+if wait > max_wait then return -wait end
+local ttl = math.ceil((wait + interval) / 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%.0f', tat + interval), 'PX', ttl)
+return wait
 """
 
-# Slots are spaced this much wider than the limit: a request leaves a little after its slot
-# (sleep overshoot, scheduling), and without slack two of them could then land inside one
-# second with the limit already sent between them.
-HEADROOM = 0.02
+# Slots are spaced this much wider than the limit: a request reaches Customer.io a little
+# after its slot (sleep overshoot, scheduling, the send itself), and L + 1 requests fit in one
+# second only if one of them is later than the slack relative to the others: 80 ms a second,
+# of which LATE goes to waking up and the rest to the send. Up to 1 / 1.08 = 92.6% of L stays
+# usable; 5% was not enough for big batches on a loaded 2-core host (bench/run.py scale-out).
+HEADROOM = 0.08
+# A process that wakes later than this after its slot (descheduled, overloaded host) gives the
+# slot up and reserves the next free one: sent that late, it could share a second with the L
+# slots booked after it. The rest of the slack is for the send on its way out.
+LATE = 0.020
 
-# Seconds to talk to the limiter's Redis before falling back, and to wait before trying again.
+# Seconds to talk to the limiter's Redis, and to wait before trying it again after a failure.
 _REDIS_TIMEOUT = 0.5
-_RETRY_REDIS_AFTER = 5.0
+_RETRY_REDIS_AFTER = 1.0
+_MICROS = 1_000_000
+_FOREVER = 10**9  # seconds: "no limit" for max_wait, still an exact integer of microseconds
 
 
 class Throttled(Exception):
@@ -67,9 +79,13 @@ class Throttled(Exception):
         super().__init__(f"rate limited for {wait:.1f} s")
 
 
+class LimiterUnavailable(Throttled):
+    """The limiter's Redis cannot be reached: no slot can be had for ``wait`` seconds."""
+
+
 @dataclass
 class LocalLimiter:
-    """The same reservation in one process (the fallback, and when there is no Redis)."""
+    """The same reservation in one process (when the project has no Redis at all)."""
 
     interval: float
     _tat: float = 0.0
@@ -91,24 +107,39 @@ class RateLimiter:
     def __init__(self, key: str, interval: float, client: redis.Redis | None,
                  fallback_interval: float) -> None:
         self.key, self.interval, self.client = key, interval, client
-        self.local = LocalLimiter(fallback_interval)
+        # Rounded up: a slot never comes sooner than the limit allows.
+        self.interval_us = math.ceil(round(interval * _MICROS, 3))
+        self.local = LocalLimiter(fallback_interval)  # used only when there is no Redis
         self._script = client.register_script(_GCRA) if client is not None else None
         self._redis_down_until = 0.0
 
     def reserve(self, max_wait: float) -> float:
-        """Reserve the next slot and return the seconds until it; ``Throttled`` if too far."""
-        wait = self._reserve_shared(max_wait)
-        if wait is None:
+        """Reserve the next slot and return the seconds until it; ``Throttled`` if too far,
+        ``LimiterUnavailable`` if the shared limiter cannot be reached."""
+        if self._script is None:
             wait = self.local.reserve(max_wait)
+        else:
+            wait = self._reserve_shared(max_wait)
         if wait < 0:
             raise Throttled(-wait)
         return wait
 
     def acquire(self, max_wait: float = float("inf")) -> None:
-        """Wait for this process's turn to send one request."""
-        wait = self.reserve(max_wait)
-        if wait > 0:
-            time.sleep(wait)
+        """Wait for this process's turn to send one request, at most ``max_wait`` seconds."""
+        deadline = time.monotonic() + max_wait
+        while True:
+            asked = time.monotonic()
+            try:
+                wait = self.reserve(max(0.0, deadline - asked))
+            except LimiterUnavailable as unavailable:
+                if asked + unavailable.wait > deadline:
+                    raise
+                time.sleep(unavailable.wait)
+                continue
+            time.sleep(wait)  # from after the answer: never before the slot
+            # ``asked + wait`` is the earliest the slot can be, so lateness is never underrated.
+            if time.monotonic() - (asked + wait) <= LATE:
+                return
 
     def state(self) -> dict[str, Any]:
         """For ``cio_status``: whether the limit is shared, and how far ahead it is booked."""
@@ -118,22 +149,32 @@ class RateLimiter:
             tat, (seconds, micros) = self.client.get(self.key), self.client.time()
         except redis.RedisError as exc:
             return {"shared": False, "error": type(exc).__name__}
-        now = seconds + micros / 1_000_000
-        return {"shared": True, "booked_seconds": round(max(0.0, float(tat or 0) - now), 3)}
+        booked = max(0, int(float(tat or 0)) - (seconds * _MICROS + micros))
+        return {"shared": True, "booked_seconds": round(booked / _MICROS, 3)}
 
-    def _reserve_shared(self, max_wait: float) -> float | None:
-        if self._script is None or time.monotonic() < self._redis_down_until:
-            return None
+    def _reserve_shared(self, max_wait: float) -> float:
+        assert self._script is not None
+        left = self._redis_down_until - time.monotonic()
+        if left > 0:
+            raise LimiterUnavailable(left)
+        max_wait_us = int(min(max_wait, _FOREVER) * _MICROS)
         try:
-            return float(self._script(keys=[self.key], args=[self.interval, max_wait]))
+            wait_us = int(self._script(keys=[self.key], args=[self.interval_us, max_wait_us]))
         except redis.RedisError as exc:
-            self._redis_down_until = time.monotonic() + _RETRY_REDIS_AFTER
+            self._redis_down(exc)
+            raise LimiterUnavailable(_RETRY_REDIS_AFTER) from None
+        if self._redis_down_until:
+            self._redis_down_until = 0.0
+            logger.warning("customerio: rate limiter's Redis reachable again; sending")
+        return wait_us / _MICROS
+
+    def _redis_down(self, exc: redis.RedisError) -> None:
+        if not self._redis_down_until:  # once per outage, not per request
             logger.warning(
-                "customerio: rate limiter's Redis unavailable (%s); limiting this process to "
-                "1 request every %.3f s for %.0f s", type(exc).__name__, self.local.interval,
-                _RETRY_REDIS_AFTER,
+                "customerio: rate limiter's Redis unavailable (%s); sending nothing until it "
+                "answers, trying again every %.0f s", type(exc).__name__, _RETRY_REDIS_AFTER,
             )
-            return None
+        self._redis_down_until = time.monotonic() + _RETRY_REDIS_AFTER
 
 
 _lock = threading.Lock()
@@ -152,21 +193,46 @@ def get_limiter() -> RateLimiter:
 
 def _make(cio: CIOSettings) -> RateLimiter:
     interval = (1 + HEADROOM) / cio.rate.per_second
+    workspace = hashlib.sha256(str(cio.site_id).encode()).hexdigest()[:16]
+    return RateLimiter(f"django_cio:ratelimit:{workspace}", interval, _client(cio),
+                       interval * cio.rate_limit_workers)
+
+
+def _client(cio: CIOSettings) -> redis.Redis | None:
+    """``REDIS_URL``, else the cache's own client (its credentials, Sentinel, pool options),
+    else a client for the cache's or the broker's URL."""
+    if not cio.redis_url:
+        client = _cache_client(cio.cache)
+        if client is not None:
+            return client
     url = redis_url(cio)
-    client = None
-    if url:
-        try:
-            client = redis.Redis.from_url(url, socket_timeout=_REDIS_TIMEOUT,
-                                          socket_connect_timeout=_REDIS_TIMEOUT)
-        except ValueError:  # an odd cache LOCATION: limit per process rather than crash
-            logger.warning("customerio: the rate limiter's Redis URL cannot be used; each "
-                           "process is limited to RATE_LIMIT / RATE_LIMIT_WORKERS")
-    else:
+    if not url:
         logger.warning("customerio: no Redis for the shared rate limiter; each process is "
                        "limited to RATE_LIMIT / RATE_LIMIT_WORKERS")
-    workspace = hashlib.sha256(str(cio.site_id).encode()).hexdigest()[:16]
-    return RateLimiter(f"django_cio:ratelimit:{workspace}", interval, client,
-                       interval * cio.rate_limit_workers)
+        return None
+    try:
+        return redis.Redis.from_url(url, socket_timeout=_REDIS_TIMEOUT,
+                                    socket_connect_timeout=_REDIS_TIMEOUT)
+    except ValueError:  # an odd URL: pause (as when Redis is down) rather than crash
+        logger.warning("customerio: the rate limiter's Redis URL cannot be used")
+        return redis.Redis(unix_socket_path="/dev/null/invalid-redis-url")  # fails at once
+
+
+def _cache_client(alias: str) -> redis.Redis | None:
+    """The Redis client of a django-redis or Django ``RedisCache`` cache, None for others."""
+    backend = settings.CACHES.get(alias, {}).get("BACKEND", "")
+    try:
+        if backend.startswith("django_redis."):
+            from django_redis import get_redis_connection
+
+            return get_redis_connection(alias, write=True)
+        if backend == "django.core.cache.backends.redis.RedisCache":
+            from django.core.cache import caches
+
+            return caches[alias]._cache.get_client(write=True)  # type: ignore[attr-defined]
+    except (NotImplementedError, ImportError, AttributeError):  # e.g. a sharded client
+        return None
+    return None
 
 
 def redis_url(cio: CIOSettings) -> str | None:

@@ -10,7 +10,7 @@ from django.test import override_settings
 from bench.common import busiest_second
 from django_cio.client import TrackClient
 from django_cio.fakeserver import FakeTrackAPI
-from django_cio.ratelimit import get_limiter
+from django_cio.ratelimit import Throttled, get_limiter
 
 pytestmark = pytest.mark.integration
 
@@ -28,20 +28,24 @@ def _send_under_limit(url, site_id, api_key, cio, seconds, start_at):
         deadline = start_at + seconds
         number = 0
         while True:
-            limiter.acquire()
+            try:  # a process that cannot reach the limiter's Redis waits, but not forever
+                limiter.acquire(max_wait=max(0.0, deadline - time.time()))
+            except Throttled:
+                return
             if time.time() >= deadline:
                 return
             client.identify(f"{os.getpid()}-{number}")
             number += 1
 
 
-def run_processes(fake, count, seconds, cio):
+def run_processes(fake, count, seconds, cio, *, each=None):
+    """``count`` processes with ``cio``, or one per settings in ``each``."""
     context = multiprocessing.get_context("spawn")
     start_at = time.time() + 2  # all processes set up before the clock starts
     processes = [context.Process(target=_send_under_limit,
-                                 args=(fake.url, cio["SITE_ID"], fake.api_key, cio, seconds,
+                                 args=(fake.url, cio["SITE_ID"], fake.api_key, own, seconds,
                                        start_at))
-                 for _ in range(count)]
+                 for own in (each or [cio] * count)]
     for process in processes:
         process.start()
     for process in processes:
@@ -68,3 +72,15 @@ def test_four_processes_never_exceed_the_limit_and_use_most_of_it(settings):
     assert busiest_second(times) <= limit
     # share of the limit used while sending (process start-up is not the limiter's doing)
     assert (len(times) - 1) / (times[-1] - times[0]) >= 0.9 * limit
+
+
+def test_a_process_cut_off_from_redis_adds_nothing_to_the_limit(settings, private_redis):
+    """One process cannot reach the limiter's Redis while another can: both share the same
+    workspace, so together they must stay within its limit."""
+    limit, seconds = 20, 3
+    private_redis.kill()
+    with new_workspace(settings) as fake:
+        reaching = settings_for(settings, fake, f"{limit}/s")
+        cut_off = {**reaching, "REDIS_URL": private_redis.url}
+        times = run_processes(fake, 2, seconds, reaching, each=[reaching, cut_off])
+    assert busiest_second(times) <= limit

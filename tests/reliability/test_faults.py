@@ -6,6 +6,7 @@ never touches another test run's. Where the docs' five-minute visibility timeout
 test wait that long, the test scales it down (``CIO_TEST_VISIBILITY_TIMEOUT``) and says so.
 """
 
+import json
 import os
 import signal
 import time
@@ -164,11 +165,13 @@ def test_a_429_storm_is_waited_out_without_a_retry_storm(on_broker, cio_fake, wo
 
 
 def test_cache_down_identifies_are_still_sent_and_nothing_is_lost(
-        private_redis, on_broker, cio_fake, worker_process, wait_for):
+        private_redis, on_broker, cio_fake, worker_process, wait_for, settings):
     env = on_broker("rabbitmq")
     dead_cache = private_redis.url.replace("/0", "/1")
-    private_redis.kill()  # the cache, the limiter's Redis, the redelivery counter: all gone
-    worker_process(broker="rabbitmq", env={**env, "REDIS_URL": dead_cache})
+    private_redis.kill()  # the dedup cache and the redelivery counter: gone
+    limiter = json.dumps({"REDIS_URL": settings.REDIS_URL})  # the limiter's Redis is up
+    worker_process(broker="rabbitmq", env={**env, "REDIS_URL": dead_cache,
+                                           "CIO_TEST_CUSTOMERIO": limiter})
     for round_ in range(2):  # the second round would be dropped as seen, with a cache
         for n in range(10):
             django_cio.identify(f"c{n}", email=f"c{n}@example.com", plan="pro")
@@ -195,4 +198,22 @@ def test_a_celery_time_limit_never_acknowledges_undelivered_ops(on_broker, cio_f
     worker_process(env=env)
     wait_for(lambda: len(cio_fake.store.events) == 15, timeout=90)
     assert_each_event_once(cio_fake, 15)
+    assert not DeadLetter.objects.exists()
+
+
+def test_the_limiters_redis_down_pauses_delivery_and_loses_nothing(
+        private_redis, on_broker, cio_fake, worker_process, wait_for):
+    # Sending without the shared limit could exceed it (other processes may still reach
+    # Redis): a worker that cannot reach the limiter's Redis sends nothing, hands its ops back
+    # to the broker, and delivers them once Redis is back.
+    env = on_broker("rabbitmq")
+    limiter = json.dumps({"REDIS_URL": private_redis.url})
+    private_redis.kill()
+    send_events(20)
+    worker_process(broker="rabbitmq", env={**env, "CIO_TEST_CUSTOMERIO": limiter})
+    time.sleep(5)
+    assert cio_fake.received == 0
+    private_redis.start()
+    wait_for(lambda: len(cio_fake.store.events) == 20, timeout=90)
+    assert_each_event_once(cio_fake, 20)
     assert not DeadLetter.objects.exists()
