@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_AFTER_MAX": 60,
     "TIMEOUT": 10,
     "ENABLED": True,
+    "RELAY": True,  # every Celery worker relays the Outbox (off: run cio_relay --loop yourself)
     # Requests (middleware) and logins (auth signals)
     "PAGE_VIEWS": False,
     "PAGE_VIEWS_SKIP": r"^/(static|media|admin|health|favicon\.ico)",
@@ -61,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _NUMBERS = ("DEDUP_TTL", "MAX_RETRIES", "RETRY_BACKOFF_MAX", "RETRY_AFTER_MAX", "TIMEOUT")
-_FLAGS = ("BATCH", "ENABLED", "PAGE_VIEWS", "AUTH_SIGNALS", "TRACK_IP")
+_FLAGS = ("BATCH", "ENABLED", "RELAY", "PAGE_VIEWS", "AUTH_SIGNALS", "TRACK_IP")
 _NAMES = ("QUEUE", "CACHE", "BACKEND", "REGION", "ANONYMOUS_COOKIE")
 _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*([smh])\s*$")
@@ -118,6 +119,7 @@ class CIOSettings:
     retry_after_max: float
     timeout: float
     enabled: bool
+    relay: bool
     page_views: bool
     page_views_skip: str
     anonymous_cookie: str

@@ -45,7 +45,8 @@ def collapse(ops: Sequence[Operation]) -> list[Operation]:
             earlier = result[index]
             assert isinstance(earlier, Identify)
             try:
-                result[index] = Identify(op.person_id, {**earlier.attributes, **op.attributes})
+                result[index] = Identify(op.person_id, {**earlier.attributes, **op.attributes},
+                                         timestamp=op.timestamp)
                 continue
             except ValidationError:  # together they break a limit: send both
                 pass

@@ -327,6 +327,8 @@ class Operation:
         cls = OPERATIONS.get(kind) if isinstance(kind, str) else None
         if cls is None:
             raise ValidationError("operation", "kind", "is not a known operation kind")
+        if cls is Identify:  # queued before identifies carried the time of the change
+            fields.setdefault("timestamp", None)
         try:
             return cls(**fields)
         except TypeError:
@@ -356,22 +358,37 @@ class _PersonOp(Operation):
 
 @dataclass(frozen=True, repr=False)
 class Identify(Operation):
-    """Create or update a person (an upsert, safe to repeat)."""
+    """Create or update a person (an upsert, safe to repeat).
+
+    ``timestamp`` is when the app made the change (Unix seconds, fixed at creation). Customer.io
+    orders attribute updates by it, so an identify that arrives late (a retry, a parked or
+    replayed message) cannot overwrite newer attributes. ``None`` sends none (messages queued
+    by a version that did not set it).
+    """
 
     kind = "identify"
     action = "identify"
     person_id: str
     attributes: Json = field(default_factory=dict)
+    timestamp: int | None = field(default_factory=_now)
 
     def __post_init__(self) -> None:
         self._set("person_id", check_id(self.kind, "person_id", self.person_id))
         self._set("attributes", check_attributes(self.kind, self.attributes))
+        if self.timestamp is not None:
+            self._set("timestamp", check_timestamp(self.kind, "timestamp", self.timestamp))
 
     def v1(self) -> V1Request:
-        return V1Request("PUT", _path("customers", self.person_id), dict(self.attributes))
+        body = dict(self.attributes)
+        if self.timestamp is not None:  # v1 takes it as the reserved attribute _timestamp
+            body["_timestamp"] = self.timestamp
+        return V1Request("PUT", _path("customers", self.person_id), body)
 
     def v2(self) -> Json:
-        return self._person(attributes=dict(self.attributes))
+        item = self._person(attributes=dict(self.attributes))
+        if self.timestamp is not None:
+            item["timestamp"] = self.timestamp
+        return item
 
 
 def _check_event_fields(op: Event | AnonymousEvent, name_limit: int) -> None:

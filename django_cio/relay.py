@@ -25,6 +25,7 @@ from celery import bootsteps
 from django.db import DatabaseError, connections, router, transaction
 from django.utils import timezone
 
+from .conf import get_settings
 from .models import Outbox
 from .producer import publish_to_broker
 
@@ -133,5 +134,10 @@ class OutboxRelay(bootsteps.StartStopStep):
 
 
 def add_relay_step(sender: Any, **kwargs: Any) -> None:
-    """``worker_init`` receiver: give the starting worker the relay bootstep."""
-    sender.app.steps["worker"].add(OutboxRelay)
+    """``worker_init`` receiver: give the starting worker the relay bootstep (unless
+    ``CUSTOMERIO['RELAY']`` is off)."""
+    steps = sender.app.steps["worker"]
+    if get_settings().relay:
+        steps.add(OutboxRelay)
+    else:
+        steps.discard(OutboxRelay)

@@ -110,10 +110,12 @@ def published() -> Iterator[Published]:
 
 
 @pytest.fixture
-def worker(cio_fake: FakeTrackAPI) -> Iterator[Any]:
+def worker(cio_fake: FakeTrackAPI, settings: Any) -> Iterator[Any]:
     """A real Celery worker (in a thread) consuming django-cio's queue, delivering to the fake.
 
-    What is queued before it starts is delivered; what is left when it stops is purged."""
+    What is queued before it starts is delivered; what is left when it stops is purged. It
+    does not relay the Outbox (tests run the relay themselves; worker processes do relay)."""
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "RELAY": False}
     with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False,
                       queues=[get_settings().queue], loglevel="WARNING",
                       shutdown_timeout=30) as running:

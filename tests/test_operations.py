@@ -1,6 +1,7 @@
 import datetime as dt
 import enum
 import json
+import time
 import uuid
 from decimal import Decimal
 
@@ -37,7 +38,7 @@ SECRET = "ada@example.com"
 
 def one_of_each() -> list[Operation]:
     return [
-        Identify("42", {"email": SECRET}),
+        Identify("42", {"email": SECRET}, timestamp=1_700_000_000),
         Event("42", "signed_up", {"plan": "pro"}),
         Page("42", "https://shop.example/cart"),
         AnonymousEvent("anon-1", "viewed"),
@@ -255,7 +256,8 @@ def test_v1_requests():
     ops = {op.kind: op for op in one_of_each()}
     event, page, anonymous = ops["event"], ops["page"], ops["anonymous_event"]
     assert {kind: op.v1() for kind, op in ops.items()} == {
-        "identify": ("PUT", "/api/v1/customers/42", {"email": SECRET}),
+        "identify": ("PUT", "/api/v1/customers/42", {"email": SECRET,
+                                                     "_timestamp": 1_700_000_000}),
         "event": ("POST", "/api/v1/customers/42/events", {
             "name": "signed_up", "data": {"plan": "pro"}, "id": event.id,
             "timestamp": event.timestamp}),
@@ -282,7 +284,8 @@ def test_v2_items():
     ops = {op.kind: op for op in one_of_each() if op.batchable}
     event, page = ops["event"], ops["page"]
     assert {kind: op.v2() for kind, op in ops.items()} == {
-        "identify": {**person, "action": "identify", "attributes": {"email": SECRET}},
+        "identify": {**person, "action": "identify", "attributes": {"email": SECRET},
+                     "timestamp": 1_700_000_000},
         "event": {**person, "action": "event", "name": "signed_up", "id": event.id,
                   "timestamp": event.timestamp, "attributes": {"plan": "pro"}},
         "page": {**person, "action": "page", "name": "https://shop.example/cart",
@@ -423,3 +426,16 @@ def test_fits_v2():
 def test_nul_characters_are_refused(build):
     with pytest.raises(ValidationError, match="NUL"):
         build()
+
+
+def test_an_identify_carries_the_time_it_was_made_and_old_messages_none():
+    before = int(time.time())
+    op = Identify("42", {"plan": "pro"})
+    assert before <= op.timestamp <= time.time()
+    assert Operation.from_dict(op.to_dict()) == op  # a retry keeps the time of the change
+    queued_by_an_older_version = {"kind": "identify", "person_id": "42", "attributes": {}}
+    old = Operation.from_dict(queued_by_an_older_version)
+    assert old.timestamp is None and "_timestamp" not in old.v1().body
+    assert "timestamp" not in old.v2()
+    with pytest.raises(ValidationError, match="identify: timestamp"):
+        Identify("42", {}, timestamp=1_700_000_000_000)  # milliseconds

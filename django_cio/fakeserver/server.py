@@ -99,7 +99,10 @@ def _from_v1(method: str, parts: list[str], body: Any) -> Json:
 
     route = (method, parts[0], len(parts), parts[2] if len(parts) > 2 else None)
     if route == ("PUT", "customers", 2, None):
-        return person("identify", attributes=body)
+        attributes = dict(body)
+        timestamp = attributes.pop("_timestamp", None)
+        return person("identify", attributes=attributes,
+                      **({"timestamp": timestamp} if timestamp is not None else {}))
     if route == ("DELETE", "customers", 2, None):
         return person("delete")
     if route == ("POST", "customers", 3, "events"):

@@ -81,6 +81,8 @@ def check(op: Json) -> None:
         if not isinstance(identifiers, dict) or len(identifiers) != 1:
             raise Invalid("identifiers", "must hold exactly one identifier")
         _check_id("identifiers", next(iter(identifiers.values())))
+    if "timestamp" in op and not isinstance(op["timestamp"], int):
+        raise Invalid("timestamp", "must be an integer")
     if action == "identify":
         _check_attributes("attributes", op.get("attributes", {}))
     elif action in ("event", "page", "screen"):
@@ -94,8 +96,6 @@ def check(op: Json) -> None:
             raise Invalid("attributes", f"event data larger than {MAX_EVENT_DATA_BYTES} bytes")
         if "id" in op and not (isinstance(op["id"], str) and _ULID.match(op["id"])):
             raise Invalid("id", "must be a ULID")
-        if "timestamp" in op and not isinstance(op["timestamp"], int):
-            raise Invalid("timestamp", "must be an integer")
     elif action in ("add_device", "delete_device"):
         device = op.get("device")
         if not isinstance(device, dict):
@@ -117,6 +117,7 @@ class Store:
     def reset(self) -> None:
         with self.lock:
             self.people: dict[str, Json] = {}
+            self.attribute_times: dict[str, dict[str, float]] = {}
             self.devices: dict[str, dict[str, Json]] = defaultdict(dict)
             self.suppressed: set[str] = set()
             self.events: list[Json] = []
@@ -154,16 +155,18 @@ class Store:
                 secondary = next(iter(op["secondary"].values()))
                 # The primary's own attributes win; the secondary fills the gaps, then goes.
                 merged = {**self.people.pop(secondary, {}), **self.people.get(primary, {})}
+                self.attribute_times.pop(secondary, None)
                 self.people[primary] = merged
                 self.merges.append((primary, secondary))
                 return
             person: Any = next(iter(op["identifiers"].values())) if "identifiers" in op else None
             if action == "identify":
-                self.people.setdefault(person, {}).update(op.get("attributes", {}))
+                self._identify(person, op)
             elif action in ("event", "page", "screen"):
                 self._add_event(op, person)
             elif action in ("delete", "suppress"):
                 self.people.pop(person, None)
+                self.attribute_times.pop(person, None)
                 self.devices.pop(person, None)
                 if action == "suppress":
                     self.suppressed.add(person)
@@ -173,6 +176,16 @@ class Store:
                 self.devices[person][op["device"]["token"]] = op["device"]
             elif action == "delete_device":
                 self.devices[person].pop(op["device"]["token"], None)
+
+    def _identify(self, person: str, op: Json) -> None:
+        """Update attributes, each unless it was set by a newer identify (``timestamp``
+        orders attribute updates; one without a timestamp counts as made now)."""
+        when = op.get("timestamp", time.time())
+        times = self.attribute_times.setdefault(person, {})
+        attributes = self.people.setdefault(person, {})
+        for name, value in op.get("attributes", {}).items():
+            if when >= times.get(name, 0):
+                attributes[name], times[name] = value, when
 
     def _add_event(self, op: Json, person: str | None) -> None:
         event_id = op.get("id")

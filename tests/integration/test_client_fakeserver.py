@@ -192,7 +192,7 @@ EVENT_ID = "01HZY3J0X8Q9K2M4N6P8R0S2T4"
     ("sdk_call", "our_op"),
     [
         (lambda sdk: sdk.identify(PERSON, email="a@b.c", created_at=1700000000),
-         Identify(PERSON, {"email": "a@b.c", "created_at": 1700000000})),
+         Identify(PERSON, {"email": "a@b.c", "created_at": 1700000000}, timestamp=None)),
         (lambda sdk: sdk.track(PERSON, "paid", data={"n": 1}, id=EVENT_ID, timestamp=1700000000),
          Event(PERSON, "paid", {"n": 1}, id=EVENT_ID, timestamp=1700000000)),
         (lambda sdk: sdk.track_anonymous("anon", "seen", data={"n": 1}, id=EVENT_ID,
@@ -228,3 +228,15 @@ def test_page_matches_the_sdk_plus_id_and_timestamp(fake, track_client):
                                                  "timestamp": page.timestamp})
     assert json.dumps(body)  # and the fake server took both
     assert fake.store.stats()["statuses"] == {"200": 2}
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["v2", "v1"])
+def test_a_late_identify_cannot_overwrite_newer_attributes(fake, track_client, batch):
+    # A retry, a parked message or a replay may arrive after a newer change: the time the app
+    # made each change orders them (v2 timestamp, v1 _timestamp), as Customer.io does.
+    newer = Identify(PERSON, {"plan": "pro", "email": "new@example.com"}, timestamp=1_700_000_100)
+    older = Identify(PERSON, {"plan": "free", "name": "Ada"}, timestamp=1_700_000_000)
+    for op in (newer, older):
+        track_client.send_batch([op]) if batch else track_client.send(op)
+    assert fake.store.people[PERSON] == {"plan": "pro", "email": "new@example.com",
+                                         "name": "Ada"}
