@@ -121,3 +121,21 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
         hint=f"List {_AUTH_MIDDLEWARE} before {_MIDDLEWARE} in MIDDLEWARE.",
         id="django_cio.W004",
     )]
+
+
+@register(Tags.compatibility)
+def check_credentials(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Customer.io refused these credentials at the last try (remembered by the workers)."""
+    if conf.find_problems():
+        return []  # the settings' own errors come first
+    from .credentials import refusal
+
+    refused = refusal()
+    if not refused:
+        return []
+    return [Error(
+        f"Customer.io refused CUSTOMERIO['SITE_ID'] / ['API_KEY'] (HTTP {refused['status']}) "
+        "when the workers last tried them; ops are kept until they work",
+        hint="Check the workspace's Track API credentials (Settings > API Credentials).",
+        id="django_cio.E008",
+    )]

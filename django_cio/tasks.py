@@ -25,7 +25,7 @@ from celery.exceptions import Reject
 from django.core.cache import caches
 from django.db import router
 
-from . import dedup, metrics, producer
+from . import credentials, dedup, metrics, producer
 from .backends import BaseBackend, backend_class, get_backend
 from .batching import MAX_FAILURES, Message, drain, pack, redelivered, settle
 from .conf import CIOSettings, get_settings
@@ -236,8 +236,14 @@ class Delivery:
         return ops
 
     def send(self, backend: BaseBackend, ops: list[Operation], cio: CIOSettings) -> None:
-        limiter = None
+        limiter, refusal = None, None
         if not backend.delivers_inline:  # what leaves the process: one limit, no repeats
+            refusal = credentials.refusal(cio)
+            if refusal and not credentials.may_probe(cio):  # keep them until the key works
+                self.error = PermanentError("credentials refused", status=refusal["status"],
+                                            kind="operation", count=len(ops))
+                self.pending = list(ops)
+                return
             limiter = self.limiter or get_limiter()
             fresh = dedup.collapse(ops)
             if self.dedup:
@@ -268,6 +274,11 @@ class Delivery:
                     backend.send_one(request.ops[0])
                     refused = []
             except PermanentError as exc:
+                if exc.status in credentials.REFUSING_STATUSES:  # the key, not these ops
+                    credentials.refused(cio, exc.status)
+                    self.error = exc
+                    self.pending = [op for later in requests[number:] for op in later.ops]
+                    break
                 self.results += [OpResult(op, "failed", exc.reason, exc.status)
                                  for op in request.ops]
                 continue
@@ -278,6 +289,9 @@ class Delivery:
                 self.error = exc
                 self.pending = [op for later in requests[number:] for op in later.ops]
                 break
+            if refusal:  # this delivery's probe got through
+                credentials.accepted(cio)
+                refusal = None
             bad = {error.index: error for error in refused}
             for index, op in enumerate(request.ops):
                 if index in bad:
@@ -301,6 +315,8 @@ class Delivery:
             failures = self.failures
             wait = error.retry_after if error.retry_after is not None else backoff(1, cio)
             wait = min(wait, cio.retry_after_max)
+        elif isinstance(error, PermanentError):  # credentials refused: nor is a bad key
+            failures, wait = self.failures, credentials.HOLD_FOR
         else:
             failures = self.failures + 1
             if failures > cio.max_retries:

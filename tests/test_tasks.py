@@ -4,8 +4,10 @@ The task runs in this process (``deliver.apply``); retries are real messages on 
 recorded by the ``published`` fixture. End-to-end runs with a worker are in integration/.
 """
 
+import time
 import uuid
 from datetime import datetime, timezone
+from unittest.mock import ANY
 
 import pytest
 from django.dispatch import receiver
@@ -266,3 +268,42 @@ def test_a_crash_after_a_retry_was_handed_over_does_not_send_it_again(cio_fake, 
     finally:
         tasks._dead_letters = original
     assert len(published) == 1  # the retry of the 503, not a second one after the crash
+
+
+def test_refused_credentials_keep_every_op_until_they_work(settings, cio_fake, published):
+    # A rotated key: nothing is dead-lettered, the ops wait (with their retry budget), the
+    # next start's checks and cio_status say so, and new credentials start afresh.
+    from django_cio.checks import check_credentials
+
+    working = settings.CUSTOMERIO
+    settings.CUSTOMERIO = {**working, "API_KEY": "rotated-away"}
+    deliver(Identify("u1", {"plan": "pro"}), Event("u1", "signup", {}), failures=1)
+    assert not DeadLetter.objects.exists()
+    assert [[op["kind"] for op in message] for message in published] == [["identify", "event"]]
+    assert published.details[0]["kwargs"] == {"failures": 1}
+    assert [message.id for message in check_credentials()] == ["django_cio.E008"]
+    refused_requests = cio_fake.store.stats()["requests"]
+    deliver(Event("u1", "while_refused", {}))  # held without asking Customer.io again
+    assert cio_fake.store.stats()["requests"] == refused_requests
+    assert not DeadLetter.objects.exists() and len(published) == 2
+
+    settings.CUSTOMERIO = working  # the key is fixed
+    assert check_credentials() == []
+    tasks.deliver.apply(args=(published[0] + published[1],))
+    assert cio_fake.store.people["u1"]["plan"] == "pro"
+    assert [event["name"] for event in cio_fake.store.events] == ["signup", "while_refused"]
+
+
+def test_a_refusal_that_goes_away_is_noticed_by_the_next_probe(cio_fake, published,
+                                                                 monkeypatch):
+    from django_cio import credentials
+
+    monkeypatch.setattr(credentials, "PROBE_EVERY", 1)
+    cio_fake.fail_next(403)  # a workspace briefly forbidden, then fine again
+    deliver(Event("u1", "first", {}))
+    assert credentials.refusal() == {"status": 403, "since": ANY}
+    time.sleep(1.1)  # the next probe may go
+    deliver(Event("u1", "second", {}))
+    assert credentials.refusal() is None
+    assert [event["name"] for event in cio_fake.store.events] == ["second"]
+    assert not DeadLetter.objects.exists()

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from django_cio import dedup
 from django_cio.conf import get_settings
+from django_cio.credentials import refusal
 from django_cio.models import BackfillRun, DeadLetter, Outbox
 from django_cio.ratelimit import get_limiter
 from django_cio.relay import databases
@@ -29,10 +30,15 @@ class Command(BaseCommand):
             "queue": queue_status(), "outbox": outbox_status(),
             "dead_letters": dead_letter_status(), "rate_limiter": get_limiter().state(),
             "dedup": dedup.counters(), "backfills": backfill_status(),
+            "credentials_refused": refusal(),
         }
         if options["json"]:
             self.stdout.write(json.dumps(status, indent=2))
             return
+        if status["credentials_refused"]:
+            self.stderr.write(self.style.ERROR(
+                f"Customer.io refuses the credentials (HTTP "
+                f"{status['credentials_refused']['status']}): nothing is sent until they work"))
         queue, outbox, dead = status["queue"], status["outbox"], status["dead_letters"]
         waiting = queue.get("messages", f"unknown ({queue.get('error')})")
         self.stdout.write(f"Queue {queue['name']!r}: {waiting} message(s) waiting, "
