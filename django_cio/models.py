@@ -12,7 +12,7 @@ class Outbox(models.Model):
     """A queued message that is not on the broker (yet).
 
     The producer writes one when the broker is unreachable, and the delivery task parks a retry
-    here when its wait is too long for a broker countdown. ``relay_outbox`` publishes rows once
+    here when its wait is too long for a broker countdown. The relay publishes rows once
     ``not_before`` has passed.
     """
 

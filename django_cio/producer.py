@@ -8,7 +8,7 @@
 * otherwise, straight onto the broker.
 
 Publishing never raises and never waits long for the broker: a failed publish writes the
-message to the ``Outbox`` table of the same database, and ``relay_outbox`` sends it later.
+message to the ``Outbox`` table of the same database, and the relay sends it later.
 """
 
 from __future__ import annotations

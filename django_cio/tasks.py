@@ -168,12 +168,14 @@ def backfill_page(self: Any, run_id: int, index: int, failures: int = 0) -> None
 
 @shared_task(name="django_cio.tasks.relay_outbox", ignore_result=True)
 def relay_outbox(limit: int = 1000) -> int:
-    """Publish due Outbox messages of every database that holds the table; return the count."""
+    """Publish due Outbox messages of every database that holds the table; return the count.
+    Not needed: every worker relays the Outbox by itself (``relay.OutboxRelay``)."""
     return relay(limit=limit)
 
 
 def beat_schedule(every: float = 5.0) -> dict[str, Json]:
-    """Celery beat entry for the relay: ``app.conf.beat_schedule.update(beat_schedule())``."""
+    """Celery beat entry for the relay, for projects that turned the workers' relay off
+    (``CUSTOMERIO['RELAY'] = False``) and prefer beat to ``cio_relay --loop``."""
     return {
         "django-cio-relay-outbox": {
             "task": "django_cio.tasks.relay_outbox",

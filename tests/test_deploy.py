@@ -76,7 +76,7 @@ def worker_command() -> list[str]:
 
 def test_every_file_holds_named_objects_with_unique_names():
     names = {path.name for path in K8S.glob("*.yaml")}
-    assert {"configmap.yaml", "secret.example.yaml", "worker.yaml", "beat.yaml",
+    assert {"configmap.yaml", "secret.example.yaml", "worker.yaml",
             "keda-scaledobject.yaml", "hpa.yaml", "kustomization.yaml"} <= names
     seen = [(doc["kind"], doc["metadata"]["name"]) for doc in manifests()]
     assert all(doc.get("apiVersion") for doc in manifests())
@@ -85,8 +85,7 @@ def test_every_file_holds_named_objects_with_unique_names():
 
 def test_every_deployment_selects_exactly_its_own_pods():
     deployments = [doc for doc in manifests() if doc["kind"] == "Deployment"]
-    assert {doc["metadata"]["name"] for doc in deployments} == {"django-cio-worker",
-                                                               "django-cio-beat"}
+    assert {doc["metadata"]["name"] for doc in deployments} == {"django-cio-worker"}
     for manifest in deployments:
         selector = manifest["spec"]["selector"]["matchLabels"]
         assert selector, manifest["metadata"]["name"]
@@ -133,19 +132,11 @@ def test_worker_replicas_are_left_to_the_autoscaler():
     assert "replicas" not in deployment("worker")["spec"]
 
 
-def test_a_single_beat_that_never_overlaps_itself():
-    beat = deployment("beat")
-    assert beat["spec"]["replicas"] == 1
-    assert beat["spec"]["strategy"] == {"type": "Recreate"}
-    assert [str(word) for word in container(beat)["command"]][:4] == ["celery", "-A", "proj",
-                                                                      "beat"]
-
-
 def test_configmaps_and_secrets_referenced_by_pods_exist():
     data = {(doc["kind"], doc["metadata"]["name"]): {**doc.get("data", {}),
                                                       **doc.get("stringData", {})}
             for doc in manifests() if doc["kind"] in ("ConfigMap", "Secret")}
-    for component in ("worker", "beat"):
+    for component in ("worker",):
         spec = container(deployment(component))
         env = set()
         for source in spec.get("envFrom", []):
@@ -231,7 +222,7 @@ def test_kustomization_lists_one_autoscaler_and_no_secret():
     (kustomization,) = load("kustomization.yaml")
     resources = kustomization["resources"]
     assert all((K8S / name).is_file() for name in resources)
-    assert {"configmap.yaml", "worker.yaml", "beat.yaml"} <= set(resources)
+    assert {"configmap.yaml", "worker.yaml"} <= set(resources)
     assert len({"keda-scaledobject.yaml", "hpa.yaml"} & set(resources)) == 1
     assert not any("secret" in name for name in resources)
 
@@ -262,7 +253,7 @@ def test_external_validators_when_installed():
 
 
 @pytest.mark.parametrize("name", ["configmap.yaml", "secret.example.yaml", "worker.yaml",
-                                  "beat.yaml", "keda-scaledobject.yaml", "hpa.yaml"])
+                                  "keda-scaledobject.yaml", "hpa.yaml"])
 def test_each_object_carries_the_app_label(name):
     for doc in load(name):
         assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "django-cio"

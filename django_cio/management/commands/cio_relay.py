@@ -11,8 +11,8 @@ from django_cio.relay import relay
 class Command(BaseCommand):
     help = (
         "Publish the Outbox's due messages (kept there while the broker was down, or parked "
-        "for a long retry wait) to the broker. Celery beat runs the same relay every few "
-        "seconds (django_cio.tasks.beat_schedule); this command is for hosts without beat."
+        "for a long retry wait) to the broker. Every Celery worker already runs the same "
+        "relay every few seconds; this command is for CUSTOMERIO['RELAY'] = False, or by hand."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
