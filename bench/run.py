@@ -61,7 +61,8 @@ def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
                      ["--shape", shape, "--broker", broker, *(web if shape == "web" else [])]))
     for processes in (1, 2, 4, 8) if quick else (1, 2, 4, 8, 16):
         runs.append(("scaling", "delivery.py",
-                     ["--shape", "bulk", "--broker", "redis", "--processes", str(processes),
+                     ["--shape", "bulk", "--broker", "redis", "--workers", "1",
+                      "--processes", str(processes),
                       "--latency-ms", str(SCALE_LATENCY_MS), "--rate", f"{SCALE_RATE}/s",
                       "--messages", "600" if quick else "1500"]))
     runs.append(("backfill", "backfill.py",
