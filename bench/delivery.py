@@ -12,9 +12,9 @@ rate limit is django-cio's shared Redis limiter, and the fake Track API answers 
 official ``customerio`` SDK sending one op per request, serially.
 
 ``--messages`` changes how many messages of the shape are queued (the targets are quoted for
-the README's 2 workers x ``-c 4``, 50 ms and 80/s only). ``--json`` prints the report to stderr and one JSON line to
-stdout: the headline figures and every request the fake server saw (arrival, ops applied), for
-``bench/run.py``'s plots.
+the README's 2 workers x ``-c 4``, 50 ms and 80/s only). ``--json`` prints the report to
+stderr and one JSON line to stdout: the headline figures and every request the fake server saw
+(arrival, ops applied), for ``bench/run.py``'s plots.
 """
 
 from __future__ import annotations
