@@ -1,12 +1,37 @@
-"""Identify dedup: don't send a person's attributes again while Customer.io has them.
+"""Identify dedup: don't send attributes Customer.io already has, and never lose a change.
 
-Per person, the cache (``CUSTOMERIO['CACHE']``, a shared Redis through django-redis) holds a
-hash of the attributes of the last identify that got a 2xx, for ``DEDUP_TTL`` seconds. An
-identify with the same hash is dropped before sending. Only a success is remembered, so
-A -> B -> A sends the third; a cache error means "send" (an error is never "seen"). Deleting,
-suppressing or merging a person forgets them, so a later identify recreates them.
+Memory. Per workspace and person, one Redis hash (the cache's own Redis, through django-redis or
+Django's ``RedisCache``) maps each attribute to what we know of it::
 
-Keys are HMACs of the person id (keyed with ``SECRET_KEY``): no emails in the cache's keys.
+    k <ts> <value hash> <born>            Customer.io has this value, as of the app's time <ts>
+    p <ts> <value hash> <born> <owner>    a request sending this value is in flight (a claim)
+    field "!": ! 0 - <born> <owner>       a delete, suppress or merge of the person is in flight
+
+``<ts>`` is the identify's ``timestamp`` (Customer.io orders attribute updates by it), ``<born>``
+the Redis server's time of the write. An entry older than ``DEDUP_TTL`` counts as absent (the
+key's TTL is refreshed by every write, so entries bound their own age). The key is an HMAC of
+the site id and person id, fields and value hashes are HMACs too (keyed with ``SECRET_KEY``): no
+ids, emails or attribute values in Redis.
+
+A delivery (``tasks.Delivery.send``) goes through four steps:
+
+1. ``collapse`` merges consecutive identifies of a person, never two different ``anonymous_id``
+   (each login merges its own visitor's history) and never across timestamps it cannot keep.
+2. ``drop_seen`` claims, atomically per person (Lua), the attributes about to be sent, and drops
+   those memory says Customer.io has: the same value ("k", same hash; its time moves up to ours),
+   or a newer time ("k" with a newer ts: Customer.io ignores an older update). An identify left
+   with nothing to send costs no request; one carrying ``anonymous_id`` is always sent.
+3. ``forget`` marks people about to be deleted, suppressed or merged (memory wiped, "!" set), and
+   claims identifies that skipped step 2 (a backfill that opts out of dedup).
+4. After a 2xx, ``remember`` turns each claim into "k" only if its field still holds that claim
+   (compare-and-set), and clears a person whose delete, suppress or merge went through.
+
+Why dedup only ever costs a resend: what memory knew is replaced by a claim before the request
+leaves, and a claim is never "seen", so A, then B in flight, then A sends the last A; a claim
+overwritten by a later identify or wiped by a delete is not remembered; an identify sent without
+a claim (two updates of one attribute in the same second, a message queued without a timestamp)
+leaves the attribute unknown. A cache error means sending everything and remembering nothing.
+Without a Redis cache dedup is off (a warning says so).
 """
 
 from __future__ import annotations
@@ -15,7 +40,11 @@ import hashlib
 import hmac
 import json
 import logging
+import math
+import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
@@ -32,102 +61,262 @@ MISSES_KEY = "django_cio:dedup:misses"
 _ANONYMOUS_ID = "anonymous_id"
 # Ops after which Customer.io no longer holds what an identify sent.
 _FORGETTING = ("delete", "suppress", "merge")
+# Where an op keeps its claim between drop_seen/forget and remember (not a dataclass field:
+# it never reaches the broker, and an op built again from a message claims again).
+_CLAIM_ATTR = "_dedup_claim"
+# Above any Unix time an identify may carry (operations caps them below 10**11): an identify
+# without a timestamp counts at Customer.io as sent "now", so it outranks every update.
+_NO_TIME = "99999999999999"
+
+# Memory entries: "<state> <ts> <value hash> <born> [<owner>]". Helpers shared by the scripts.
+_LUA_COMMON = """
+local now = tonumber(redis.call('TIME')[1])
+local ttl = tonumber(ARGV[1])
+local function entry(key, field)
+  local raw = redis.call('HGET', key, field)
+  if not raw then return nil end
+  local s, ts, vh, born, owner = string.match(raw, '^(%S+) (%S+) (%S+) (%S+) ?(%S*)$')
+  if not born or now - tonumber(born) >= ttl then return nil end  -- too old: unknown
+  return {s = s, ts = tonumber(ts), tsraw = ts, vh = vh, born = born, owner = owner}
+end
+"""
+
+# KEYS: a person per identify. ARGV: ttl, owner, then per key: mode ("d" dedup, "c" claim
+# only: the op is sent whole, "n" no timestamp), ts, n, n x (field, value hash).
+# Returns {now, {indexes of the fields Customer.io has} per key}.
+_CLAIM = _LUA_COMMON + """
+local owner = ARGV[2]
+local result = {now}
+local a = 3
+for _, key in ipairs(KEYS) do
+  local mode, tsraw, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local ts = tonumber(tsraw)
+  a = a + 3
+  local seen = {}
+  local blocked = entry(key, '!') ~= nil  -- being deleted: send, claim nothing
+  for j = 1, n do
+    local field, vh = ARGV[a], ARGV[a + 1]
+    a = a + 2
+    local cur = (not blocked) and entry(key, field)
+    local write = 'p ' .. tsraw .. ' ' .. vh .. ' ' .. now .. ' ' .. owner
+    if blocked then
+      write = nil
+    elseif mode == 'n' then  -- its time is its arrival: nothing may be remembered meanwhile
+      write = 'p ' .. tsraw .. ' - ' .. now .. ' -'
+    elseif cur and cur.s == 'k' and (cur.vh == vh or cur.ts > ts) then
+      if mode == 'd' then  -- Customer.io has it, or something newer
+        seen[#seen + 1] = j
+        write = nil
+        if cur.vh == vh and ts > cur.ts then  -- same value, newer: its time moves up
+          write = 'k ' .. tsraw .. ' ' .. vh .. ' ' .. cur.born
+        end
+      elseif cur.vh == vh then
+        write = nil
+      else  -- an older value sent anyway: unknown until a newer one is remembered
+        write = 'p ' .. cur.tsraw .. ' ' .. vh .. ' ' .. now .. ' -'
+      end
+    elseif cur and cur.s == 'p' then
+      if cur.ts > ts then  -- a newer update in flight: ours is sent, theirs stays claimed
+        write = nil
+      elseif cur.ts == ts and cur.vh ~= vh and cur.owner ~= owner then
+        write = 'p ' .. tsraw .. ' ' .. vh .. ' ' .. now .. ' -'  -- same second: order unknown
+      end
+    end
+    if write then redis.call('HSET', key, field, write) end
+  end
+  if not blocked then redis.call('EXPIRE', key, ttl) end
+  result[#result + 1] = seen
+end
+return result
+"""
+
+# KEYS: one per entry. ARGV: ttl, then per key: "c" claim born owner ts n n x (field, hash):
+# remember what still holds the claim; "d" owner: clear the person unless another delete is in
+# flight; "x" n n x field: forget (an identify sent without a claim).
+_REMEMBER = _LUA_COMMON + """
+local a = 2
+for _, key in ipairs(KEYS) do
+  local kind = ARGV[a]
+  if kind == 'c' then
+    local born, owner, tsraw, n = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
+    a = a + 5
+    local blocked = entry(key, '!') ~= nil
+    for j = 1, n do
+      local field, vh = ARGV[a], ARGV[a + 1]
+      a = a + 2
+      local claim = 'p ' .. tsraw .. ' ' .. vh .. ' ' .. born .. ' ' .. owner
+      if not blocked and redis.call('HGET', key, field) == claim then
+        redis.call('HSET', key, field, 'k ' .. tsraw .. ' ' .. vh .. ' ' .. now)
+      end
+    end
+    if not blocked then redis.call('EXPIRE', key, ttl) end
+  elseif kind == 'd' then
+    local tomb = entry(key, '!')
+    if not tomb or tomb.owner == ARGV[a + 1] then redis.call('DEL', key) end
+    a = a + 2
+  else
+    local n = tonumber(ARGV[a + 1])
+    for j = 1, n do redis.call('HDEL', key, ARGV[a + 1 + j]) end
+    a = a + 2 + n
+  end
+end
+"""
+
+# KEYS: people about to be deleted, suppressed or merged. ARGV: ttl, owner.
+_FORGET = _LUA_COMMON + """
+for _, key in ipairs(KEYS) do
+  redis.call('DEL', key)
+  redis.call('HSET', key, '!', '! 0 - ' .. now .. ' ' .. ARGV[2])
+  redis.call('EXPIRE', key, ttl)
+end
+"""
+
+
+@dataclass
+class _Claim:
+    """What an identify claimed: its person's key, and a value hash per attribute field."""
+
+    key: str
+    owner: str
+    ts: str
+    fields: dict[str, str]
+    born: str = ""
 
 
 def collapse(ops: Sequence[Operation]) -> list[Operation]:
     """Merge consecutive identifies of one person (none of that person's other ops between
-    them) into the first, later attributes winning, so each person's ops keep their order."""
+    them) into the first, so each person's ops keep their order. Identifies that cannot be
+    one (see ``_merged``) are both kept."""
     result: list[Operation] = []
     open_identify: dict[str, int] = {}  # person -> index in result of their latest identify
+    visitor_events: dict[str, int] = {}  # anonymous id -> index in result of its last event
     for op in ops:
         if isinstance(op, Identify) and op.person_id in open_identify:
             index = open_identify[op.person_id]
             earlier = result[index]
             assert isinstance(earlier, Identify)
-            try:
-                result[index] = Identify(op.person_id, {**earlier.attributes, **op.attributes},
-                                         timestamp=op.timestamp)
+            merged = _merged(earlier, op, visitor_events, index)
+            if merged is not None:
+                result[index] = merged
                 continue
-            except ValidationError:  # together they break a limit: send both
-                pass
         for person in _people(op):
             open_identify.pop(person, None)
         if isinstance(op, Identify):
             open_identify[op.person_id] = len(result)
+        elif op.kind == "anonymous_event":
+            visitor_events[op.person_id] = len(result)
         result.append(op)
     return result
 
 
+def _merged(earlier: Identify, later: Identify, visitor_events: dict[str, int],
+            index: int) -> Identify | None:
+    """One identify doing what ``earlier`` then ``later`` do, or None. Not when they carry
+    different anonymous ids (each login merges its own visitor), nor when ``later``'s visitor
+    has an event between them (the merge would land before it); one timestamp must fit all
+    attributes: equal times, or the newer identify sets every attribute the older one does."""
+    first, second = earlier.attributes.get(_ANONYMOUS_ID), later.attributes.get(_ANONYMOUS_ID)
+    if first is not None and second is not None and first != second:
+        return None
+    if second is not None and visitor_events.get(second, -1) > index:
+        return None
+    if earlier.timestamp == later.timestamp:
+        newer, attributes = later, {**earlier.attributes, **later.attributes}
+    elif earlier.timestamp is None or later.timestamp is None:
+        return None  # an unknown time cannot be ordered against a known one
+    else:
+        older, newer = sorted((earlier, later), key=lambda op: op.timestamp or 0)
+        if not older.attributes.keys() <= newer.attributes.keys():
+            return None  # the older one's own attributes would be sent as newer
+        attributes = dict(newer.attributes)
+    try:
+        return Identify(later.person_id, attributes, timestamp=newer.timestamp)
+    except ValidationError:  # together they break a limit: send both
+        return None
+
+
 def drop_seen(ops: Sequence[Operation]) -> list[Operation]:
-    """``ops`` without the identifies Customer.io already has (per the cache)."""
+    """``ops`` with the attributes Customer.io already has taken out of identifies (an
+    identify left with none is dropped), the rest claimed for ``remember``."""
     cio = get_settings()
     identifies = [op for op in ops if isinstance(op, Identify)]
     if not cio.dedup_ttl or not identifies:
         return list(ops)
-    cache = caches[cio.cache]
+    todo: list[Identify] = []
+    forgotten: set[str] = set()
+    for op in ops:  # after a delete in this delivery, nothing of a person is "there"
+        if isinstance(op, Identify) and op.person_id not in forgotten:
+            todo.append(op)
+        if op.kind in _FORGETTING:
+            forgotten.update(_people(op))
     try:
-        stored = cache.get_many({_key(op.person_id) for op in identifies})
+        seen = _claim(todo, dedup=True)
     except Exception as exc:  # a cache outage means sending, never "seen"
         logger.warning("customerio: dedup cache unavailable (%s); sending", type(exc).__name__)
         return list(ops)
-    kept: list[Operation] = []
-    forgotten: set[str] = set()
-    hits = 0
-    for op in ops:
-        if (isinstance(op, Identify) and op.person_id not in forgotten
-                and _ANONYMOUS_ID not in op.attributes  # a login's merge is never "seen"
-                and stored.get(_key(op.person_id)) == fingerprint(op)):
-            hits += 1
-            continue
-        if op.kind in _FORGETTING:
-            forgotten.update(_people(op))
-        kept.append(op)
-    _count(cache, hits, len(identifies) - hits)
+    kept = [kept for op in ops if (kept := seen.get(id(op), op)) is not None]
+    hits = len(ops) - len(kept)
+    _count(caches[cio.cache], hits, len(identifies) - hits)
     return kept
 
 
 def forget(ops: Iterable[Operation]) -> None:
-    """Before deleting, suppressing or merging people: forget them first, so that another
-    worker's identify sent meanwhile is not dropped as "already there"."""
-    people = {_key(person) for op in ops if op.kind in _FORGETTING for person in _people(op)}
-    if people and get_settings().dedup_ttl:
-        try:
-            caches[get_settings().cache].delete_many(people)
-        except Exception as exc:  # then the remembered hash simply stays until its TTL
-            logger.warning("customerio: dedup cache unavailable (%s)", type(exc).__name__)
+    """Before sending: wipe the people about to be deleted, suppressed or merged (an identify
+    in flight meanwhile is then not remembered), and claim identifies ``drop_seen`` did not."""
+    if not get_settings().dedup_ttl:
+        return
+    ops = list(ops)
+    forgetting = [op for op in ops if op.kind in _FORGETTING]
+    unclaimed = [op for op in ops if isinstance(op, Identify) and not hasattr(op, _CLAIM_ATTR)]
+    try:
+        if forgetting:
+            _mark_forgetting(forgetting)
+        if unclaimed:
+            _claim(unclaimed, dedup=False)
+    except Exception as exc:  # then what memory holds expires within DEDUP_TTL
+        logger.warning("customerio: dedup cache unavailable (%s)", type(exc).__name__)
 
 
 def remember(sent: Iterable[Operation]) -> None:
-    """Record identifies Customer.io accepted, and forget deleted, suppressed, merged people."""
+    """After a 2xx: remember each claimed attribute that is still ours, clear the people
+    deleted, suppressed or merged, and forget what went without a claim."""
     cio = get_settings()
     if not cio.dedup_ttl:
         return
-    seen: dict[str, str] = {}
-    forget: set[str] = set()
+    keys: list[str] = []
+    args: list[Any] = [_ttl()]
     for op in sent:
         if isinstance(op, Identify):
-            seen[_key(op.person_id)] = fingerprint(op)
-            forget.discard(_key(op.person_id))
+            claim = getattr(op, _CLAIM_ATTR, None)
+            if claim is None:  # sent without a claim: what memory had may be stale
+                claim = _Claim(_key(op.person_id), "", "", fingerprint(op))
+                keys.append(claim.key)
+                args += ["x", len(claim.fields), *claim.fields]
+            elif claim.fields:
+                keys.append(claim.key)
+                args += ["c", claim.born, claim.owner, claim.ts, len(claim.fields)]
+                args += [item for pair in claim.fields.items() for item in pair]
         elif op.kind in _FORGETTING:
+            owner = getattr(op, _CLAIM_ATTR, "")
             for person in _people(op):
-                forget.add(_key(person))
-                seen.pop(_key(person), None)
+                keys.append(_key(person))
+                args += ["d", owner]
+    if not keys:
+        return
     try:
-        cache = caches[cio.cache]
-        if seen:
-            cache.set_many(seen, timeout=cio.dedup_ttl)
-        if forget:
-            cache.delete_many(forget)
+        client = _client()
+        if client is not None:
+            client.register_script(_REMEMBER)(keys=keys, args=args)
     except Exception as exc:  # not remembering only costs a resend
         logger.warning("customerio: dedup cache unavailable (%s)", type(exc).__name__)
 
 
-def fingerprint(op: Identify) -> str:
-    """A hash of an identify's attributes (key order does not matter). ``anonymous_id`` is
-    left out: it ties past anonymous events to the person, it is not an attribute they keep."""
-    attributes = {key: value for key, value in op.attributes.items() if key != _ANONYMOUS_ID}
-    encoded = json.dumps(attributes, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(encoded.encode()).hexdigest()[:32]
+def fingerprint(op: Identify) -> dict[str, str]:
+    """What memory holds of an identify: attribute field -> value hash (HMACs, key order does
+    not matter). ``anonymous_id`` is left out: it ties past anonymous events to the person, it
+    is not an attribute they keep, and a login carrying it is always sent."""
+    return {_hash("a", name): _hash("v", json.dumps(value, sort_keys=True, separators=(",", ":")))
+            for name, value in op.attributes.items() if name != _ANONYMOUS_ID}
 
 
 def counters() -> dict[str, int]:
@@ -137,6 +326,89 @@ def counters() -> dict[str, int]:
     except Exception:  # a status report must not fail on the cache
         return {}
     return {"hits": int(values.get(HITS_KEY, 0)), "misses": int(values.get(MISSES_KEY, 0))}
+
+
+def _claim(identifies: list[Identify], dedup: bool) -> dict[int, Identify | None]:
+    """Claim the identifies' attributes. With ``dedup``, return id(op) -> the op without
+    the attributes Customer.io has (None when nothing is left to send). Raises on cache errors,
+    leaving the ops unclaimed."""
+    client = _client()
+    if client is None:
+        return {}
+    owner = os.urandom(8).hex()
+    claims = [_Claim(_key(op.person_id), owner, str(op.timestamp) if op.timestamp is not None
+                     else _NO_TIME, fingerprint(op)) for op in identifies]
+    args: list[Any] = [_ttl(), owner]
+    for op, claim in zip(identifies, claims, strict=True):
+        mode = "n" if op.timestamp is None else "d" if dedup else "c"
+        args += [mode, claim.ts, len(claim.fields)]
+        args += [item for pair in claim.fields.items() for item in pair]
+    now, *seen = client.register_script(_CLAIM)(keys=[c.key for c in claims], args=args)
+    result: dict[int, Identify | None] = {}
+    for op, claim, indexes in zip(identifies, claims, seen, strict=True):
+        claim.born = str(now)
+        if op.timestamp is None:  # never remembered: its time is its arrival
+            claim.fields = {}
+        kept = _without(op, claim, set(indexes) if dedup else set())
+        if kept is not None:
+            object.__setattr__(kept, _CLAIM_ATTR, claim)
+        result[id(op)] = kept
+    return result
+
+
+def _without(op: Identify, claim: _Claim, seen: set[int]) -> Identify | None:
+    """``op`` without the attributes at 1-based ``seen`` positions of ``claim.fields``; None
+    if that leaves nothing to send (an identify with no attributes, or carrying
+    ``anonymous_id``, is always sent)."""
+    if not seen:
+        return op
+    names = [name for name in op.attributes if name != _ANONYMOUS_ID]
+    dropped = {names[index - 1] for index in seen}
+    claim.fields = {field: value for position, (field, value) in enumerate(claim.fields.items(), 1)
+                    if position not in seen}
+    attributes = {name: value for name, value in op.attributes.items() if name not in dropped}
+    if not attributes:
+        return None
+    return Identify(op.person_id, attributes, timestamp=op.timestamp)
+
+
+def _mark_forgetting(ops: list[Operation]) -> None:
+    client = _client()
+    if client is None:
+        return
+    owner = os.urandom(8).hex()
+    keys = [_key(person) for op in ops for person in _people(op)]
+    client.register_script(_FORGET)(keys=keys, args=[_ttl(), owner])
+    for op in ops:
+        object.__setattr__(op, _CLAIM_ATTR, owner)
+
+
+_warned_no_redis = False
+
+
+def _client() -> Any:
+    """The cache's Redis client, or None (dedup off) when the cache is not Redis."""
+    global _warned_no_redis
+    alias = get_settings().cache
+    backend = settings.CACHES.get(alias, {}).get("BACKEND", "")
+    try:
+        if backend.startswith("django_redis."):
+            from django_redis import get_redis_connection
+
+            return get_redis_connection(alias, write=True)
+        if backend == "django.core.cache.backends.redis.RedisCache":
+            return caches[alias]._cache.get_client(write=True)  # type: ignore[attr-defined]
+    except (NotImplementedError, ImportError, AttributeError):  # e.g. a sharded client
+        pass
+    if not _warned_no_redis:
+        _warned_no_redis = True
+        logger.warning("customerio: identify dedup needs a Redis cache (CUSTOMERIO['CACHE']); "
+                       "it is off, every identify is sent")
+    return None
+
+
+def _ttl() -> int:
+    return max(1, math.ceil(get_settings().dedup_ttl))
 
 
 def _count(cache: BaseCache, hits: int, misses: int) -> None:
@@ -149,11 +421,18 @@ def _count(cache: BaseCache, hits: int, misses: int) -> None:
                 return
 
 
+def _hash(kind: str, text: str) -> str:
+    secret = str(settings.SECRET_KEY).encode()
+    return hmac.new(secret, f"{kind}\x00{text}".encode(), hashlib.sha256).hexdigest()[:16]
+
+
 def _key(person_id: str) -> str:
-    """Per workspace and person: another site sharing the cache has its own memory."""
+    """Per workspace and person (another site sharing the cache has its own memory), with the
+    cache's key prefix and version."""
     secret = str(settings.SECRET_KEY).encode()
     person = f"{get_settings().site_id}\x00{person_id}".encode()
-    return f"django_cio:identify:{hmac.new(secret, person, hashlib.sha256).hexdigest()}"
+    name = f"django_cio:identify:{hmac.new(secret, person, hashlib.sha256).hexdigest()}"
+    return str(caches[get_settings().cache].make_key(name))
 
 
 def _people(op: Operation) -> tuple[str, ...]:

@@ -1,10 +1,14 @@
 """Identify dedup against the real Redis cache (django-redis)."""
 
+import threading
+import time
+
 import pytest
 from django.core.cache import caches
+from django_redis import get_redis_connection
 
 from django_cio import dedup
-from django_cio.operations import Delete, Event, Identify, Merge
+from django_cio.operations import AnonymousEvent, Delete, Event, Identify, Merge
 from tests.test_tasks import deliver
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -12,6 +16,31 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def shape(ops):
     return [(op.kind, op.person_id, getattr(op, "attributes", None)) for op in ops]
+
+
+def sent(*ops):
+    """What a delivery does around a 2xx: claim, forget, send (here: nothing), remember."""
+    kept = dedup.drop_seen(list(ops))
+    dedup.forget(kept)
+    dedup.remember(kept)
+    return kept
+
+
+def in_flight(*ops):
+    """A delivery whose request has not been answered yet: claimed, not remembered."""
+    kept = dedup.drop_seen(list(ops))
+    dedup.forget(kept)
+    return kept
+
+
+def identify_bodies(fake):
+    """The attributes of each identify the fake received, in order (v2 batch items)."""
+    return [item.get("attributes") for request in fake.store.requests
+            for item in request["body"].get("batch", [request["body"]])
+            if item.get("action") == "identify"]
+
+
+# collapse
 
 
 def test_consecutive_identifies_of_a_person_collapse_in_order():
@@ -29,33 +58,225 @@ def test_identifies_that_together_break_a_limit_are_not_collapsed():
     assert dedup.collapse([first, second]) == [first, second]
 
 
+def test_two_logins_drained_together_each_merge_their_own_visitor():
+    first = Identify("p", {"plan": "pro", "anonymous_id": "visitor-1"}, timestamp=100)
+    second = Identify("p", {"plan": "pro", "anonymous_id": "visitor-2"}, timestamp=100)
+    assert dedup.collapse([first, second]) == [first, second]
+
+
+def test_a_login_is_not_moved_before_its_visitor_s_events():
+    ops = [Identify("p", {"plan": "pro"}, timestamp=100),
+           AnonymousEvent("visitor-2", "viewed", {}),
+           Identify("p", {"anonymous_id": "visitor-2"}, timestamp=100)]
+    assert dedup.collapse(ops) == ops
+
+
+def test_a_merged_identify_carries_the_newest_timestamp_and_values():
+    older = Identify("p", {"plan": "free"}, timestamp=100)
+    newer = Identify("p", {"plan": "pro", "n": 1}, timestamp=105)
+    for ops in ([older, newer], [newer, older]):  # a late retry drained after a newer save
+        (merged,) = dedup.collapse(ops)
+        assert (merged.attributes, merged.timestamp) == ({"plan": "pro", "n": 1}, 105)
+
+
+def test_an_older_identify_s_own_attributes_are_not_sent_as_newer():
+    older = Identify("p", {"plan": "free", "x": 1}, timestamp=100)
+    newer = Identify("p", {"plan": "pro"}, timestamp=105)
+    assert dedup.collapse([older, newer]) == [older, newer]
+
+
+def test_two_logins_delivered_together_both_reach_customerio(cio_fake):
+    deliver(AnonymousEvent("visitor-1", "viewed", {}),
+            Identify("p", {"plan": "pro", "anonymous_id": "visitor-1"}, timestamp=100),
+            AnonymousEvent("visitor-2", "viewed", {}),
+            Identify("p", {"plan": "pro", "anonymous_id": "visitor-2"}, timestamp=100))
+    assert [body.get("anonymous_id") for body in identify_bodies(cio_fake)] == [
+        "visitor-1", "visitor-2"]
+    kinds = [(r["path"], r["body"].get("anonymous_id")) for r in cio_fake.store.requests]
+    assert kinds == [("/api/v1/events", "visitor-1"), ("/api/v2/batch", None),
+                     ("/api/v1/events", "visitor-2"), ("/api/v2/batch", None)]
+
+
+# per attribute
+
+
 def test_a_remembered_identify_is_dropped_and_a_changed_one_sent():
-    dedup.remember([Identify("a", {"plan": "pro", "n": 1})])
+    sent(Identify("a", {"plan": "pro", "n": 1}))
     same_other_order = Identify("a", {"n": 1, "plan": "pro"})
     changed = Identify("a", {"plan": "free", "n": 1})
     assert dedup.drop_seen([same_other_order]) == []
-    assert dedup.drop_seen([changed]) == [changed]
+    assert shape(dedup.drop_seen([changed])) == [("identify", "a", {"plan": "free"})]
+
+
+def test_a_resave_without_created_at_after_create_is_dropped():
+    sent(Identify("u", {"email": "u@example.com", "created_at": 1700000000}))
+    assert dedup.drop_seen([Identify("u", {"email": "u@example.com"})]) == []
+
+
+def test_only_changed_attributes_are_sent_with_the_identify_s_timestamp():
+    attributes = {f"a{n}": n for n in range(10)}
+    sent(Identify("u", attributes, timestamp=100))
+    (changed,) = dedup.drop_seen([Identify("u", {**attributes, "a3": "new"}, timestamp=101)])
+    assert (changed.attributes, changed.timestamp) == ({"a3": "new"}, 101)
+
+
+def test_an_identify_without_attributes_is_always_sent():
+    sent(Identify("u", {}))
+    empty = Identify("u", {})
+    assert dedup.drop_seen([empty]) == [empty]  # it creates the person
 
 
 def test_a_b_a_sends_the_third():
-    a, b = Identify("p", {"v": "a"}), Identify("p", {"v": "b"})
-    dedup.remember([a])
-    dedup.remember([b])
-    assert dedup.drop_seen([a]) == [a]
+    sent(Identify("p", {"v": "a"}, timestamp=100))
+    sent(Identify("p", {"v": "b"}, timestamp=101))
+    third = Identify("p", {"v": "a"}, timestamp=102)
+    assert dedup.drop_seen([third]) == [third]
+
+
+def test_a_b_in_flight_a_sends_the_last_a():
+    sent(Identify("p", {"v": "a"}, timestamp=100))
+    b = in_flight(Identify("p", {"v": "b"}, timestamp=101))  # sent, not answered yet
+    last_a = Identify("p", {"v": "a"}, timestamp=102)
+    assert dedup.drop_seen([last_a]) == [last_a]
+    dedup.forget([last_a])
+    dedup.remember(b)  # B's answer comes late: its claim is no longer there
+    dedup.remember([last_a])
+    assert dedup.drop_seen([Identify("p", {"v": "a"}, timestamp=103)]) == []
+    b_again = Identify("p", {"v": "b"}, timestamp=104)
+    assert dedup.drop_seen([b_again]) == [b_again]
+
+
+def test_a_b_in_flight_a_leaves_a_at_customerio(cio_fake):
+    deliver(Identify("p", {"v": "a"}, timestamp=100))
+    cio_fake.configure(latency_ms=1500)
+    slow = threading.Thread(target=deliver, args=(Identify("p", {"v": "b"}, timestamp=101),))
+    slow.start()
+    time.sleep(0.5)  # B is in flight
+    cio_fake.configure(latency_ms=0)
+    deliver(Identify("p", {"v": "a"}, timestamp=102))
+    slow.join()
+    assert cio_fake.store.people["p"] == {"v": "a"}
+    deliver(Identify("p", {"v": "a"}, timestamp=103))  # and memory says so
+    assert cio_fake.store.stats()["ops"] == {"identify": 3}
+
+
+def test_a_late_older_update_is_not_sent_over_a_newer_unchanged_one():
+    sent(Identify("p", {"v": "a"}, timestamp=100))
+    sent(Identify("p", {"v": "a"}, timestamp=102))  # unchanged: dropped, but it is newer
+    assert dedup.drop_seen([Identify("p", {"v": "b"}, timestamp=101)]) == []  # a late retry
+
+
+def test_updates_in_the_same_second_in_flight_together_are_not_remembered():
+    first = in_flight(Identify("p", {"v": "a"}, timestamp=100))
+    second = in_flight(Identify("p", {"v": "b"}, timestamp=100))  # another worker
+    dedup.remember(first)
+    dedup.remember(second)  # which one Customer.io kept depends on which arrived last
+    for value in ("a", "b"):
+        again = Identify("p", {"v": value}, timestamp=100)
+        assert dedup.drop_seen([again]) == [again]
+
+
+def test_an_identify_without_timestamp_is_sent_and_blocks_memory_meanwhile():
+    sent(Identify("p", {"v": "a"}, timestamp=100))
+    old = Identify("p", {"v": "a"}, timestamp=None)  # queued by an older version
+    assert dedup.drop_seen([old]) == [old]
+    newer = in_flight(Identify("p", {"v": "b"}, timestamp=200))
+    dedup.remember([old])
+    dedup.remember(newer)  # the old one may still land after it
+    again = Identify("p", {"v": "b"}, timestamp=201)
+    assert dedup.drop_seen([again]) == [again]
+
+
+def test_identifies_sent_without_dedup_are_claimed_and_remembered():
+    identify = Identify("p", {"v": "a"}, timestamp=100)
+    dedup.forget([identify])  # a backfill that opts out of drop_seen
+    dedup.remember([identify])
+    assert dedup.drop_seen([Identify("p", {"v": "a"}, timestamp=101)]) == []
+
+
+def test_an_older_update_sent_without_dedup_makes_the_attribute_unknown():
+    sent(Identify("p", {"v": "a"}, timestamp=100))
+    sent(Identify("p", {"v": "a"}, timestamp=102))
+    late = Identify("p", {"v": "b"}, timestamp=101)
+    dedup.forget([late])
+    dedup.remember([late])
+    again = Identify("p", {"v": "a"}, timestamp=103)
+    assert dedup.drop_seen([again]) == [again]
+
+
+def test_memory_older_than_the_ttl_counts_as_unknown(settings):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "DEDUP_TTL": 1}
+    sent(Identify("p", {"v": "a"}, timestamp=100))
+    sent(Identify("p", {"v": "a"}, timestamp=101))  # a hit: does not make it younger
+    time.sleep(2.1)
+    again = Identify("p", {"v": "a"}, timestamp=102)
+    assert dedup.drop_seen([again]) == [again]
+
+
+# forgetting
 
 
 @pytest.mark.parametrize("forgetting", [Delete("p"), Merge("q", "p")], ids=["delete", "merge"])
 def test_deleting_or_merging_forgets_the_person(forgetting):
     identify = Identify("p", {"v": 1})
-    dedup.remember([identify])
+    sent(identify)
     assert dedup.drop_seen([forgetting, identify]) == [forgetting, identify]  # same batch
-    dedup.remember([forgetting])
+    sent(forgetting)
     assert dedup.drop_seen([identify]) == [identify]  # later batches
+
+
+def test_an_identify_answered_while_the_person_is_deleted_is_not_remembered():
+    identify = in_flight(Identify("p", {"plan": "pro"}))
+    sent(Delete("p"))  # another worker; Customer.io applied the identify first
+    dedup.remember(identify)
+    recreate = Identify("p", {"plan": "pro"})
+    assert dedup.drop_seen([recreate]) == [recreate]
+
+
+def test_an_identify_in_flight_during_a_delete_does_not_hide_a_recreate(cio_fake, monkeypatch):
+    answered, deleted = threading.Event(), threading.Event()
+    remember = dedup.remember
+
+    def slow_remember(ops):
+        ops = list(ops)
+        if threading.current_thread() is slow:  # its 2xx came; recorded only now
+            answered.set()
+            deleted.wait(10)
+        remember(ops)
+
+    monkeypatch.setattr(dedup, "remember", slow_remember)
+    slow = threading.Thread(target=deliver, args=(Identify("p", {"plan": "pro"}),))
+    slow.start()
+    assert answered.wait(10)
+    deliver(Delete("p"))
+    deleted.set()
+    slow.join()
+    deliver(Identify("p", {"plan": "pro"}))  # the person signs up again
+    assert cio_fake.store.people["p"] == {"plan": "pro"}
+
+
+def test_a_person_is_forgotten_before_their_delete_is_sent(cio_fake, published):
+    identify = Identify("u1", {"plan": "pro"})
+    sent(identify)
+    cio_fake.fail_next(503)  # the delete itself fails and will be retried...
+    deliver(Delete("u1"))
+    assert dedup.drop_seen([identify]) == [identify]  # ...but u1 is no longer "there"
+
+
+def test_an_identify_sent_while_a_delete_is_in_flight_is_not_remembered():
+    delete = in_flight(Delete("p"))
+    sent(Identify("p", {"plan": "pro"}))
+    sent(*delete)
+    recreate = Identify("p", {"plan": "pro"})
+    assert dedup.drop_seen([recreate]) == [recreate]
+
+
+# the cache
 
 
 def test_ttl_zero_turns_dedup_off(settings):
     identify = Identify("p", {"v": 1})
-    dedup.remember([identify])
+    sent(identify)
     settings.CUSTOMERIO = {**settings.CUSTOMERIO, "DEDUP_TTL": 0}
     assert dedup.drop_seen([identify]) == [identify]
 
@@ -67,23 +288,39 @@ def test_a_cache_outage_means_sending(settings, private_redis, caplog):
     }}
     settings.CUSTOMERIO = {**settings.CUSTOMERIO, "CACHE": "dead"}
     identify = Identify("p", {"v": 1})
-    dedup.remember([identify])
+    sent(identify)
     private_redis.kill()
     assert dedup.drop_seen([identify]) == [identify]
     assert "dedup cache unavailable (ConnectionError)" in caplog.text
+    dedup.forget([identify])
+    dedup.remember([identify])  # nothing raises
 
 
-def test_keys_hold_no_person_ids():
-    dedup.remember([Identify("ada@example.com", {"v": 1})])
+def test_a_cache_that_is_not_redis_turns_dedup_off(settings, caplog, monkeypatch):
+    monkeypatch.setattr(dedup, "_warned_no_redis", False)
+    settings.CACHES = {**settings.CACHES, "local": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "CACHE": "local"}
+    identify = Identify("p", {"v": 1})
+    sent(identify)
+    assert dedup.drop_seen([identify]) == [identify]
+    assert "identify dedup needs a Redis cache" in caplog.text
+
+
+def test_keys_and_values_hold_no_person_data():
+    sent(Identify("ada@example.com", {"email": "ada@example.com", "plan": "pro"}))
     keys = caches["default"].keys("django_cio:identify:*")
     assert keys and not any("ada" in key for key in keys)
+    client = get_redis_connection("default")
+    stored = client.hgetall(caches["default"].make_key(keys[0]))
+    text = repr(stored)
+    assert len(stored) == 2 and not any(word in text for word in ("ada", "email", "pro"))
 
 
 def test_counters_count_hits_and_misses():
     before = dedup.counters()
     identify = Identify("p", {"v": 1})
-    dedup.drop_seen([identify])
-    dedup.remember([identify])
+    sent(identify)
     dedup.drop_seen([identify])
     after = dedup.counters()
     assert after["hits"] - before.get("hits", 0) == 1
@@ -111,23 +348,18 @@ def test_an_identify_customerio_did_not_take_is_not_remembered(cio_fake, publish
 
 def test_dedup_memory_is_per_workspace(settings):
     identify = Identify("u1", {"plan": "pro"})
-    dedup.remember([identify])
+    sent(identify)
     settings.CUSTOMERIO = {**settings.CUSTOMERIO, "SITE_ID": "another-workspace"}
     assert dedup.drop_seen([identify]) == [identify]
 
 
-def test_a_person_is_forgotten_before_their_delete_is_sent(cio_fake, published):
-    identify = Identify("u1", {"plan": "pro"})
-    dedup.remember([identify])
-    cio_fake.fail_next(503)  # the delete itself fails and will be retried...
-    deliver(Delete("u1"))
-    assert dedup.drop_seen([identify]) == [identify]  # ...but u1 is no longer "there"
-
-
 def test_an_identify_carrying_an_anonymous_id_is_always_sent_and_then_remembered():
-    plain = Identify("p", {"plan": "pro"})
+    sent(Identify("p", {"plan": "pro"}))
     login = Identify("p", {"plan": "pro", "anonymous_id": "visitor-1"})
-    dedup.remember([plain])
-    assert dedup.drop_seen([login]) == [login]  # it merges anonymous activity: always sent
-    dedup.remember([login])
-    assert dedup.drop_seen([plain]) == []  # Customer.io has these attributes
+    kept = dedup.drop_seen([login])  # it merges anonymous activity: always sent
+    assert shape(kept) == [("identify", "p", {"anonymous_id": "visitor-1"})]
+    dedup.forget(kept)
+    dedup.remember(kept)
+    login = Identify("p", {"plan": "pro", "email": "p@example.com", "anonymous_id": "visitor-1"})
+    sent(login)
+    assert dedup.drop_seen([Identify("p", {"plan": "pro", "email": "p@example.com"})]) == []
