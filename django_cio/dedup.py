@@ -50,6 +50,7 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.base import BaseCache
 
+from .caching import redis_client
 from .conf import get_settings
 from .exceptions import ValidationError
 from .operations import Identify, Merge, Operation
@@ -389,17 +390,9 @@ _warned_no_redis = False
 def _client() -> Any:
     """The cache's Redis client, or None (dedup off) when the cache is not Redis."""
     global _warned_no_redis
-    alias = get_settings().cache
-    backend = settings.CACHES.get(alias, {}).get("BACKEND", "")
-    try:
-        if backend.startswith("django_redis."):
-            from django_redis import get_redis_connection
-
-            return get_redis_connection(alias, write=True)
-        if backend == "django.core.cache.backends.redis.RedisCache":
-            return caches[alias]._cache.get_client(write=True)  # type: ignore[attr-defined]
-    except (NotImplementedError, ImportError, AttributeError):  # e.g. a sharded client
-        pass
+    client = redis_client(get_settings().cache)
+    if client is not None:
+        return client
     if not _warned_no_redis:
         _warned_no_redis = True
         logger.warning("customerio: identify dedup needs a Redis cache (CUSTOMERIO['CACHE']); "

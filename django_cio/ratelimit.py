@@ -32,6 +32,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from .caching import redis_client
 from .conf import CIOSettings, get_settings
 
 logger = logging.getLogger("django_cio")
@@ -202,7 +203,7 @@ def _client(cio: CIOSettings) -> redis.Redis | None:
     """``REDIS_URL``, else the cache's own client (its credentials, Sentinel, pool options),
     else a client for the cache's or the broker's URL."""
     if not cio.redis_url:
-        client = _cache_client(cio.cache)
+        client = redis_client(cio.cache)
         if client is not None:
             return client
     url = redis_url(cio)
@@ -216,23 +217,6 @@ def _client(cio: CIOSettings) -> redis.Redis | None:
     except ValueError:  # an odd URL: pause (as when Redis is down) rather than crash
         logger.warning("customerio: the rate limiter's Redis URL cannot be used")
         return redis.Redis(unix_socket_path="/dev/null/invalid-redis-url")  # fails at once
-
-
-def _cache_client(alias: str) -> redis.Redis | None:
-    """The Redis client of a django-redis or Django ``RedisCache`` cache, None for others."""
-    backend = settings.CACHES.get(alias, {}).get("BACKEND", "")
-    try:
-        if backend.startswith("django_redis."):
-            from django_redis import get_redis_connection
-
-            return get_redis_connection(alias, write=True)
-        if backend == "django.core.cache.backends.redis.RedisCache":
-            from django.core.cache import caches
-
-            return caches[alias]._cache.get_client(write=True)  # type: ignore[attr-defined]
-    except (NotImplementedError, ImportError, AttributeError):  # e.g. a sharded client
-        return None
-    return None
 
 
 def redis_url(cio: CIOSettings) -> str | None:
