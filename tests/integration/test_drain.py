@@ -1,14 +1,19 @@
 """A worker drains queued messages into few requests, on Redis and RabbitMQ."""
 
+import contextlib
 import os
 import signal
+import socket
 import time
 
+import kombu
 import pytest
 
-from django_cio import producer
+from django_cio import batching, producer
+from django_cio.conf import get_settings
 from django_cio.models import DeadLetter
 from django_cio.operations import Event
+from django_cio.tasks import deliver
 from tests.celery_app import BROKERS
 from tests.conftest import purge_queue, use_broker
 
@@ -71,3 +76,133 @@ def test_a_killed_worker_loses_none_of_the_messages_it_drained(
     worker_process(broker="rabbitmq")
     wait_for(lambda: len(cio_fake.store.events) == 200, timeout=60)
     assert {event["id"] for event in cio_fake.store.events} == {event.id for event in events}
+
+
+# RabbitMQ: the drain pipelines basic.get requests on its own connection. What it did not keep
+# must be ready in the queue when it returns, never left unacknowledged on its channel.
+
+
+@pytest.fixture
+def rabbit_queue(request):
+    """A classic queue of this test's own on RabbitMQ, that this process publishes to."""
+    name = f"{get_settings().queue}-drain"
+    use_broker(BROKERS["rabbitmq"])
+    with kombu.Connection(BROKERS["rabbitmq"]) as connection:
+        kombu.Queue(name, durable=True)(connection.default_channel).declare()
+        connection.default_channel.queue_purge(name)
+        yield name
+        batching._reconnect()
+        with contextlib.suppress(Exception):
+            connection.default_channel.queue_delete(name)
+    use_broker(BROKERS["redis"])
+
+
+def publish(queue: str, number: int, ops: int = 1) -> None:
+    events = [Event(f"p{number}", "viewed", {"n": number, "op": op}).to_dict()
+              for op in range(ops)]
+    deliver.apply_async((events,), queue=kombu.Queue(queue, no_declare=True),
+                        exchange="", routing_key=queue, producer=producer._producer())
+
+
+def ready(queue: str) -> int:
+    """Messages ready in ``queue`` (not those delivered and unacknowledged)."""
+    with kombu.Connection(BROKERS["rabbitmq"]) as connection:
+        return connection.default_channel.queue_declare(queue, passive=True).message_count
+
+
+def numbers(messages) -> list[int]:
+    return [message.ops[0]["data"]["n"] for message in messages]
+
+
+def assert_nothing_left_unacknowledged(queue: str, expected_ready: int) -> None:
+    """Closing the drain's connection returns whatever it still holds unacknowledged: the
+    ready count must not move."""
+    assert ready(queue) == expected_ready
+    batching._reconnect()
+    time.sleep(0.2)
+    assert ready(queue) == expected_ready
+
+
+def test_a_rabbitmq_drain_takes_max_messages_and_leaves_the_rest_ready(rabbit_queue):
+    for number in range(100):
+        publish(rabbit_queue, number)
+    drained = batching.drain(rabbit_queue, 37, 2000)
+    assert numbers(drained) == list(range(37))  # the head of the queue, in order
+    assert ready(rabbit_queue) == 63  # while the 37 are held, unacknowledged
+    batching.settle(drained)
+    assert_nothing_left_unacknowledged(rabbit_queue, 63)
+    drained = batching.drain(rabbit_queue, 500, 2000)  # the same connection, made again
+    assert numbers(drained) == list(range(37, 100))
+    batching.settle(drained)
+    assert_nothing_left_unacknowledged(rabbit_queue, 0)
+
+
+def test_a_rabbitmq_drain_stops_at_max_ops_and_hands_back_what_it_took_past_it(rabbit_queue):
+    publish(rabbit_queue, 0, ops=1)
+    publish(rabbit_queue, 1, ops=4)  # larger than the first: taken past max_ops with others
+    for number in range(2, 30):
+        publish(rabbit_queue, number)
+    drained = batching.drain(rabbit_queue, 500, 5)
+    assert numbers(drained) == [0, 1] and sum(len(message.ops) for message in drained) == 5
+    assert ready(rabbit_queue) == 28
+    batching.settle(drained)
+    assert_nothing_left_unacknowledged(rabbit_queue, 28)
+    rest = batching.drain(rabbit_queue, 500, 2000)
+    assert sorted(numbers(rest)) == list(range(2, 30))  # handed back copies, none lost
+    assert not any(batching._came_back(message.queued) for message in rest)
+    batching.settle(rest)
+    assert_nothing_left_unacknowledged(rabbit_queue, 0)
+
+
+def test_a_message_arriving_while_a_rabbitmq_drain_runs_is_taken_or_left_ready(
+        rabbit_queue, monkeypatch):
+    for number in range(20):
+        publish(rabbit_queue, number)
+    as_message = batching._as_message
+    arrived = []
+
+    def publish_meanwhile(queued):
+        if not arrived:  # mid-drain, with basic.get requests in flight
+            arrived.append(publish(rabbit_queue, 20))
+        return as_message(queued)
+
+    monkeypatch.setattr(batching, "_as_message", publish_meanwhile)
+    drained = batching.drain(rabbit_queue, 500, 2000)
+    assert arrived and numbers(drained)[:20] == list(range(20))
+    left = 21 - len(drained)
+    assert left in (0, 1)
+    batching.settle(drained)
+    assert_nothing_left_unacknowledged(rabbit_queue, left)
+
+
+def test_a_rabbitmq_drain_whose_connection_dies_midway_leaves_every_message_queued(
+        rabbit_queue, monkeypatch):
+    for number in range(50):
+        publish(rabbit_queue, number)
+    as_message = batching._as_message
+    seen = []
+
+    def die_midway(queued):
+        seen.append(queued)
+        if len(seen) == 15:  # the connection drops with messages taken and requests in flight
+            queued.channel.connection.transport.sock.shutdown(socket.SHUT_RDWR)
+        return as_message(queued)
+
+    monkeypatch.setattr(batching, "_as_message", die_midway)
+    with pytest.raises(OSError):  # whatever py-amqp raises for the dead socket
+        batching.drain(rabbit_queue, 500, 2000)
+    assert batching._local.connection is None  # dropped: the next drain connects again
+    wait_for_ready = time.monotonic() + 10
+    while ready(rabbit_queue) != 50 and time.monotonic() < wait_for_ready:
+        time.sleep(0.05)
+    assert ready(rabbit_queue) == 50
+    with kombu.Connection(BROKERS["rabbitmq"]) as connection:
+        bound = kombu.Queue(rabbit_queue, no_declare=True)(connection.default_channel)
+        back = [bound.get(accept={"json"}) for _ in range(50)]
+        assert bound.get() is None
+        # The ones the drain took come back redelivered: a drain hands those back to run alone.
+        assert sum(bool(queued.delivery_info["redelivered"]) for queued in back) >= 15
+        assert sorted(batching._as_message(queued).ops[0]["data"]["n"]
+                      for queued in back) == list(range(50))
+        for queued in back:
+            queued.ack()
