@@ -188,7 +188,9 @@ class RedisServer:
 class TCPProxy:
     """A loopback TCP proxy to ``127.0.0.1:target``. ``black_hole()`` makes it swallow
     everything both ways while every connection stays open: a link that went dark without a
-    FIN (a partition, a NAT or load balancer dropping the flow)."""
+    FIN (a partition, a NAT or load balancer dropping the flow). Otherwise it behaves like the
+    path to the server: a connection made while the server is down is refused (closed), and
+    one whose other end closed is closed."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -212,7 +214,12 @@ class TCPProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=1)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
             self.sockets += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
@@ -222,6 +229,10 @@ class TCPProxy:
             while data := source.recv(65536):
                 if not self.dark.is_set():
                     sink.sendall(data)
+        if not self.dark.is_set():  # a dark link stays open: no FIN
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture
