@@ -22,7 +22,8 @@ A delivery (``tasks.Delivery.send``) goes through four steps:
    or a newer time ("k" with a newer ts: Customer.io ignores an older update). An identify left
    with nothing to send costs no request; one carrying ``anonymous_id`` is always sent.
 3. ``forget`` marks people about to be deleted, suppressed or merged (memory wiped, "!" set), and
-   claims identifies that skipped step 2 (a backfill that opts out of dedup).
+   wipes the memory of people whose identifies skipped step 2 (a backfill that opts out of
+   dedup), so nothing remembered from before can hide a later change.
 4. After a 2xx, ``remember`` turns each claim into "k" only if its field still holds that claim
    (compare-and-set), and clears a person whose delete, suppress or merge went through.
 
@@ -68,6 +69,8 @@ _CLAIM_ATTR = "_dedup_claim"
 # Above any Unix time an identify may carry (operations caps them below 10**11): an identify
 # without a timestamp counts at Customer.io as sent "now", so it outranks every update.
 _NO_TIME = "99999999999999"
+# An identify sent unclaimed after its person's memory was wiped (see ``forget``).
+_WIPED = "wiped"
 
 # Memory entries: "<state> <ts> <value hash> <born> [<owner>]". Helpers shared by the scripts.
 _LUA_COMMON = """
@@ -82,8 +85,8 @@ local function entry(key, field)
 end
 """
 
-# KEYS: a person per identify. ARGV: ttl, owner, then per key: mode ("d" dedup, "c" claim
-# only: the op is sent whole, "n" no timestamp), ts, n, n x (field, value hash).
+# KEYS: a person per identify. ARGV: ttl, owner, then per key: mode ("d" dedup, "n" no
+# timestamp), ts, n, n x (field, value hash).
 # Returns {now, {indexes of the fields Customer.io has} per key}.
 _CLAIM = _LUA_COMMON + """
 local owner = ARGV[2]
@@ -105,16 +108,10 @@ for _, key in ipairs(KEYS) do
     elseif mode == 'n' then  -- its time is its arrival: nothing may be remembered meanwhile
       write = 'p ' .. tsraw .. ' - ' .. now .. ' -'
     elseif cur and cur.s == 'k' and (cur.vh == vh or cur.ts > ts) then
-      if mode == 'd' then  -- Customer.io has it, or something newer
-        seen[#seen + 1] = j
-        write = nil
-        if cur.vh == vh and ts > cur.ts then  -- same value, newer: its time moves up
-          write = 'k ' .. tsraw .. ' ' .. vh .. ' ' .. cur.born
-        end
-      elseif cur.vh == vh then
-        write = nil
-      else  -- an older value sent anyway: unknown until a newer one is remembered
-        write = 'p ' .. cur.tsraw .. ' ' .. vh .. ' ' .. now .. ' -'
+      seen[#seen + 1] = j  -- Customer.io has it, or something newer
+      write = nil
+      if cur.vh == vh and ts > cur.ts then  -- same value, newer: its time moves up
+        write = 'k ' .. tsraw .. ' ' .. vh .. ' ' .. cur.born
       end
     elseif cur and cur.s == 'p' then
       if cur.ts > ts then  -- a newer update in flight: ours is sent, theirs stays claimed
@@ -251,7 +248,7 @@ def drop_seen(ops: Sequence[Operation]) -> list[Operation]:
         if op.kind in _FORGETTING:
             forgotten.update(_people(op))
     try:
-        seen = _claim(todo, dedup=True)
+        seen = _claim(todo)
     except Exception as exc:  # a cache outage means sending, never "seen"
         logger.warning("customerio: dedup cache unavailable (%s); sending", type(exc).__name__)
         return list(ops)
@@ -263,7 +260,10 @@ def drop_seen(ops: Sequence[Operation]) -> list[Operation]:
 
 def forget(ops: Iterable[Operation]) -> None:
     """Before sending: wipe the people about to be deleted, suppressed or merged (an identify
-    in flight meanwhile is then not remembered), and claim identifies ``drop_seen`` did not."""
+    in flight meanwhile is then not remembered), and the memory of people whose identifies
+    ``drop_seen`` did not claim (a backfill that opts out of dedup: hashing and claiming a
+    million rows' attributes would cost more than the requests it saves), so that nothing
+    remembered from before can hide a later change."""
     if not get_settings().dedup_ttl:
         return
     ops = list(ops)
@@ -273,7 +273,7 @@ def forget(ops: Iterable[Operation]) -> None:
         if forgetting:
             _mark_forgetting(forgetting)
         if unclaimed:
-            _claim(unclaimed, dedup=False)
+            _wipe(unclaimed)
     except Exception as exc:  # then what memory holds expires within DEDUP_TTL
         logger.warning("customerio: dedup cache unavailable (%s)", type(exc).__name__)
 
@@ -289,6 +289,8 @@ def remember(sent: Iterable[Operation]) -> None:
     for op in sent:
         if isinstance(op, Identify):
             claim = getattr(op, _CLAIM_ATTR, None)
+            if claim is _WIPED:  # nothing to remember, nothing stale left
+                continue
             if claim is None:  # sent without a claim: what memory had may be stale
                 claim = _Claim(_key(op.person_id), "", "", fingerprint(op))
                 keys.append(claim.key)
@@ -329,10 +331,10 @@ def counters() -> dict[str, int]:
     return {"hits": int(values.get(HITS_KEY, 0)), "misses": int(values.get(MISSES_KEY, 0))}
 
 
-def _claim(identifies: list[Identify], dedup: bool) -> dict[int, Identify | None]:
-    """Claim the identifies' attributes. With ``dedup``, return id(op) -> the op without
-    the attributes Customer.io has (None when nothing is left to send). Raises on cache errors,
-    leaving the ops unclaimed."""
+def _claim(identifies: list[Identify]) -> dict[int, Identify | None]:
+    """Claim the identifies' attributes; return id(op) -> the op without the attributes
+    Customer.io has (None when nothing is left to send). Raises on cache errors, leaving the
+    ops unclaimed."""
     client = _client()
     if client is None:
         return {}
@@ -341,7 +343,7 @@ def _claim(identifies: list[Identify], dedup: bool) -> dict[int, Identify | None
                      else _NO_TIME, fingerprint(op)) for op in identifies]
     args: list[Any] = [_ttl(), owner]
     for op, claim in zip(identifies, claims, strict=True):
-        mode = "n" if op.timestamp is None else "d" if dedup else "c"
+        mode = "n" if op.timestamp is None else "d"
         args += [mode, claim.ts, len(claim.fields)]
         args += [item for pair in claim.fields.items() for item in pair]
     now, *seen = client.register_script(_CLAIM)(keys=[c.key for c in claims], args=args)
@@ -350,7 +352,7 @@ def _claim(identifies: list[Identify], dedup: bool) -> dict[int, Identify | None
         claim.born = str(now)
         if op.timestamp is None:  # never remembered: its time is its arrival
             claim.fields = {}
-        kept = _without(op, claim, set(indexes) if dedup else set())
+        kept = _without(op, claim, set(indexes))
         if kept is not None:
             object.__setattr__(kept, _CLAIM_ATTR, claim)
         result[id(op)] = kept
@@ -371,6 +373,18 @@ def _without(op: Identify, claim: _Claim, seen: set[int]) -> Identify | None:
     if not attributes:
         return None
     return Identify(op.person_id, attributes, timestamp=op.timestamp)
+
+
+def _wipe(identifies: list[Identify]) -> None:
+    """Drop what memory holds of these people, before their identifies are sent unclaimed."""
+    client = _client()
+    if client is None:
+        return
+    keys = list(dict.fromkeys(_key(op.person_id) for op in identifies))
+    for start in range(0, len(keys), 1000):
+        client.delete(*keys[start:start + 1000])
+    for op in identifies:
+        object.__setattr__(op, _CLAIM_ATTR, _WIPED)
 
 
 def _mark_forgetting(ops: list[Operation]) -> None:

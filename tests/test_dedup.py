@@ -187,11 +187,13 @@ def test_an_identify_without_timestamp_is_sent_and_blocks_memory_meanwhile():
     assert dedup.drop_seen([again]) == [again]
 
 
-def test_identifies_sent_without_dedup_are_claimed_and_remembered():
-    identify = Identify("p", {"v": "a"}, timestamp=100)
-    dedup.forget([identify])  # a backfill that opts out of drop_seen
-    dedup.remember([identify])
-    assert dedup.drop_seen([Identify("p", {"v": "a"}, timestamp=101)]) == []
+def test_identifies_sent_without_dedup_wipe_what_memory_held_of_the_person():
+    sent(Identify("p", {"v": "a"}, timestamp=100))
+    backfilled = Identify("p", {"v": "b"}, timestamp=101)
+    dedup.forget([backfilled])  # a backfill that opts out of drop_seen
+    dedup.remember([backfilled])
+    again = Identify("p", {"v": "a"}, timestamp=102)  # a change back: must be sent
+    assert dedup.drop_seen([again]) == [again]
 
 
 def test_an_older_update_sent_without_dedup_makes_the_attribute_unknown():
