@@ -16,11 +16,8 @@ from django.utils.module_loading import import_string
 
 from . import conf
 
-# Caches that live inside one process: identify dedup would only see its own process's sends.
-_PROCESS_LOCAL_CACHES = (
-    "django.core.cache.backends.locmem.LocMemCache",
-    "django.core.cache.backends.dummy.DummyCache",
-)
+# Caches identify dedup can keep its memory in (it needs Redis scripts).
+_REDIS_CACHES = ("django_redis.", "django.core.cache.backends.redis.RedisCache")
 
 
 @register(Tags.compatibility)
@@ -57,9 +54,11 @@ def _check_cache(cio: dict[str, Any]) -> list[CheckMessage]:
             f"CUSTOMERIO['CACHE'] names the cache alias {cio['CACHE']!r}, which is not in CACHES",
             id="django_cio.E006",
         )]
-    if cio["DEDUP_TTL"] and caches[cio["CACHE"]].get("BACKEND") in _PROCESS_LOCAL_CACHES:
+    if cio["DEDUP_TTL"] and not str(caches[cio["CACHE"]].get("BACKEND", "")).startswith(
+            _REDIS_CACHES):
         return [Warning(
-            f"The cache {cio['CACHE']!r} used for identify dedup is not shared between processes",
+            f"The cache {cio['CACHE']!r} is not a Redis cache: identify dedup is off, every "
+            "identify is sent",
             hint="Point CUSTOMERIO['CACHE'] at a Redis cache (django-redis), "
             "or set CUSTOMERIO['DEDUP_TTL'] = 0 to turn dedup off.",
             id="django_cio.W001",

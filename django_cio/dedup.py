@@ -314,6 +314,12 @@ def remember(sent: Iterable[Operation]) -> None:
         logger.warning("customerio: dedup cache unavailable (%s)", type(exc).__name__)
 
 
+def enabled() -> bool:
+    """Whether identify dedup is on: a ``DEDUP_TTL`` and a Redis cache to keep it in."""
+    cio = get_settings()
+    return bool(cio.dedup_ttl) and redis_client(cio.cache) is not None
+
+
 def fingerprint(op: Identify) -> dict[str, str]:
     """What memory holds of an identify: attribute field -> value hash (HMACs, key order does
     not matter). ``anonymous_id`` is left out: it ties past anonymous events to the person, it

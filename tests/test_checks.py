@@ -57,10 +57,11 @@ def test_unimportable_backend_is_E007():
     assert ids(**GOOD, BACKEND="django_cio.backends.pigeon.Backend") == ["django_cio.E007"]
 
 
-def test_process_local_dedup_cache_is_W001():
+def test_a_dedup_cache_that_is_not_redis_is_W001():
     with override_settings(CACHES=LOCMEM_CACHE, CUSTOMERIO=GOOD):
         (message,) = check_settings()
     assert isinstance(message, Warning) and message.id == "django_cio.W001"
+    assert "not a Redis cache" in message.msg
     with override_settings(CACHES=LOCMEM_CACHE, CUSTOMERIO={**GOOD, "DEDUP_TTL": 0}):
         assert check_settings() == []
 

