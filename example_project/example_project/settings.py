@@ -42,7 +42,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = os.environ.get("REDIS_URL")
 CACHES = {"default": (
     {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL} if REDIS_URL else
-    # Shared by the web and worker processes, so identify dedup works without a server.
+    # Shared by the web and worker processes (redelivery counts, refused credentials).
     {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
      "LOCATION": str(STATE_DIR / "cache")}
 )}
@@ -69,6 +69,8 @@ CUSTOMERIO = {
     "TRACK_URL": os.environ.get("CUSTOMERIO_TRACK_URL"),
     "REDIS_URL": REDIS_URL,
     "PAGE_VIEWS": True,
+    # Identify dedup keeps its memory in Redis (atomic scripts): off with the cache in files.
+    "DEDUP_TTL": 300 if REDIS_URL else 0,
 }
 
 for folder in (STATE_DIR, STATE_DIR / "broker", STATE_DIR / "cache"):
