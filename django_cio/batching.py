@@ -113,7 +113,8 @@ def drain(queue: str, max_messages: int, max_ops: int) -> list[Message]:
     taking = _Drain(_queue(queue), max_messages, max_ops)
     try:
         if _on_redis(taking.bound.channel):
-            while not taking.full() and taking.keep(_take(taking.bound, taking.next_take())):
+            while not taking.full() and taking.keep(_redis_take(taking.bound,
+                                                                taking.next_take())):
                 pass
         else:
             _amqp_drain(taking)
@@ -186,11 +187,6 @@ def _as_message(queued: Any) -> Message | None:
         return None
     failures = kwargs.get("failures", 0) if isinstance(kwargs, dict) else 0
     return Message.of(ops, failures, queued)
-
-
-def _take(bound: Any, limit: int) -> list[Any]:
-    """Up to ``limit`` messages from Redis, each recorded unacknowledged as it is taken."""
-    return _redis_take(bound, limit)
 
 
 def _amqp_drain(taking: _Drain) -> None:
@@ -392,6 +388,7 @@ def _redis_keys(channel: Any, queue: str) -> list[str]:
 
 
 def _redis_take(bound: Any, limit: int) -> list[Any]:
+    """Up to ``limit`` messages, each recorded unacknowledged as it is taken (one script)."""
     channel = bound.channel
     keys = _redis_keys(channel, bound.name)
     with channel.conn_or_acquire() as client:
