@@ -36,8 +36,9 @@ _REMEMBER_FOR = 7 * 24 * 3600
 
 def refusal(cio: CIOSettings | None = None) -> dict[str, Any] | None:
     """``{"status": 401, "since": unix time}`` if Customer.io refuses these credentials."""
+    cio = cio or get_settings()
     try:
-        return caches[(cio or get_settings()).cache].get(_key(cio or get_settings()))
+        return caches[cio.cache].get(_key(cio))
     except Exception:  # a cache outage must not stop delivery
         return None
 
