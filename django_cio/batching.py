@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from amqp import spec
 from kombu.serialization import prepare_accept_content
 from kombu.transport import virtual
 
+from .broker import redis as broker_redis
 from .operations import MAX_BATCH_BYTES, Json, Operation
 
 _ENVELOPE_BYTES = len(b'{"batch":[]}')
@@ -326,39 +326,7 @@ def _reconnect() -> None:
             connection.close()
 
 
-# Redis: kombu's emulation of acknowledgements keeps each unacknowledged message in the
-# ``unacked`` hash (delivery tag -> [payload, exchange, routing key]) and the ``unacked_index``
-# sorted set (delivery tag -> when taken); ``basic_ack`` removes both, ``basic_reject`` and the
-# visibility-timeout restore move the payload back to the queue. kombu's ``basic_get`` pops a
-# message and records it in a second round trip: a worker killed in between loses it. These
-# scripts make each step one atomic command on the server.
-
-# KEYS: unacked, unacked_index, the queue's lists in kombu's priority order.
-# ARGV: most messages, the time taken (kombu's clock: the client's).
-_TAKE = """
-local taken = {}
-local limit = tonumber(ARGV[1])
-for i = 3, #KEYS do
-  while #taken < limit do
-    local item = redis.call('RPOP', KEYS[i])
-    if not item then break end
-    local ok, payload = pcall(cjson.decode, item)
-    local props = ok and type(payload) == 'table' and payload['properties']
-    local tag = type(props) == 'table' and props['delivery_tag']
-    if type(tag) ~= 'string' then  -- not kombu's: left where it was, for kombu to deal with
-      redis.call('RPUSH', KEYS[i], item)
-      return taken
-    end
-    local info = props['delivery_info']
-    if type(info) ~= 'table' then info = {} end
-    redis.call('ZADD', KEYS[2], ARGV[2], tag)
-    redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'])
-               .. ',' .. cjson.encode(info['routing_key']) .. ']')
-    taken[#taken + 1] = item
-  end
-end
-return taken
-"""
+# Redis: ``broker.redis`` takes messages atomically; handing back is one script too.
 
 # KEYS: unacked, unacked_index, the queue's lists. ARGV: LPUSH (to the back) or RPUSH (to the
 # front), then (delivery tag, KEYS index of its list, payload) for each message. A message
@@ -380,20 +348,15 @@ def _on_redis(channel: Any) -> bool:
 
 
 def _redis_keys(channel: Any, queue: str) -> list[str]:
-    """unacked, unacked_index and the queue's lists, as ``_TAKE`` and ``_GIVE_BACK`` take
-    them (with kombu's global key prefix: EVAL is not among the commands kombu prefixes)."""
-    lists = dict.fromkeys(channel._q_for_pri(queue, step) for step in channel.priority_steps)
-    prefix = channel.global_keyprefix or ""
-    return [prefix + key for key in (channel.unacked_key, channel.unacked_index_key, *lists)]
+    """unacked, unacked_index and the queue's lists, as ``_GIVE_BACK`` takes them."""
+    lists = broker_redis.queue_lists(channel, [queue])
+    return broker_redis.prefixed(channel, [channel.unacked_key, channel.unacked_index_key, *lists])
 
 
 def _redis_take(bound: Any, limit: int) -> list[Any]:
     """Up to ``limit`` messages, each recorded unacknowledged as it is taken (one script)."""
     channel = bound.channel
-    keys = _redis_keys(channel, bound.name)
-    with channel.conn_or_acquire() as client:
-        items = client.eval(_TAKE, len(keys), *keys, limit, time.time())
-    return [_received(channel, item) for item in items]
+    return [_received(channel, item) for _, item in broker_redis.take(channel, [bound.name], limit)]
 
 
 def _received(channel: Any, item: bytes) -> Any:

@@ -58,6 +58,7 @@ def cio_fake(settings, fake: FakeTrackAPI) -> FakeTrackAPI:
 def use_broker(url: str) -> None:
     """Point the test Celery app (and this thread's django-cio producer) at ``url``."""
     app.conf.broker_url = url
+    app.conf.broker_transport = None  # an in-process worker chose one for the last broker
     if app._pool is not None:
         app._pool.force_close_all()
         app._pool = None

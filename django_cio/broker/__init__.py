@@ -1,0 +1,1 @@
+"""How django-cio's messages sit on the broker."""

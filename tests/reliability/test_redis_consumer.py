@@ -1,0 +1,97 @@
+"""A worker killed while kombu's Redis consumer holds a message it has popped but not yet
+recorded unacknowledged loses that message with kombu's own transport (the chaos test found
+it: a ``BRPOP`` reply waits unread while a worker has no room for it, e.g. after its ETA tasks
+fire). ``django_cio.broker.redis`` only waits on the queue and takes with a script."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+
+import kombu
+import pytest
+import redis
+
+from django_cio.broker.redis import TRANSPORT, consume_atomically
+
+QUEUE = "cio-consumer-test"
+
+# A consumer that starts kombu's wait for a message, then is killed before it reads the reply.
+WAITING_CONSUMER = """
+import sys, time, kombu
+connection = kombu.Connection(sys.argv[1], transport=sys.argv[2],
+                              transport_options={"brpop_timeout": 30})
+kombu.Consumer(connection.default_channel, [kombu.Queue(sys.argv[3])]).consume()
+connection.transport.cycle.on_poll_start()  # the worker's event loop: wait on free channels
+print("waiting", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_consumer_killed_with_a_reply_unread_loses_nothing(private_redis):
+    consumer = subprocess.Popen(
+        [sys.executable, "-c", WAITING_CONSUMER, private_redis.url, TRANSPORT, QUEUE],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert consumer.stdout.readline() == "waiting\n"
+        with kombu.Connection(private_redis.url, transport=TRANSPORT) as connection:
+            connection.SimpleQueue(QUEUE).put({"op": 1})
+            time.sleep(0.5)  # the server has answered the waiting consumer by now
+            consumer.kill()
+            consumer.wait()
+            message = connection.SimpleQueue(QUEUE).get(timeout=5)
+            assert message.payload == {"op": 1}
+            message.ack()
+    finally:
+        consumer.kill()
+        consumer.wait()
+
+
+def test_a_consumer_takes_from_every_queue_and_priority_and_acks(private_redis):
+    """Waiting on one list must not strand messages in the consumer's other queues or
+    priority lists; what is acknowledged is gone, what is taken is recorded for restore."""
+    with kombu.Connection(private_redis.url, transport=TRANSPORT) as connection:
+        first, second = kombu.Queue("first"), kombu.Queue("second", max_priority=9)
+        with connection.Producer() as producer:
+            producer.publish({"n": 1}, routing_key="second", declare=[first, second],
+                             priority=9)
+            producer.publish({"n": 2}, routing_key="first")
+        received = []
+        with connection.Consumer([first, second], callbacks=[
+                lambda body, message: received.append(message)]) as consumer:
+            consumer.qos(prefetch_count=2)
+            deadline = time.monotonic() + 5
+            while len(received) < 2 and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    connection.drain_events(timeout=0.5)
+            server = redis.Redis.from_url(private_redis.url)
+            assert sorted(m.payload["n"] for m in received) == [1, 2]
+            assert server.hlen("unacked") == 2  # recorded, for the visibility-timeout restore
+            for message in received:
+                message.ack()
+            assert server.hlen("unacked") == 0
+            assert server.llen("first") == 0
+
+
+class _Conf:
+    def __init__(self, url, transport=None):
+        self.broker_read_url, self.broker_transport = url, transport
+
+
+class _Sender:
+    def __init__(self, conf):
+        self.app = type("App", (), {"conf": conf})()
+
+
+@pytest.mark.parametrize(("url", "chosen", "expected"), [
+    ("redis://127.0.0.1:6379/0", None, TRANSPORT),
+    ("rediss://cache:6380/0;redis://other:6379/0", None, TRANSPORT),
+    ("amqp://guest@localhost//", None, None),
+    ("redis://127.0.0.1:6379/0", "redis", "redis"),  # the project's own choice stands
+])
+def test_workers_consume_redis_atomically_unless_told_otherwise(url, chosen, expected):
+    conf = _Conf(url, chosen)
+    consume_atomically(_Sender(conf))
+    assert conf.broker_transport == expected
