@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0.dev0"  # before the imports: the client's User-Agent reads it
-
+from ._version import __version__
+from .backends.locmem import outbox
 from .operations import (
     AddDevice,
     AnonymousEvent,
@@ -23,16 +23,12 @@ from .operations import (
     Event,
     Identify,
     Merge,
-    Operation,
     Page,
     Suppress,
     Unsuppress,
 )
 from .producer import batch, enqueue
 from .registry import Customer, identify_many, register, register_event
-
-# Ops recorded by the locmem backend, like ``django.core.mail.outbox``.
-outbox: list[Operation] = []
 
 
 def identify(person_id: str | int, /, **attributes: Any) -> None:

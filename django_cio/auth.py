@@ -19,10 +19,10 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out
 from django.dispatch import receiver
 from django.http import HttpRequest
 
-import django_cio
-
 from .conf import get_settings
 from .exceptions import ValidationError
+from .operations import Event, Identify
+from .producer import enqueue
 from .registry import attributes_for, person_id_for, registry
 
 logger = logging.getLogger("django_cio")
@@ -38,15 +38,15 @@ def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any)
             if tracker is not None and tracker.known_anonymous_id:
                 attributes["anonymous_id"] = tracker.known_anonymous_id
                 tracker.forget_anonymous_id = True
-            django_cio.identify(person, **attributes)
-            django_cio.track(person, "login", **_client(request))
+            enqueue(Identify(person, attributes))
+            enqueue(Event(person, "login", _client(request)))
 
 
 @receiver(user_logged_out, dispatch_uid="django_cio.auth.logout")
 def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
     if _tracked(user):
         with _never_failing("logout"):
-            django_cio.track(person_id_for(user), "logout", **_client(request))
+            enqueue(Event(person_id_for(user), "logout", _client(request)))
 
 
 def _tracked(user: Any) -> bool:

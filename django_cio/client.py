@@ -29,7 +29,8 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import __version__, metrics
+from . import metrics
+from ._version import __version__
 from .conf import REGION_URLS, CIOSettings, is_http_url
 from .exceptions import (
     ConfigurationError,

@@ -20,11 +20,9 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.functional import SimpleLazyObject, empty
 
-import django_cio
-
 from .conf import get_settings
 from .exceptions import ValidationError
-from .operations import AnonymousEvent
+from .operations import AnonymousEvent, Event, Identify, Page
 from .producer import batch, collect, enqueue, publish
 from .registry import person_id_for
 
@@ -71,9 +69,9 @@ class RequestTracker:
     def track(self, name: str, /, **data: Any) -> None:
         person = self.person_id
         if person is not None:
-            django_cio.track(person, name, **data)
+            enqueue(Event(person, name, data))
         else:
-            django_cio.track_anonymous(self.anonymous_id, name, **data)
+            enqueue(AnonymousEvent(self.anonymous_id, name, data))
 
     def page(self, url: str | None = None, /, **data: Any) -> None:
         # page(url=...) still names the page. Without a URL, the request's path, without the
@@ -81,7 +79,7 @@ class RequestTracker:
         url = url or data.pop("url", None) or self.request.build_absolute_uri(self.request.path)
         person = self.person_id
         if person is not None:
-            django_cio.page(person, url, **data)
+            enqueue(Page(person, url, data))
         else:
             enqueue(AnonymousEvent(self.anonymous_id, url, data, type="page"))
 
@@ -89,7 +87,7 @@ class RequestTracker:
         person = self.person_id
         if person is None:
             raise ValueError("request.cio.identify() needs a logged-in user")
-        django_cio.identify(person, **attributes)
+        enqueue(Identify(person, attributes))
 
 
 class CustomerIOMiddleware:

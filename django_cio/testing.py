@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-import django_cio
+from .backends.locmem import outbox
 
 LOCMEM_BACKEND = "django_cio.backends.locmem.LocMemBackend"
 
@@ -23,6 +23,6 @@ LOCMEM_BACKEND = "django_cio.backends.locmem.LocMemBackend"
 def cio_outbox(settings: Any) -> Iterator[list[Any]]:
     """The ops django-cio would have sent during the test (uses pytest-django's ``settings``)."""
     settings.CUSTOMERIO = {**getattr(settings, "CUSTOMERIO", {}), "BACKEND": LOCMEM_BACKEND}
-    django_cio.outbox.clear()
-    yield django_cio.outbox
-    django_cio.outbox.clear()
+    outbox.clear()
+    yield outbox
+    outbox.clear()

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import django_cio
-
 from ..operations import Operation
 from .base import BaseBackend
+
+# Ops recorded by the locmem backend, like ``django.core.mail.outbox`` (``django_cio.outbox``).
+outbox: list[Operation] = []
 
 
 class LocMemBackend(BaseBackend):
@@ -14,4 +15,4 @@ class LocMemBackend(BaseBackend):
     delivers_inline = True
 
     def handle(self, ops: Sequence[Operation]) -> None:
-        django_cio.outbox.extend(ops)
+        outbox.extend(ops)

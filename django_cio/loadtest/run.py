@@ -197,10 +197,11 @@ class LoadTest:
         """Before the ramp, a few requests of each path (first requests load code and open
         connections: not what is measured), and one event through broker and workers: they
         are up and deliver where they should, or the run stops here with a reason."""
-        import django_cio
+        from ..operations import Event
+        from ..producer import batch, enqueue
 
-        with django_cio.batch():
-            django_cio.track(self.warm_up_person, WARM_UP_EVENT)
+        with batch():
+            enqueue(Event(self.warm_up_person, WARM_UP_EVENT, {}))
         expected = 1 + self._warm_app(host)
         if self.fake is None:
             return  # a real Track API cannot be asked what arrived
@@ -299,13 +300,14 @@ class LoadTest:
             time.sleep(0.5)
 
     def _cleanup(self, persons: int) -> dict[str, Any]:
-        import django_cio
+        from ..operations import Delete
+        from ..producer import batch, enqueue
 
         ids = [f"{self.plan.prefix}{n:05d}" for n in range(persons)]
         ids.append(self.warm_up_person)
-        with django_cio.batch():
+        with batch():
             for person in ids:
-                django_cio.delete(person)
+                enqueue(Delete(person))
         self.say(f"Cleanup: {len(ids)} person(s) queued for deletion (django_cio.delete)")
         if self.fake is None:
             self._wait_for_empty_queue()
