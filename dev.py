@@ -4,8 +4,9 @@
     python3 dev.py demo    # the example end to end on an embedded default, no services needed
     python3 dev.py test    # the whole test suite (uses local PostgreSQL and Redis)
 
-and ``python3 dev.py lint`` (ruff, then mypy). Each creates ``.venv`` on first use and installs the
-package with its test extras into it, again only when ``pyproject.toml`` changes.
+and ``python3 dev.py lint`` (ruff, mypy, then import-linter's layers contract). Each creates
+``.venv`` on first use and installs the package with its test extras into it, again only when
+``pyproject.toml`` changes.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def main(argv: list[str]) -> int:
     commands = {
         "demo": lambda extra: run("example_project/manage.py", "demo", *extra),
         "test": lambda extra: run("-m", "pytest", *extra),
-        "lint": lambda extra: run("-m", "ruff", "check", ".", *extra) or run("-m", "mypy"),
+        "lint": lambda extra: (run("-m", "ruff", "check", ".", *extra) or run("-m", "mypy")
+                               or subprocess.run([str(BIN / "lint-imports")], cwd=ROOT)
+                               .returncode),
     }
     if not argv or argv[0] not in commands:
         print(__doc__)

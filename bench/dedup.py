@@ -47,8 +47,8 @@ def main() -> None:
         django.setup()
         from customerio import CustomerIO
 
+        from django_cio.delivery.engine import Delivery
         from django_cio.operations import Identify
-        from django_cio.tasks import Delivery
 
         people = [Identify(f"person-{n}", {"email": f"p{n}@example.com", "plan": "pro"})
                   for n in range(args.people)]

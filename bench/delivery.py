@@ -68,7 +68,7 @@ def main() -> None:
     from django.core.management import call_command
 
     from bench.celery_app import app
-    from django_cio import producer
+    from django_cio.broker import publish
     from django_cio.conf import parse_rate
     from django_cio.fakeserver import FakeTrackAPI
     from django_cio.operations import Event
@@ -86,7 +86,7 @@ def main() -> None:
         for number in range(messages):
             ops = [Event(f"person-{number}", "viewed_item", {"item": step, "price": 9.99})
                    .to_dict() for step in range(ops_each)]
-            producer.publish_to_broker(ops)
+            publish.publish_to_broker(ops)
         sends = workdir / "sends.log"  # bench/apps.py logs when each request leaves a worker
         workers = [_start_worker({**env, "CIO_BENCH_SEND_LOG": str(sends)}, args, number,
                                  workdir) for number in range(args.workers)]

@@ -50,7 +50,7 @@ def _process(url: str, site_id: str, limit: int, shared: bool, seconds: float,
     time.sleep(max(0.0, start_at - time.time()))
     number = 0
     while True:
-        if shared:  # as tasks.Delivery does: a slot woken up too late for is not used
+        if shared:  # as delivery.engine.Delivery does: a slot woken up too late for is not used
             limiter.acquire()
         else:
             time.sleep(max(0.0, limiter.reserve(float("inf"))))

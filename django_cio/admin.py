@@ -5,10 +5,12 @@ from collections import Counter
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from .models import BackfillRun, DeadLetter, DeadLetterQuerySet, Outbox
+from .delivery.dead_letters import replay
+from .models import BackfillRun, DeadLetter, Outbox
 from .operations import safe_label
 
 
@@ -40,8 +42,8 @@ class DeadLetterAdmin(admin.ModelAdmin):
         return format_html("<pre>{}</pre>", json.dumps(redacted(letter.op), indent=2))
 
     @admin.action(description="Replay: queue the selected operations again")
-    def replay(self, request: HttpRequest, queryset: DeadLetterQuerySet) -> None:
-        count = queryset.replay()
+    def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        count = replay(queryset)
         self.message_user(request, f"{count} operation(s) queued again.", messages.SUCCESS)
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

@@ -15,8 +15,6 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from django.contrib.auth.signals import user_logged_in, user_logged_out
-from django.dispatch import receiver
 from django.http import HttpRequest
 
 from .conf import get_settings
@@ -28,7 +26,6 @@ from .registry import attributes_for, person_id_for, registry
 logger = logging.getLogger("django_cio")
 
 
-@receiver(user_logged_in, dispatch_uid="django_cio.auth.login")
 def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
     if _tracked(user):
         with _never_failing("login"):
@@ -42,7 +39,6 @@ def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any)
             enqueue(Event(person, "login", _client(request)))
 
 
-@receiver(user_logged_out, dispatch_uid="django_cio.auth.logout")
 def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
     if _tracked(user):
         with _never_failing("logout"):

@@ -76,7 +76,7 @@ _VISIBILITY_MAX = 900
 def check_broker(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     from celery import current_app
 
-    from .tasks import MAX_COUNTDOWN
+    from .delivery.retry import MAX_COUNTDOWN
 
     url = str(current_app.conf.broker_url or "")
     if not url.startswith(("redis://", "rediss://", "sentinel://", "redis+socket://")):

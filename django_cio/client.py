@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("django_cio.requests")
 
 
-class _HidePersonPaths(logging.Filter):
+class HidePersonPaths(logging.Filter):
     """urllib3 logs each request's path at DEBUG, and a v1 path holds the person id (an email,
     maybe) and a device token: those of Track API paths are logged as ``<id>``, ``<token>``,
     wherever the path sits (behind a proxy prefix, in an absolute URL)."""
@@ -79,7 +79,8 @@ def _hide_ids(text: str) -> str:
     return _PERSON_PATH.sub(lambda m: m[1] + "<id>" + (m[2] + "<token>" if m[2] else ""), text)
 
 
-logging.getLogger("urllib3.connectionpool").addFilter(_HidePersonPaths())
+# Installed on urllib3's logger by ``AppConfig.ready``.
+HIDE_PERSON_PATHS = HidePersonPaths()
 
 _REASONS = {
     400: "bad request",

@@ -16,8 +16,6 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.core.signals import setting_changed
-from django.dispatch import receiver
 
 from .exceptions import ConfigurationError
 
@@ -215,7 +213,6 @@ def get_settings() -> CIOSettings:
     return CIOSettings(**{key.lower(): value for key, value in merged_settings().items()})
 
 
-@receiver(setting_changed)
-def _clear_cache(*, setting: str, **kwargs: Any) -> None:
+def clear_cache(*, setting: str, **kwargs: Any) -> None:
     if setting in ("CUSTOMERIO", "CACHES"):
         get_settings.cache_clear()

@@ -31,21 +31,6 @@ class Outbox(models.Model):
         return f"Outbox #{self.pk}: {len(self.ops)} op(s), due {self.not_before:%Y-%m-%d %H:%M:%S}"
 
 
-class DeadLetterQuerySet(models.QuerySet["DeadLetter"]):
-    def replay(self) -> int:
-        """Queue these ops again (with their original event ids) and delete the letters that
-        the broker (or, if it is down, the Outbox) took; return how many it took."""
-        from .producer import send_message, split
-
-        letters = {id(letter.op): letter for letter in self}
-        replayed = []
-        for chunk in split([letter.op for letter in letters.values()]):
-            if send_message(chunk, using=self.db):  # kept until the message is safe
-                replayed += [letters[id(op)].pk for op in chunk]
-        self.model.objects.using(self.db).filter(pk__in=replayed).delete()
-        return len(replayed)
-
-
 class DeadLetter(models.Model):
     """An operation Customer.io refused or that ran out of retries; ``cio_replay`` resends it."""
 
@@ -59,8 +44,6 @@ class DeadLetter(models.Model):
     attempts = models.PositiveIntegerField(default=1)
     first_failed_at = models.DateTimeField(default=timezone.now)
     last_failed_at = models.DateTimeField(default=timezone.now, db_index=True)
-
-    objects = DeadLetterQuerySet.as_manager()
 
     class Meta:
         ordering = ["-last_failed_at", "-id"]

@@ -16,27 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import threading
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
-from datetime import timedelta
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
-from django.utils import timezone
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from .backends import backend_class
+from .broker.outbox import send_message
+from .broker.publish import split
 from .conf import get_settings
-from .operations import Json, Operation, dumps
+from .operations import Operation
 
 logger = logging.getLogger("django_cio")
 
-# A message above this is split: brokers and Celery handle small messages best, and one
-# message per transaction should not grow without bound in a bulk job.
-MAX_MESSAGE_BYTES = 256 * 1024
-# Seconds the request may spend reaching the broker before it gives up and writes the Outbox.
-PUBLISH_TIMEOUT = 1.0
 
 
 class _Batch(list[Operation]):
@@ -50,7 +43,6 @@ class _Batch(list[Operation]):
 # Open batch() blocks, innermost last. A context variable, so that concurrent requests served
 # by one thread (async views) keep their own.
 _batch: ContextVar[tuple[_Batch, ...]] = ContextVar("django_cio_batch", default=())
-_local = threading.local()
 
 
 # -- where an op goes ---------------------------------------------------------------------
@@ -168,161 +160,11 @@ def _flush_first_at_commit(connection: Any) -> None:
 def publish(ops: Sequence[Operation], using: str = DEFAULT_DB_ALIAS) -> None:
     """Send ops to the broker in as few messages as fit; never raises."""
     if backend_class().delivers_inline:
-        from .tasks import Delivery
+        # Imported here: the engine loads the models, and the package root imports this
+        # module before Django has loaded its apps.
+        from .delivery.engine import Delivery
 
         Delivery([op.to_dict() for op in ops]).run()
         return
     for chunk in split([op.to_dict() for op in ops]):
         send_message(chunk, using=using)
-
-
-def split(ops: Sequence[Json], limit: int = MAX_MESSAGE_BYTES) -> Iterator[list[Json]]:
-    """Group op dicts into lists of at most ``limit`` encoded bytes (one op may exceed it)."""
-    chunk: list[Json] = []
-    size = 0
-    for op in ops:
-        op_size = len(dumps(op)) + 1
-        if chunk and size + op_size > limit:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(op)
-        size += op_size
-    if chunk:
-        yield chunk
-
-
-def send_message(
-    ops: list[Json], *, failures: int = 0, delay: float = 0, using: str = DEFAULT_DB_ALIAS
-) -> bool:
-    """Publish one ``deliver`` message, else park it in the Outbox; never raises (the request
-    path: neither the broker nor the database may fail the caller's request). Returns whether
-    the message is safe: on the broker or in the Outbox."""
-    try:
-        publish_to_broker(ops, failures=failures, countdown=delay)
-        return True
-    except Exception as exc:  # whatever the broker does, the caller must not see it
-        logger.warning(
-            "customerio: broker unavailable (%s); %d op(s) kept in the outbox",
-            type(exc).__name__, len(ops),
-        )
-        try:
-            park(ops, failures=failures, delay=delay, using=using)
-            return True
-        except Exception as db_error:  # only the type: a database error may quote the values
-            logger.error("customerio: broker and outbox both unavailable (%s); %d op(s) lost",
-                         type(db_error).__name__, len(ops))
-            return False
-
-
-def park(ops: list[Json], *, failures: int = 0, delay: float = 0,
-         using: str = DEFAULT_DB_ALIAS) -> None:
-    """Write a message to the Outbox, for the relay to publish after ``delay`` s. Raises on
-    database errors.
-
-    The row is committed at once whatever transactions are open: written inside one, a later
-    rollback there would take it away. So while the Outbox's database is inside an atomic
-    block, a thread of our own writes it on a connection of its own (not on SQLite, where that
-    connection would wait for the open transaction's lock).
-    """
-    from .models import Outbox
-
-    alias = using if router.allow_migrate_model(using, Outbox) else router.db_for_write(Outbox)
-
-    def write() -> None:
-        Outbox.objects.using(alias).create(
-            ops=ops, failures=failures, not_before=timezone.now() + timedelta(seconds=delay)
-        )
-
-    connection = connections[alias]
-    if connection.in_atomic_block and connection.vendor != "sqlite":
-        _in_own_thread(write)
-    else:
-        write()
-
-
-def _in_own_thread(function: Any) -> None:
-    """Run ``function`` on a thread of its own (so on database connections of its own, closed
-    after); raise what it raised."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            function()
-        except BaseException as exc:  # handed to the caller
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run, name="django-cio-park")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-
-
-def publish_to_broker(ops: list[Json], *, failures: int = 0, countdown: float = 0) -> None:
-    """One ``deliver`` message on this thread's broker connection. Raises on broker errors."""
-    from .tasks import deliver
-
-    publish_task(
-        deliver, (ops,), kwargs={"failures": failures} if failures else None,
-        countdown=countdown or None,
-        # Celery copies the arguments' repr into headers, events and Flower: no values.
-        argsrepr=f"[<{len(ops)} ops>]", kwargsrepr=f"{{'failures': {failures}}}",
-    )
-
-
-def publish_task(task: Any, args: tuple[Any, ...], **options: Any) -> None:
-    """``task`` on the delivery queue, by this thread's broker connection; returns once the
-    broker has it (RabbitMQ: confirmed; Redis: written). Short timeouts and no retry loop: a
-    caller that cannot wait has a fallback. Raises on broker errors."""
-    for attempt in (1, 2):
-        fresh = getattr(_local, "producer", None) is None or _local.pid != os.getpid()
-        try:
-            task.apply_async(args, queue=get_settings().queue, producer=_producer(),
-                             retry=False, timeout=PUBLISH_TIMEOUT,
-                             confirm_timeout=PUBLISH_TIMEOUT, **options)
-            return
-        except Exception:
-            _drop_producer()
-            # A connection that sat idle may have been dropped on the way (a NAT, a load
-            # balancer): one more try on a new one, but never twice on a new one.
-            if fresh or attempt == 2:
-                raise
-
-
-def _producer() -> Any:
-    """This thread's kombu producer, on a connection with short timeouts (made once)."""
-    if getattr(_local, "pid", None) != os.getpid() or _local.producer is None:
-        from .tasks import deliver
-
-        app = deliver.app
-        connection = app.connection_for_write(
-            connect_timeout=PUBLISH_TIMEOUT,
-            # No heartbeats: nothing in a web process would send them, and the broker would
-            # close the connection between requests. A dead link shows at the next publish.
-            heartbeat=0,
-            transport_options={
-                # Redis: bound each socket call.
-                "socket_timeout": PUBLISH_TIMEOUT,
-                "socket_connect_timeout": PUBLISH_TIMEOUT,
-                "max_retries": 0,
-                # RabbitMQ: a publish counts once the broker confirms it (publisher confirms);
-                # a link that went dark without a FIN fails within the timeout instead of
-                # swallowing messages into a socket buffer.
-                "confirm_publish": True,
-                "read_timeout": PUBLISH_TIMEOUT,
-                "write_timeout": PUBLISH_TIMEOUT,
-            },
-        )
-        _local.pid, _local.producer = os.getpid(), app.amqp.Producer(connection)
-    return _local.producer
-
-
-def _drop_producer() -> None:
-    producer = getattr(_local, "producer", None)
-    _local.producer = None
-    if producer is not None:
-        with contextlib.suppress(Exception):
-            # Without a goodbye to the broker: on a dead link that would wait for an answer.
-            producer.connection.collect()

@@ -209,9 +209,11 @@ def _on_delete(sender: type[models.Model], instance: Any, using: str | None = No
         _enqueue(lambda: Delete(customer.person_id(instance)), using)
 
 
-# post_save for every model: it costs nothing where nothing is registered. post_delete only for
-# registered models (and their proxies), because a listener turns off Django's fast deletes.
-post_save.connect(_on_save, dispatch_uid="django_cio.registry.save")
+def connect_signals() -> None:
+    """Called by ``AppConfig.ready``: post_save for every model (it costs nothing where nothing
+    is registered). post_delete only for registered models (and their proxies), at
+    registration, because a listener turns off Django's fast deletes."""
+    post_save.connect(_on_save, dispatch_uid="django_cio.registry.save")
 
 
 def _identify(instance: Any, created: bool, customer: Customer | None = None) -> Identify | None:

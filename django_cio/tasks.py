@@ -1,5 +1,7 @@
-"""Celery tasks: ``deliver`` sends a message's ops to Customer.io; ``relay_outbox`` publishes
-messages parked in the Outbox.
+"""Celery tasks, thin entry points like management commands: ``deliver`` sends a message's
+ops to Customer.io (``delivery.engine``); ``backfill_page`` continues an ``--async`` backfill;
+``relay_outbox`` publishes messages parked in the Outbox. Their names are fixed: messages
+already queued must keep running.
 
 Run a worker on the dedicated queue with one message in hand at a time::
 
@@ -7,128 +9,29 @@ Run a worker on the dedicated queue with one message in hand at a time::
 
 ``deliver`` acknowledges a message only once each op in it is sent, dead-lettered or handed to a
 new message for retry (``acks_late``), and a worker that dies mid-message leaves it to be
-redelivered (``reject_on_worker_lost``).
+redelivered (``reject_on_worker_lost``). No task acknowledges on a failure or a time limit.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import random
-import time
-import traceback
-from dataclasses import dataclass, field
 from typing import Any
 
 from celery import shared_task
-from celery.exceptions import Reject
-from django.core.cache import caches
-from django.db import router
 
-from . import credentials, dedup, metrics, producer
-from .backends import BaseBackend, backend_class, get_backend
-from .batching import MAX_FAILURES, Message, drain, pack, redelivered, settle
-from .conf import CIOSettings, get_settings
-from .exceptions import APIError, PermanentError, RateLimited, ValidationError
-from .models import DeadLetter
-from .operations import Identify, Json, Operation
-from .ratelimit import Throttled, get_limiter
-from .relay import relay
-from .signals import OpResult, post_send, pre_send
-
-logger = logging.getLogger("django_cio")
-
-# Waits longer than this are parked in the Outbox rather than held by the broker: a Redis
-# broker redelivers a countdown longer than its visibility timeout, and RabbitMQ closes a
-# channel that keeps a message unacknowledged past its consumer_timeout.
-MAX_COUNTDOWN = 60
-# A message whose worker died this many times (an op that crashes or starves the worker)
-# becomes dead letters instead of killing workers forever.
-MAX_DELIVERIES = 5
-_DELIVERIES_TTL = 24 * 3600
-# Most queued messages (and ops) a deliver task drains to send with its own: one request's
-# worth of small ops, taken in a few milliseconds.
-MAX_DRAINED_MESSAGES = 500
-MAX_DRAINED_OPS = 2000
-# Longest a worker sleeps for the shared rate limit before handing the ops back to the broker
-# (a backlog larger than this many seconds of the limit waits in the queue, not in workers).
-MAX_LIMITER_WAIT = 5
-# Longest a deliver task runs before it hands what is left to a new message: a Celery time
-# limit must never be what ends a delivery (a hard limit kills the process mid-request). A task
-# with a time limit of its own stops at 80% of it.
-MAX_DELIVERY_SECONDS = 60
+from .backfill import deliver_page
+from .broker.relay import relay
+from .conf import get_settings
+from .delivery.engine import deliver_message
+from .operations import Json
 
 
-# acks_on_failure_or_timeout=False: a message whose task hit a time limit or failed is never
-# acknowledged as if its ops were delivered (Celery's default for acks_late tasks).
 @shared_task(
     name="django_cio.tasks.deliver", bind=True, acks_late=True, reject_on_worker_lost=True,
     acks_on_failure_or_timeout=False, ignore_result=True, max_retries=None,
 )
 def deliver(self: Any, ops: list[Json], failures: int = 0) -> None:
     """Send ``ops`` (``Operation.to_dict()`` output); ``failures`` counts earlier attempts."""
-    own = Message.of(ops, failures)
-    came_back = redelivered(self.request)
-    drained: list[Message] = []
-    try:
-        if came_back and _too_many_deliveries(self.request.id):
-            _dead_letters([(raw, "worker lost too often", None) for raw in own.ops],
-                          own.failures + 1)
-            return
-        if not came_back:  # back from a lost worker: it goes alone, counted alone
-            drained = _drain()
-        deliver_messages([own, *drained], deadline=time.monotonic() + _time_budget(self))
-    except Exception as exc:  # nothing is acknowledged that is not safe
-        logger.error("customerio: delivery failed (%s); messages requeued", type(exc).__name__)
-        for message in (own, *drained):
-            message.error = Reject(type(exc).__name__, requeue=True)
-    finally:
-        settle(drained)
-    if own.error is not None:
-        raise own.error
-
-
-def _drain() -> list[Message]:
-    if backend_class().delivers_inline:
-        return []
-    try:
-        return drain(get_settings().queue, MAX_DRAINED_MESSAGES, MAX_DRAINED_OPS)
-    except Exception as exc:  # the task's own message still goes out
-        logger.warning("customerio: cannot drain the queue (%s)", type(exc).__name__)
-        return []
-
-
-def _time_budget(task: Any) -> float:
-    """Seconds a delivery may take: MAX_DELIVERY_SECONDS, or less under a Celery time limit
-    (the message's own, the task's, or the app's; the soft one when there is one)."""
-    hard, soft = task.request.timelimit or (None, None)
-    conf = task.app.conf
-    limit = (soft or task.soft_time_limit or conf.task_soft_time_limit
-             or hard or task.time_limit or conf.task_time_limit)
-    return min(MAX_DELIVERY_SECONDS, 0.8 * limit) if limit else MAX_DELIVERY_SECONDS
-
-
-def deliver_messages(messages: list[Message], deadline: float = float("inf")) -> None:
-    """Deliver the ops of several messages together (one Delivery per failure count)."""
-    groups: dict[int, list[Message]] = {}
-    for message in messages:
-        groups.setdefault(message.failures, []).append(message)
-    for failures, group in groups.items():
-        delivery = Delivery([op for message in group for op in message.ops], failures,
-                            deadline=deadline)
-        try:
-            delivery.run()
-        except Exception as exc:
-            # A bug, or the database down (dead letters): try again later like a transient
-            # error. Only the type is logged: a database error's text may quote the values.
-            logger.error("customerio: delivery crashed (%s); retrying", type(exc).__name__)
-            logger.debug("customerio: delivery crash (%s) at\n%s", type(exc).__name__,
-                         "".join(traceback.format_tb(exc.__traceback__)))
-            try:
-                _retry_after_crash(delivery.unsent(), failures, type(exc).__name__)
-            except Reject as reject:
-                for message in group:
-                    message.error = reject
+    deliver_message(self, ops, failures)
 
 
 @shared_task(name="django_cio.tasks.backfill_page", bind=True, acks_late=True,
@@ -137,33 +40,7 @@ def deliver_messages(messages: list[Message], deadline: float = float("inf")) ->
 def backfill_page(self: Any, run_id: int, index: int, failures: int = 0) -> None:
     """The next page of range ``index`` of a ``cio_backfill --async`` run, then the next one
     (as a new message, so no worker is held for a whole range)."""
-    from .backfill import send_range_page
-    from .models import BackfillRun
-
-    def give_up() -> None:
-        BackfillRun.objects.filter(pk=run_id).update(status=BackfillRun.FAILED)
-        logger.error("customerio: backfill #%s failed; continue with: manage.py "
-                     "cio_backfill --resume %s", run_id, run_id)
-
-    cio = get_settings()
-    if redelivered(self.request) and _too_many_deliveries(self.request.id):
-        give_up()  # a page that kills its worker
-        return
-    try:
-        again = send_range_page(run_id, index, failures)
-    except Exception as exc:  # the database down, a bug: the page again, later
-        logger.error("customerio: backfill #%s page failed (%s)", run_id, type(exc).__name__)
-        if failures + 1 > cio.max_retries:
-            give_up()
-            return
-        again = (failures + 1, min(backoff(failures + 1, cio), MAX_COUNTDOWN))
-    if again is None:
-        return
-    try:
-        producer.publish_task(self, (run_id, index, again[0]),
-                              countdown=min(again[1], MAX_COUNTDOWN) or None)
-    except Exception as exc:  # the broker down: this message again, later; nothing is lost
-        raise Reject(type(exc).__name__, requeue=True) from None
+    deliver_page(self.request, run_id, index, failures)
 
 
 @shared_task(name="django_cio.tasks.relay_outbox", ignore_result=True)
@@ -184,227 +61,3 @@ def beat_schedule(every: float = 5.0) -> dict[str, Json]:
             "options": {"queue": get_settings().queue, "expires": every},
         }
     }
-
-
-@dataclass
-class Delivery:
-    """One message's ops on their way out, and what became of each."""
-
-    raw: list[Json]
-    failures: int = 0
-    dedup: bool = True  # drop identifies Customer.io already has (backfills may opt out)
-    limiter: Any = None  # default: the workspace's shared limiter
-    hold_retries: bool = False  # keep retries for the caller (a backfill waits and resends)
-    retry: tuple[int, float] | None = None  # held retry: (failure count, seconds to wait)
-    throttled_for: float | None = None  # the limiter had no slot for this long
-    deadline: float = float("inf")  # time.monotonic() by which the rest is handed over
-    ops: list[Operation] | None = None  # parsed (or given), as pre_send left them
-    results: list[OpResult] = field(default_factory=list)
-    pending: list[Operation] = field(default_factory=list)
-    error: APIError | None = None
-
-    def run(self) -> None:
-        cio, backend = get_settings(), get_backend()
-        if self.ops is None:  # a backfill hands over ops it has just built and validated
-            self.ops = self.parse()
-        pre_send.send(sender=type(backend), ops=self.ops)
-        self.send(backend, self.ops, cio)
-        if self.pending:
-            self.retry_later(cio)
-        failed = [result for result in self.results if result.status == "failed"]
-        _dead_letters([(r.op.to_dict(), r.reason, r.http_status) for r in failed],
-                      self.failures + 1)
-        metrics.results(self.results)
-        for _, response in post_send.send_robust(sender=type(backend), results=self.results):
-            if isinstance(response, Exception):  # delivered is delivered: log, carry on
-                logger.error("customerio: a post_send receiver raised %s",
-                             type(response).__name__)
-
-    def unsent(self) -> list[Json]:
-        """The ops not sent yet, for a retry after a crash (sent ones are not sent again)."""
-        if self.ops is None:
-            return self.raw
-        done = {id(result.op) for result in self.results if result.status in ("sent", "retrying")}
-        return [op.to_dict() for op in self.ops if id(op) not in done]
-
-    def parse(self) -> list[Operation]:
-        """The ops of the message; a malformed one becomes a dead letter, not a crash loop."""
-        ops = []
-        for raw in self.raw:
-            try:
-                ops.append(Operation.from_dict(raw))
-            except ValidationError as exc:
-                _dead_letters([(raw, f"malformed: {exc}", None)], self.failures + 1)
-        return ops
-
-    def send(self, backend: BaseBackend, ops: list[Operation], cio: CIOSettings) -> None:
-        limiter, refusal = None, None
-        if not backend.delivers_inline:  # what leaves the process: one limit, no repeats
-            refusal = credentials.refusal(cio)
-            if refusal and not credentials.may_probe(cio):  # keep them until the key works
-                self.error = PermanentError("credentials refused", status=refusal["status"],
-                                            kind="operation", count=len(ops))
-                self.pending = list(ops)
-                return
-            limiter = self.limiter or get_limiter()
-            fresh = dedup.collapse(ops)
-            if self.dedup:
-                fresh = dedup.drop_seen(fresh)
-            kept = {id(op) for op in fresh}
-            self.results += [OpResult(op, "skipped") for op in ops
-                             if id(op) not in kept and isinstance(op, Identify)]
-            ops = fresh
-            dedup.forget(ops)
-        requests = list(pack(ops, batch=cio.batch))
-        for number, request in enumerate(requests):
-            left = self.deadline - time.monotonic()
-            if number and left < cio.timeout:  # a request now could outlast the task's time
-                self.throttled_for = 0.0
-                self.pending = [op for later in requests[number:] for op in later.ops]
-                break
-            if limiter is not None:
-                try:
-                    limiter.acquire(max_wait=max(0.0, min(MAX_LIMITER_WAIT, left - cio.timeout)))
-                except Throttled as throttled:  # our own limit: come back when it has room
-                    self.throttled_for = throttled.wait
-                    self.pending = [op for later in requests[number:] for op in later.ops]
-                    break
-            try:
-                if request.batch:
-                    refused = backend.send_batch(request.ops)
-                else:
-                    backend.send_one(request.ops[0])
-                    refused = []
-            except PermanentError as exc:
-                if exc.status in credentials.REFUSING_STATUSES:  # the key, not these ops
-                    credentials.refused(cio, exc.status)
-                    self.error = exc
-                    self.pending = [op for later in requests[number:] for op in later.ops]
-                    break
-                self.results += [OpResult(op, "failed", exc.reason, exc.status)
-                                 for op in request.ops]
-                continue
-            except ValidationError as exc:
-                self.results += [OpResult(op, "failed", f"invalid: {exc}") for op in request.ops]
-                continue
-            except APIError as exc:  # transient: stop hammering, retry what is left later
-                self.error = exc
-                self.pending = [op for later in requests[number:] for op in later.ops]
-                break
-            if refusal:  # this delivery's probe got through
-                credentials.accepted(cio)
-                refusal = None
-            bad = {error.index: error for error in refused}
-            for index, op in enumerate(request.ops):
-                if index in bad:
-                    where = f" ({bad[index].field})" if bad[index].field else ""
-                    self.results.append(OpResult(op, "failed", bad[index].reason + where, 207))
-                else:
-                    self.results.append(OpResult(op, "sent"))
-            if limiter is not None:  # at once: the longer we wait, the staler it is
-                dedup.remember(op for index, op in enumerate(request.ops) if index not in bad)
-
-    def retry_later(self, cio: CIOSettings) -> None:
-        # Each branch marks the ops "retrying" only once they are handed over: a crash before
-        # that retries them as unsent.
-        error = self.error
-        if error is None:  # only our own limiter held them back
-            self.hand_over(self.failures, min(self.throttled_for or 0, cio.retry_after_max))
-            self.results += [OpResult(op, "retrying", "throttled") for op in self.pending]
-            return
-        if isinstance(error, RateLimited):
-            # Being told to slow down is not a failure of these ops: keep the retry budget.
-            failures = self.failures
-            wait = error.retry_after if error.retry_after is not None else backoff(1, cio)
-            wait = min(wait, cio.retry_after_max)
-        elif isinstance(error, PermanentError):  # credentials refused: nor is a bad key
-            failures, wait = self.failures, credentials.HOLD_FOR
-        else:
-            failures = self.failures + 1
-            if failures > cio.max_retries:
-                self.results += [OpResult(op, "failed", error.reason, error.status)
-                                 for op in self.pending]
-                return
-            wait = backoff(failures, cio)
-        self.hand_over(failures, wait)
-        self.results += [OpResult(op, "retrying", error.reason, error.status)
-                         for op in self.pending]
-
-    def hand_over(self, failures: int, wait: float) -> None:
-        if self.hold_retries:
-            self.retry = (failures, wait)
-        else:  # same event ids: repeats are dropped
-            schedule([op.to_dict() for op in self.pending], failures, wait)
-
-
-def schedule(ops: list[Json], failures: int, wait: float) -> None:
-    """A retry: on the broker with a countdown, or parked in the Outbox when the wait is long
-    or the broker is down. Raises if neither takes it, so the message is not acknowledged."""
-    if wait <= MAX_COUNTDOWN:
-        try:
-            producer.publish_to_broker(ops, failures=failures, countdown=wait)
-            return
-        except Exception as exc:  # the Outbox below takes it
-            logger.warning("customerio: broker unavailable for a retry (%s)", type(exc).__name__)
-    producer.park(ops, failures=failures, delay=wait)
-
-
-def backoff(failures: int, cio: CIOSettings) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, 2 ** failures)] seconds."""
-    return random.uniform(0, min(cio.retry_backoff_max, 2.0 ** failures))
-
-
-def _dead_letters(failed: list[tuple[Json, str, int | None]], attempts: int) -> None:
-    if not failed:
-        return
-    stored = [(_storable(op), reason, status) for op, reason, status in failed]
-    alias = router.db_for_write(DeadLetter)
-    DeadLetter.objects.using(alias).bulk_create(
-        DeadLetter.for_op(op, reason=reason[:200], status=status,
-                          attempts=min(attempts, MAX_FAILURES))
-        for op, reason, status in stored
-    )
-    metrics.dead_letters(op.get("kind") for op, _, _ in stored)
-    logger.warning("customerio: %d op(s) dead-lettered (%s)", len(failed),
-                   ", ".join(sorted({reason for _, reason, _ in failed}))[:200])
-
-
-def _storable(raw: Any) -> Json:
-    """An op in a form a dead letter can keep: a mapping, and JSON columns refuse NaN,
-    infinity, NUL characters and lone surrogates, so an op holding one is kept as its
-    ``ascii()`` text."""
-    try:
-        text = json.dumps(raw, ensure_ascii=False, allow_nan=False)
-        text.encode()
-    except (TypeError, ValueError):  # not JSON, NaN or infinity, a lone surrogate
-        return {"raw": ascii(raw)}
-    if "\\u0000" in text:
-        return {"raw": ascii(raw)}
-    return raw if isinstance(raw, dict) else {"raw": raw}
-
-
-def _retry_after_crash(ops: list[Json], failures: int, error: str) -> None:
-    if not ops:
-        return
-    cio = get_settings()
-    try:
-        if failures + 1 > cio.max_retries:
-            _dead_letters([(raw, f"crashed ({error})", None) for raw in ops], failures + 1)
-        else:
-            # Straight to the broker: the Outbox may be what is down.
-            producer.publish_to_broker(ops, failures=failures + 1,
-                                       countdown=min(backoff(failures + 1, cio), MAX_COUNTDOWN))
-    except Exception:
-        # Nowhere to put it: give the message back to the broker rather than lose it.
-        raise Reject(error, requeue=True) from None
-
-
-def _too_many_deliveries(task_id: str) -> bool:
-    """Count redeliveries of a message in the cache; if the cache is down, deliver anyway."""
-    try:
-        cache = caches[get_settings().cache]
-        key = f"django_cio:deliveries:{task_id}"
-        cache.add(key, 0, _DELIVERIES_TTL)
-        return cache.incr(key) >= MAX_DELIVERIES
-    except Exception:  # a cache outage must not stop delivery
-        return False

@@ -15,7 +15,7 @@ from celery.contrib.testing.worker import start_worker
 from celery.signals import after_task_publish
 from django.core.cache import caches
 
-from django_cio import producer
+from django_cio.broker import publish
 from django_cio.client import TrackClient
 from django_cio.conf import get_settings
 from django_cio.fakeserver import FakeTrackAPI
@@ -63,7 +63,7 @@ def use_broker(url: str) -> None:
         app._pool.force_close_all()
         app._pool = None
     app.amqp._producer_pool = None
-    producer._drop_producer()
+    publish._drop_producer()
 
 
 def purge_queue() -> None:

@@ -16,8 +16,8 @@ from django.core.management.base import CommandError
 import django_cio
 from bench.common import busiest_second
 from django_cio import backfill
+from django_cio.broker.publish import BACKFILL_PAGE, publish_task
 from django_cio.models import BackfillRun, DeadLetter
-from django_cio.producer import publish_task
 from django_cio.registry import registry
 from tests.conftest import ROOT, _test_database_url
 
@@ -247,7 +247,7 @@ def test_resume_leaves_a_live_run_alone_and_takes_over_a_dead_one(users):
 
 
 def test_stop_from_elsewhere_stops_a_running_backfill(users, monkeypatch):
-    monkeypatch.setattr(backfill, "HEARTBEAT", 0.05)
+    monkeypatch.setattr(backfill.job, "HEARTBEAT", 0.05)
     users.configure(latency_ms=100)
     run = backfill.start("auth.User", {}, batch_size=500)
     job = backfill.Backfill(run)
@@ -278,14 +278,12 @@ def test_async_sends_every_row_through_the_workers_in_ranges(users, worker, wait
 
 def test_async_copies_of_a_task_end_as_one_chain_and_a_stopped_run_resumes(users, worker,
                                                                            wait_for):
-    from django_cio.tasks import backfill_page
-
     users.configure(latency_ms=20)
     run = backfill.start("auth.User", {}, batch_size=1_000)
-    run.ranges = backfill.split(run, 2)
+    run.ranges = backfill.ranges(run, 2)
     run.save()
     for index in (0, 0, 1):  # a redelivered copy of range 0
-        publish_task(backfill_page, (run.pk, index))
+        publish_task(BACKFILL_PAGE, (run.pk, index))
     wait_for(lambda: BackfillRun.objects.get(pk=run.pk).sent >= 4_000, timeout=60)
     call_command("cio_backfill", "--stop", str(run.pk))
     time.sleep(0.5)  # the pages in flight

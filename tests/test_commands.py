@@ -7,7 +7,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError
 
-from django_cio import producer
+from django_cio.broker import outbox
 from django_cio.models import DeadLetter, Outbox
 from django_cio.operations import Event, Identify
 
@@ -61,7 +61,7 @@ def test_replay_keeps_the_letters_nothing_took(letters, dead_broker, monkeypatch
     def outbox_down(*args, **kwargs):
         raise DatabaseError("outbox unavailable")
 
-    monkeypatch.setattr(producer, "park", outbox_down)
+    monkeypatch.setattr(outbox, "park", outbox_down)
     with pytest.raises(CommandError, match="Replayed 0 of 3"):
         call_command("cio_replay", "--all")
     assert DeadLetter.objects.count() == 3

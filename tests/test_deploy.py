@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from django_cio.conf import DEFAULTS
-from django_cio.tasks import MAX_COUNTDOWN
+from django_cio.delivery.retry import MAX_COUNTDOWN
 
 K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
 QUEUE = DEFAULTS["QUEUE"]

@@ -7,7 +7,7 @@ import pytest
 from django.db import connection, connections
 from django.utils import timezone
 
-from django_cio import relay
+from django_cio.broker import relay
 from django_cio.models import Outbox
 from django_cio.operations import Identify
 from django_cio.tasks import relay_outbox

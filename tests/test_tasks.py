@@ -13,6 +13,7 @@ import pytest
 from django.dispatch import receiver
 
 from django_cio import ratelimit, tasks
+from django_cio.delivery import dead_letters, retry
 from django_cio.models import DeadLetter, Outbox
 from django_cio.operations import AnonymousEvent, Event, Identify
 from django_cio.signals import post_send, pre_send
@@ -154,9 +155,9 @@ def test_pre_send_receivers_may_drop_and_change_ops_and_post_send_reports_each(c
 
 def test_a_message_redelivered_too_often_is_recognised():
     task_id = str(uuid.uuid4())
-    assert [tasks._too_many_deliveries(task_id) for _ in range(tasks.MAX_DELIVERIES)] == [
+    assert [retry.too_many_deliveries(task_id) for _ in range(retry.MAX_DELIVERIES)] == [
         False
-    ] * (tasks.MAX_DELIVERIES - 1) + [True]
+    ] * (retry.MAX_DELIVERIES - 1) + [True]
 
 
 def test_backoff_is_full_jitter_under_the_cap(settings):
@@ -164,7 +165,7 @@ def test_backoff_is_full_jitter_under_the_cap(settings):
 
     settings.CUSTOMERIO = {**settings.CUSTOMERIO, "RETRY_BACKOFF_MAX": 10}
     cio = get_settings()
-    waits = [tasks.backoff(failures, cio) for failures in range(1, 12) for _ in range(50)]
+    waits = [retry.backoff(failures, cio) for failures in range(1, 12) for _ in range(50)]
     assert min(waits) >= 0 and max(waits) <= 10
     assert max(waits) > 5  # not stuck low
 
@@ -247,7 +248,7 @@ def test_ops_the_shared_limit_has_no_room_for_go_back_without_using_the_budget(
 def test_dead_letters_keep_any_op_and_any_attempt_count():
     """The paths that dead-letter raw ops (a worker lost too often, a crash out of retries) may
     hold what a JSON column refuses: they must not loop on a database error."""
-    tasks._dead_letters([("not an op", "lost", None),
+    dead_letters.store([("not an op", "lost", None),
                          ({"kind": "identify", "person_id": "a\x00"}, "lost", None)], 2**40)
     stored = list(DeadLetter.objects.order_by("id"))
     assert [letter.op for letter in stored] == [
@@ -255,18 +256,16 @@ def test_dead_letters_keep_any_op_and_any_attempt_count():
     assert {letter.attempts for letter in stored} == {2**31 - 2}
 
 
-def test_a_crash_after_a_retry_was_handed_over_does_not_send_it_again(cio_fake, published):
+def test_a_crash_after_a_retry_was_handed_over_does_not_send_it_again(cio_fake, published,
+                                                                     monkeypatch):
     cio_fake.fail_next(503)
 
     def dead_letters_down(*args, **kwargs):
         raise RuntimeError("database down")
 
-    original = tasks._dead_letters
-    tasks._dead_letters = dead_letters_down  # the crash comes after the retry is published
-    try:
-        deliver(Event("u1", "a", {}))
-    finally:
-        tasks._dead_letters = original
+    # The crash comes after the retry is published.
+    monkeypatch.setattr(dead_letters, "store", dead_letters_down)
+    deliver(Event("u1", "a", {}))
     assert len(published) == 1  # the retry of the 503, not a second one after the crash
 
 

@@ -9,20 +9,21 @@ worker has no room for it: a worker killed in between (or a broker restarting) l
 message. Here the consumer only waits on the queue (``BLMOVE`` of a list onto itself returns
 its tail and leaves it there), then takes and records in one script.
 
-Workers use this transport on a ``redis://`` or ``rediss://`` broker unless the project sets
-Celery's ``broker_transport`` itself (``consume_atomically``).
+Workers use this transport for ``redis://`` and ``rediss://`` unless the project sets Celery's
+``broker_transport`` itself (``consume_atomically``). It needs Redis 6.2 or later (``BLMOVE``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from time import monotonic
 from typing import Any
-from urllib.parse import urlsplit
 
-from kombu.transport import redis, virtual
+from kombu.transport import TRANSPORT_ALIASES, _transport_cache, redis, virtual
+from redis.exceptions import ResponseError
 
 logger = logging.getLogger(__name__)
 
@@ -102,58 +103,83 @@ class Channel(redis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.recorded: set[str] = set()  # taken and recorded, not yet through ``QoS.append``
+        self.no_ack_queues: set[str] = set()  # consumed without acknowledgements: nothing to record
+        self.more = False  # the last read took a message: look again before waiting
+        self.waiting_with = "BLMOVE"
         super().__init__(*args, **kwargs)
 
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        no_ack = kwargs.get("no_ack", args[0] if args else False)
+        (self.no_ack_queues.add if no_ack else self.no_ack_queues.discard)(queue)
+        return super().basic_consume(queue, *args, **kwargs)
+
     def _brpop_start(self, timeout: float | None = None) -> None:
-        """Wait for the first active queue (in kombu's fair cycle) to hold a message."""
+        """Wait for the first active queue (in kombu's fair cycle) to hold a message; after a
+        read that took one, only a round trip (the backlog may be in any queue or priority)."""
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
-        key, = prefixed(self, [self._q_for_pri(queues[0], 0)])
-        timeout = self.brpop_timeout if timeout is None else timeout
+        if self.more:
+            command: tuple[Any, ...] = ("PING",)
+        else:
+            key, = prefixed(self, [self._q_for_pri(queues[0], 0)])
+            timeout = self.brpop_timeout if timeout is None else timeout
+            # Never for ever: the other lists are looked at when the wait ends.
+            command = ("BLMOVE", key, key, "RIGHT", "RIGHT", timeout or 1)
+        self.waiting_with = command[0]
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu: None until sent
-        self.client.connection.send_command("BLMOVE", key, key, "RIGHT", "RIGHT", timeout or 0)
+        self.client.connection.send_command(*command)
 
     def _brpop_read(self, **options: Any) -> bool:
-        """The wait is over (a message, or the timeout): take what there is room for, from
-        every active queue (a message in another queue or priority waits one timeout at most)."""
+        """The wait is over (a message, or the timeout): take one message, if there is one,
+        from every active queue. One at a time, as kombu's ``BRPOP``: the worker decides
+        between two reads whether it has room for another (``worker_disable_prefetch``)."""
         try:
-            self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            self.client.parse_response(self.client.connection, self.waiting_with, **options)
+        except ResponseError as exc:
+            if not str(exc).startswith("OOM"):  # a full Redis refuses BLMOVE, not the take
+                raise
         except self.connection_errors:
             self.client.connection.disconnect()  # the next poll reconnects
             raise
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as kombu does
             self._flush_brpop_reauth()
-        queues = self._queue_cycle.consume(len(self.active_queues))
-        taken = self._take(queues, self.qos.can_consume_max_estimate() or 1)
-        if not taken:
+        taken = self._take_one(self._queue_cycle.consume(len(self.active_queues)))
+        self.more = taken is not None
+        if taken is None:
             raise redis.Empty()
-        for position, (queue, payload) in enumerate(taken):
-            try:
-                self._queue_cycle.rotate(queue)
-                self.connection._deliver(payload, queue)
-            except BaseException:
-                for _, rest in taken[position + 1:]:  # recorded but never handed to kombu
-                    self.qos.restore_by_tag(rest["properties"]["delivery_tag"])
-                raise
+        queue, payload = taken
+        self._queue_cycle.rotate(queue)
+        self.connection._deliver(payload, queue)
         return True
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         if no_ack:
             return super().basic_get(queue, no_ack=no_ack, **kwargs)
-        taken = self._take([queue], 1)
-        if not taken:
+        with self.conn_or_acquire() as client:
+            self._maybe_update_queues_expire(client, queue)
+        taken = self._take_one([queue])
+        if taken is None:
             return None
-        message = self.Message(taken[0][1], channel=self)
+        message = self.Message(taken[1], channel=self)
         self.qos.append(message, message.delivery_tag)
         return message
 
-    def _take(self, queues: list[str], limit: int) -> list[tuple[str, dict[str, Any]]]:
-        taken = [(queue, json.loads(item)) for queue, item in take(self, queues, limit)]
-        self.recorded.update(payload["properties"]["delivery_tag"] for _, payload in taken)
-        return taken
+    def _take_one(self, queues: list[str]) -> tuple[str, dict[str, Any]] | None:
+        acknowledged = [queue for queue in queues if queue not in self.no_ack_queues]
+        taken = take(self, acknowledged, 1) if acknowledged else []
+        if taken:
+            queue, item = taken[0]
+            payload = json.loads(item)
+            self.recorded.add(payload["properties"]["delivery_tag"])
+            return queue, payload
+        for queue in queues:
+            if queue in self.no_ack_queues:  # kombu's own take: no acknowledgement to lose
+                with contextlib.suppress(redis.Empty):
+                    return queue, self._get(queue)
+        return None
 
 
 class Transport(redis.Transport):
@@ -161,12 +187,11 @@ class Transport(redis.Transport):
 
 
 def consume_atomically(sender: Any, **kwargs: Any) -> None:
-    """``worker_init`` receiver: a worker on a Redis broker consumes through ``Transport``,
-    unless the project chose Celery's ``broker_transport`` itself."""
-    conf = sender.app.conf
-    url = conf.broker_read_url
-    if conf.broker_transport or not isinstance(url, str):
+    """``worker_init`` receiver: this worker's ``redis://`` and ``rediss://`` connections (a
+    failover's too) use ``Transport``, unless the project chose Celery's ``broker_transport``."""
+    if sender.app.conf.broker_transport:
         return
-    if urlsplit(url.split(";")[0]).scheme in ("redis", "rediss"):
-        conf.broker_transport = TRANSPORT
-        logger.info("Consuming from Redis with %s (each take recorded atomically).", TRANSPORT)
+    for scheme in ("redis", "rediss"):  # the alias, not the URL: kombu keys TLS on "rediss"
+        TRANSPORT_ALIASES[scheme] = TRANSPORT
+        _transport_cache.pop(scheme, None)  # kombu's cache of resolved aliases
+    logger.info("Redis connections use %s (each take recorded atomically).", TRANSPORT)

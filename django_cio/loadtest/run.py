@@ -293,7 +293,7 @@ class LoadTest:
         return {"expected": expected, "delivered": len(events), "latency_ms": percentiles(lags)}
 
     def _wait_for_empty_queue(self) -> None:
-        from ..management.commands.cio_status import queue_status
+        from ..status import queue_status
 
         deadline = time.monotonic() + self.plan.drain_timeout
         while queue_status().get("messages", 0) and time.monotonic() < deadline:

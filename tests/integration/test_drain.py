@@ -9,7 +9,8 @@ import time
 import kombu
 import pytest
 
-from django_cio import batching, producer
+from django_cio.broker import drain as broker_drain
+from django_cio.broker import publish as broker_publish
 from django_cio.conf import get_settings
 from django_cio.models import DeadLetter
 from django_cio.operations import Event
@@ -23,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 def queue_events(count, prefix="p", countdown=0):
     events = [Event(f"{prefix}{number}", "viewed", {"n": number}) for number in range(count)]
     for event in events:
-        producer.publish_to_broker([event.to_dict()], countdown=countdown)
+        broker_publish.publish_to_broker([event.to_dict()], countdown=countdown)
     return events
 
 
@@ -91,7 +92,7 @@ def rabbit_queue(request):
         kombu.Queue(name, durable=True)(connection.default_channel).declare()
         connection.default_channel.queue_purge(name)
         yield name
-        batching._reconnect()
+        broker_drain._reconnect()
         with contextlib.suppress(Exception):
             connection.default_channel.queue_delete(name)
     use_broker(BROKERS["redis"])
@@ -101,7 +102,7 @@ def publish(queue: str, number: int, ops: int = 1) -> None:
     events = [Event(f"p{number}", "viewed", {"n": number, "op": op}).to_dict()
               for op in range(ops)]
     deliver.apply_async((events,), queue=kombu.Queue(queue, no_declare=True),
-                        exchange="", routing_key=queue, producer=producer._producer())
+                        exchange="", routing_key=queue, producer=broker_publish._producer())
 
 
 def ready(queue: str) -> int:
@@ -118,7 +119,7 @@ def assert_nothing_left_unacknowledged(queue: str, expected_ready: int) -> None:
     """Closing the drain's connection returns whatever it still holds unacknowledged: the
     ready count must not move."""
     assert ready(queue) == expected_ready
-    batching._reconnect()
+    broker_drain._reconnect()
     time.sleep(0.2)
     assert ready(queue) == expected_ready
 
@@ -126,14 +127,14 @@ def assert_nothing_left_unacknowledged(queue: str, expected_ready: int) -> None:
 def test_a_rabbitmq_drain_takes_max_messages_and_leaves_the_rest_ready(rabbit_queue):
     for number in range(100):
         publish(rabbit_queue, number)
-    drained = batching.drain(rabbit_queue, 37, 2000)
+    drained = broker_drain.drain(rabbit_queue, 37, 2000)
     assert numbers(drained) == list(range(37))  # the head of the queue, in order
     assert ready(rabbit_queue) == 63  # while the 37 are held, unacknowledged
-    batching.settle(drained)
+    broker_drain.settle(drained)
     assert_nothing_left_unacknowledged(rabbit_queue, 63)
-    drained = batching.drain(rabbit_queue, 500, 2000)  # the same connection, made again
+    drained = broker_drain.drain(rabbit_queue, 500, 2000)  # the same connection, made again
     assert numbers(drained) == list(range(37, 100))
-    batching.settle(drained)
+    broker_drain.settle(drained)
     assert_nothing_left_unacknowledged(rabbit_queue, 0)
 
 
@@ -142,15 +143,15 @@ def test_a_rabbitmq_drain_stops_at_max_ops_and_hands_back_what_it_took_past_it(r
     publish(rabbit_queue, 1, ops=4)  # larger than the first: taken past max_ops with others
     for number in range(2, 30):
         publish(rabbit_queue, number)
-    drained = batching.drain(rabbit_queue, 500, 5)
+    drained = broker_drain.drain(rabbit_queue, 500, 5)
     assert numbers(drained) == [0, 1] and sum(len(message.ops) for message in drained) == 5
     assert ready(rabbit_queue) == 28
-    batching.settle(drained)
+    broker_drain.settle(drained)
     assert_nothing_left_unacknowledged(rabbit_queue, 28)
-    rest = batching.drain(rabbit_queue, 500, 2000)
+    rest = broker_drain.drain(rabbit_queue, 500, 2000)
     assert sorted(numbers(rest)) == list(range(2, 30))  # handed back copies, none lost
-    assert not any(batching._came_back(message.queued) for message in rest)
-    batching.settle(rest)
+    assert not any(broker_drain._came_back(message.queued) for message in rest)
+    broker_drain.settle(rest)
     assert_nothing_left_unacknowledged(rabbit_queue, 0)
 
 
@@ -158,7 +159,7 @@ def test_a_message_arriving_while_a_rabbitmq_drain_runs_is_taken_or_left_ready(
         rabbit_queue, monkeypatch):
     for number in range(20):
         publish(rabbit_queue, number)
-    as_message = batching._as_message
+    as_message = broker_drain._as_message
     arrived = []
 
     def publish_meanwhile(queued):
@@ -166,12 +167,12 @@ def test_a_message_arriving_while_a_rabbitmq_drain_runs_is_taken_or_left_ready(
             arrived.append(publish(rabbit_queue, 20))
         return as_message(queued)
 
-    monkeypatch.setattr(batching, "_as_message", publish_meanwhile)
-    drained = batching.drain(rabbit_queue, 500, 2000)
+    monkeypatch.setattr(broker_drain, "_as_message", publish_meanwhile)
+    drained = broker_drain.drain(rabbit_queue, 500, 2000)
     assert arrived and numbers(drained)[:20] == list(range(20))
     left = 21 - len(drained)
     assert left in (0, 1)
-    batching.settle(drained)
+    broker_drain.settle(drained)
     assert_nothing_left_unacknowledged(rabbit_queue, left)
 
 
@@ -179,7 +180,7 @@ def test_a_rabbitmq_drain_whose_connection_dies_midway_leaves_every_message_queu
         rabbit_queue, monkeypatch):
     for number in range(50):
         publish(rabbit_queue, number)
-    as_message = batching._as_message
+    as_message = broker_drain._as_message
     seen = []
 
     def die_midway(queued):
@@ -188,10 +189,10 @@ def test_a_rabbitmq_drain_whose_connection_dies_midway_leaves_every_message_queu
             queued.channel.connection.transport.sock.shutdown(socket.SHUT_RDWR)
         return as_message(queued)
 
-    monkeypatch.setattr(batching, "_as_message", die_midway)
+    monkeypatch.setattr(broker_drain, "_as_message", die_midway)
     with pytest.raises(OSError):  # whatever py-amqp raises for the dead socket
-        batching.drain(rabbit_queue, 500, 2000)
-    assert batching._local.connection is None  # dropped: the next drain connects again
+        broker_drain.drain(rabbit_queue, 500, 2000)
+    assert broker_drain._local.connection is None  # dropped: the next drain connects again
     wait_for_ready = time.monotonic() + 10
     while ready(rabbit_queue) != 50 and time.monotonic() < wait_for_ready:
         time.sleep(0.05)
@@ -202,7 +203,7 @@ def test_a_rabbitmq_drain_whose_connection_dies_midway_leaves_every_message_queu
         assert bound.get() is None
         # The ones the drain took come back redelivered: a drain hands those back to run alone.
         assert sum(bool(queued.delivery_info["redelivered"]) for queued in back) >= 15
-        assert sorted(batching._as_message(queued).ops[0]["data"]["n"]
+        assert sorted(broker_drain._as_message(queued).ops[0]["data"]["n"]
                       for queued in back) == list(range(50))
         for queued in back:
             queued.ack()

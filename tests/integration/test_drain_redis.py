@@ -17,7 +17,8 @@ import pytest
 import redis
 from redis.connection import AbstractConnection
 
-from django_cio import batching, producer
+from django_cio.broker import drain as broker_drain
+from django_cio.broker import publish as broker_publish
 from django_cio.conf import get_settings
 from django_cio.models import DeadLetter
 from django_cio.operations import Event
@@ -36,7 +37,7 @@ def redis_broker(private_redis):
     use_broker(private_redis.url)
     client = redis.Redis.from_url(private_redis.url)
     yield client
-    batching._reconnect()
+    broker_drain._reconnect()
     client.close()
     use_broker(BROKERS["redis"])
 
@@ -44,7 +45,7 @@ def redis_broker(private_redis):
 def queue_events(client: redis.Redis, count: int) -> list[str]:
     """``count`` one-op messages; returns their task ids in the order they were sent."""
     for number in range(count):
-        producer.publish_to_broker([Event(f"p{number}", "viewed", {"n": number}).to_dict()])
+        broker_publish.publish_to_broker([Event(f"p{number}", "viewed", {"n": number}).to_dict()])
     return [json.loads(item)["headers"]["id"]
             for item in reversed(client.lrange(get_settings().queue, 0, -1))]
 
@@ -79,34 +80,34 @@ class ConnectionCut:
 def test_a_drain_cut_off_after_any_command_leaves_each_message_queued_or_unacked(
         commands, redis_broker, monkeypatch):
     ids = queue_events(redis_broker, 5)
-    bound = batching._queue(get_settings().queue)  # connected before the cut
+    bound = broker_drain._queue(get_settings().queue)  # connected before the cut
     bound.channel._size(bound.name)
     with monkeypatch.context() as patch:
         ConnectionCut(patch, commands)
         with contextlib.suppress(redis.ConnectionError):
-            batching.drain(get_settings().queue, 500, 2000)
+            broker_drain.drain(get_settings().queue, 500, 2000)
     assert where_each_message_is(redis_broker) == sorted(ids)
 
 
 def test_drained_messages_are_acked_requeued_or_given_back_as_kombu_records_them(
         redis_broker):
     ids = queue_events(redis_broker, 12)
-    drained = batching.drain(get_settings().queue, 500, 4)  # more taken than fit: given back
+    drained = broker_drain.drain(get_settings().queue, 500, 4)  # more taken than fit: given back
     assert [message.queued.headers["id"] for message in drained] == ids[:4]
     assert redis_broker.llen(get_settings().queue) == 8
     assert redis_broker.hlen("unacked") == redis_broker.zcard("unacked_index") == 4
     drained[0].error = RuntimeError("its ops could not be handed over")
-    batching.settle(drained)
+    broker_drain.settle(drained)
     assert redis_broker.hlen("unacked") == redis_broker.zcard("unacked_index") == 0
     assert where_each_message_is(redis_broker) == sorted([ids[0], *ids[4:]])
     # The rest in their order; the failed one is back as from a lost worker: left for Celery
     # to run alone.
-    again = batching.drain(get_settings().queue, 500, 2000)
+    again = broker_drain.drain(get_settings().queue, 500, 2000)
     assert [message.queued.headers["id"] for message in again] == ids[4:]
     (left,) = [json.loads(item) for item in redis_broker.lrange(get_settings().queue, 0, -1)]
     assert left["headers"]["id"] == ids[0]
     assert left["properties"]["delivery_info"]["redelivered"]
-    batching.settle(again)
+    broker_drain.settle(again)
     assert where_each_message_is(redis_broker) == [ids[0]]
 
 
@@ -121,7 +122,7 @@ def test_pool_processes_killed_mid_drain_again_and_again_lose_no_message(
     use_broker(private_redis.url)
     try:
         for number in range(count):
-            producer.publish_to_broker([Event(f"p{number % 7}", "clicked",
+            broker_publish.publish_to_broker([Event(f"p{number % 7}", "clicked",
                                               {"n": number}).to_dict()])
         env = {"CIO_TEST_REDIS_BROKER": private_redis.url,
                "CIO_TEST_VISIBILITY_TIMEOUT": SCALED_VISIBILITY}

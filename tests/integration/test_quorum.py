@@ -10,11 +10,13 @@ import sys
 import kombu
 import pytest
 
-from django_cio import batching, producer
+from django_cio.broker import drain as broker_drain
+from django_cio.broker import publish as broker_publish
 from django_cio.conf import get_settings
+from django_cio.delivery.engine import deliver_messages
 from django_cio.models import DeadLetter
 from django_cio.operations import Event
-from django_cio.tasks import deliver, deliver_messages
+from django_cio.tasks import deliver
 from tests.celery_app import BROKERS
 from tests.conftest import ROOT, _test_database_url, use_broker
 from tests.integration.quorum_app import QUORUM_ARGUMENTS
@@ -31,7 +33,7 @@ def quorum_queue(request):
         queue = kombu.Queue(name, queue_arguments=QUORUM_ARGUMENTS, durable=True)
         queue(connection.default_channel).declare()
         yield name
-        batching._reconnect()
+        broker_drain._reconnect()
         with contextlib.suppress(Exception):
             connection.default_channel.queue_delete(name)
     use_broker(BROKERS["rabbitmq"])
@@ -43,7 +45,7 @@ def publish(queue: str, number: int) -> None:
     declared again: Celery would declare it classic)."""
     op = Event(f"p{number}", "viewed", {"n": number}).to_dict()
     deliver.apply_async(([op],), queue=kombu.Queue(queue, no_declare=True),
-                        exchange="", routing_key=queue, producer=producer._producer())
+                        exchange="", routing_key=queue, producer=broker_publish._producer())
 
 
 def lose_a_worker_holding_one(queue: str) -> None:
@@ -77,9 +79,9 @@ def test_a_redelivered_message_meets_many_drains_and_is_still_delivered(
     lose_a_worker_holding_one(quorum_queue)  # its delivery count is now 1 of 2
     for number in range(1, 5):  # four deliver tasks, each draining the queue
         publish(quorum_queue, number)
-        drained = batching.drain(quorum_queue, 500, 2000)
+        drained = broker_drain.drain(quorum_queue, 500, 2000)
         deliver_messages(drained)
-        batching.settle(drained)
+        broker_drain.settle(drained)
     # Each drain handed the one from the lost worker back (a confirmed copy, never a
     # reject) and delivered the message behind it, taken in the same round trip.
     assert waiting(quorum_queue) == 1
@@ -96,10 +98,10 @@ def test_a_redelivered_message_meets_many_drains_and_is_still_delivered(
 def test_a_handed_back_copy_is_confirmed_and_marked_as_back_from_a_lost_worker(quorum_queue):
     publish(quorum_queue, 0)
     lose_a_worker_holding_one(quorum_queue)
-    assert batching.drain(quorum_queue, 500, 2000) == []
+    assert broker_drain.drain(quorum_queue, 500, 2000) == []
     with kombu.Connection(BROKERS["rabbitmq"]) as connection:
         copy = kombu.Queue(quorum_queue, no_declare=True)(connection.default_channel).get()
         assert copy is not None and not copy.delivery_info["redelivered"]
-        assert batching._came_back(copy)
+        assert broker_drain._came_back(copy)
         assert copy.properties["delivery_mode"] == 2
         copy.ack()

@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 from django.utils import timezone
 
-from django_cio import producer, relay
+from django_cio.broker import outbox, relay
+from django_cio.conf import get_settings
 from django_cio.models import Outbox
 from django_cio.operations import Event
 from tests.celery_app import BROKERS, app
@@ -38,7 +39,7 @@ def queued() -> int:
     """Messages on the queue, asked over a direct connection."""
     with app.connection_for_write(BROKERS["rabbitmq"]) as connection:
         return connection.default_channel.queue_declare(
-            producer.get_settings().queue, passive=True).message_count
+            get_settings().queue, passive=True).message_count
 
 
 def ops(name: str) -> list[dict]:
@@ -46,15 +47,15 @@ def ops(name: str) -> list[dict]:
 
 
 def test_a_message_published_into_a_dark_link_goes_to_the_outbox(dark_link):
-    assert producer.send_message(ops("before"))  # the cached connection, through the proxy
+    assert outbox.send_message(ops("before"))  # the cached connection, through the proxy
     dark_link.black_hole()
-    assert producer.send_message(ops("while_dark"))
+    assert outbox.send_message(ops("while_dark"))
     assert [row.ops[0]["name"] for row in Outbox.objects.all()] == ["while_dark"]
     assert queued() == 1  # only "before" reached the broker
 
 
 def test_the_relay_keeps_rows_it_could_not_publish_through_a_dark_link(dark_link):
-    assert producer.send_message(ops("before"))
+    assert outbox.send_message(ops("before"))
     dark_link.black_hole()
     Outbox.objects.create(ops=ops("parked"), not_before=timezone.now() - timedelta(seconds=1))
     assert relay.relay() == 0

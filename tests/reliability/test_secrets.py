@@ -36,16 +36,16 @@ from django.test import Client
 
 import django_cio
 from django_cio import backfill
-from django_cio.batching import Message
+from django_cio.broker.drain import Message
 from django_cio.client import TrackClient
 from django_cio.conf import get_settings
+from django_cio.delivery.engine import deliver_messages
 from django_cio.exceptions import CustomerIOError
 from django_cio.fakeserver import FakeTrackAPI
 from django_cio.models import BackfillRun, DeadLetter, Outbox
 from django_cio.operations import Event, Identify
 from django_cio.registry import registry
 from django_cio.signals import pre_send
-from django_cio.tasks import deliver_messages
 from tests.celery_app import BROKERS, app
 from tests.conftest import free_port, purge_queue, use_broker
 

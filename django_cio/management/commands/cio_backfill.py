@@ -19,7 +19,6 @@ from django_cio import backfill
 from django_cio.conf import get_settings
 from django_cio.exceptions import ConfigurationError
 from django_cio.models import BackfillRun
-from django_cio.producer import publish_task
 from django_cio.registry import _identify
 
 
@@ -169,26 +168,15 @@ class Command(BaseCommand):
 
     def queue(self, run: BackfillRun, parts: int) -> None:
         """An --async run: its pk ranges (cut now, or kept from before) go to the workers."""
-        from django_cio.tasks import backfill_page
-
-        if run.ranges is None:
-            run.ranges = backfill.split(run, parts)
-            if not run.ranges:
-                run.status = BackfillRun.DONE
-            run.save()
         try:
-            for index, (after, upto) in enumerate(run.ranges):
-                if after != upto:
-                    publish_task(backfill_page, (run.pk, index))
+            ranges = backfill.queue(run, parts)
         except Exception as exc:  # the broker: a resume queues the ranges again
-            run.status = BackfillRun.STOPPED
-            run.save(update_fields=["status"])
             raise CommandError(f"cannot queue backfill #{run.pk} ({type(exc).__name__}); "
                                f"when the broker is back: manage.py cio_backfill --resume "
                                f"{run.pk}", returncode=1) from None
         self.stdout.write(
             f"Backfill #{run.pk} of {run.model}: {run.total:,} row(s) queued in "
-            f"{len(run.ranges)} range(s) on {get_settings().queue!r}. Follow it with "
+            f"{ranges} range(s) on {get_settings().queue!r}. Follow it with "
             f"manage.py cio_status or the admin; stop it with manage.py cio_backfill --stop "
             f"{run.pk}.")
 

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from django_cio.relay import relay
+from django_cio.broker.relay import relay
 
 
 class Command(BaseCommand):

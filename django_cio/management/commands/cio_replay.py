@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from django_cio.delivery.dead_letters import replay
 from django_cio.models import DeadLetter
 
 
@@ -38,7 +39,7 @@ class Command(BaseCommand):
             self.stdout.write(f"Would replay {letters.count()} dead letter(s).")
             return
         total = letters.count()
-        count = letters.replay()
+        count = replay(letters)
         if count < total:
             raise CommandError(f"Replayed {count} of {total} dead letter(s); the others are kept "
                                "(neither the broker nor the Outbox took them). Try again later.")

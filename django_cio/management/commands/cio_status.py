@@ -4,15 +4,9 @@ import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
-from django.db.models import Count, Min
-from django.utils import timezone
 
-from django_cio import dedup
 from django_cio.conf import get_settings
-from django_cio.credentials import refusal
-from django_cio.models import BackfillRun, DeadLetter, Outbox
-from django_cio.ratelimit import get_limiter
-from django_cio.relay import databases
+from django_cio.status import status as delivery_status
 
 
 class Command(BaseCommand):
@@ -26,12 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print one JSON object.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        status: dict[str, Any] = {
-            "queue": queue_status(), "outbox": outbox_status(),
-            "dead_letters": dead_letter_status(), "rate_limiter": get_limiter().state(),
-            "dedup": dedup.counters(), "backfills": backfill_status(),
-            "credentials_refused": refusal(),
-        }
+        status = delivery_status()
         if options["json"]:
             self.stdout.write(json.dumps(status, indent=2))
             return
@@ -62,46 +51,3 @@ class Command(BaseCommand):
             self.stdout.write(f"Backfill #{run['id']} of {run['model']}: {run['status']}, "
                               f"{run['done']:,}/{run['total']:,} rows ({run['sent']:,} sent, "
                               f"{run['failed']:,} failed)")
-
-
-def queue_status() -> dict[str, Any]:
-    from django_cio.tasks import deliver
-
-    name = get_settings().queue
-    try:
-        with deliver.app.connection_for_read(connect_timeout=2) as connection:
-            _, messages, consumers = connection.default_channel.queue_declare(name, passive=True)
-    except Exception as exc:  # a down broker or a missing queue is a status too
-        return {"name": name, "error": type(exc).__name__}
-    return {"name": name, "messages": messages, "consumers": consumers}
-
-
-def outbox_status() -> dict[str, Any]:
-    now = timezone.now()
-    messages = due = 0
-    oldest = None
-    for alias in databases():
-        rows = Outbox.objects.using(alias)
-        stats = rows.aggregate(count=Count("id"), oldest=Min("created_at"))
-        messages += stats["count"]
-        due += rows.filter(not_before__lte=now).count()
-        if stats["oldest"] and (oldest is None or stats["oldest"] < oldest):
-            oldest = stats["oldest"]
-    age = round((now - oldest).total_seconds(), 1) if oldest else 0
-    return {"messages": messages, "due": due, "oldest_age_seconds": age}
-
-
-def dead_letter_status() -> dict[str, Any]:
-    rows = DeadLetter.objects.values("reason").annotate(count=Count("id")).order_by("-count")
-    by_reason = {row["reason"]: row["count"] for row in rows}
-    return {"total": sum(by_reason.values()), "by_reason": by_reason}
-
-
-def backfill_status(latest: int = 5) -> list[dict[str, Any]]:
-    """The unfinished backfill runs and the latest few."""
-    runs = BackfillRun.objects.exclude(status=BackfillRun.DONE)[:20]
-    recent = BackfillRun.objects.filter(status=BackfillRun.DONE)[:latest]
-    return [{"id": run.pk, "model": run.model, "status": run.status, "total": run.total,
-             "done": run.sent + run.skipped + run.failed, "sent": run.sent,
-             "failed": run.failed, "updated_at": run.updated_at.isoformat()}
-            for run in [*runs, *recent]]

@@ -25,9 +25,9 @@ from celery import bootsteps
 from django.db import DatabaseError, connections, router, transaction
 from django.utils import timezone
 
-from .conf import get_settings
-from .models import Outbox
-from .producer import publish_to_broker
+from ..conf import get_settings
+from ..models import Outbox
+from .publish import publish_to_broker
 
 logger = logging.getLogger("django_cio")
 

@@ -1,4 +1,5 @@
-"""Existing rows of a registered model to Customer.io, in bulk, resumable.
+"""A backfill run in one process: existing rows of a registered model to Customer.io, in
+bulk, resumable.
 
 Rows are read by keyset pagination on the primary key (``pk > last``, never OFFSET, one page
 in memory at a time), turned into identifies by the model's registration (the attributes live
@@ -22,17 +23,16 @@ from itertools import islice
 from typing import Any
 
 from django.apps import apps
-from django.db import connections, models, router, transaction
+from django.db import connections, models
 from django.utils import timezone
 
-from .conf import get_settings
-from .exceptions import ConfigurationError, ValidationError
-from .models import BackfillRun
-from .operations import Operation
-from .ratelimit import RateLimiter, get_limiter
-from .registry import _identify, registry
-from .signals import OpResult
-from .tasks import MAX_LIMITER_WAIT, Delivery
+from ..delivery.engine import MAX_LIMITER_WAIT, Delivery
+from ..exceptions import ConfigurationError, ValidationError
+from ..models import BackfillRun
+from ..operations import Operation
+from ..ratelimit import RateLimiter, get_limiter
+from ..registry import _identify, registry
+from ..signals import OpResult
 
 logger = logging.getLogger("django_cio")
 
@@ -132,7 +132,7 @@ def count_ids(model: type[models.Model], path: str) -> int:
     return number
 
 
-def _json_pk(pk: Any) -> Any:
+def json_pk(pk: Any) -> Any:
     return pk if isinstance(pk, (int, str)) else str(pk)  # UUIDs, too
 
 
@@ -169,7 +169,7 @@ class Backfill:
             return
         last = self.run.last_pk
         while page := self.rows(after=last):
-            last = _json_pk(page[-1].pk)
+            last = json_pk(page[-1].pk)
             yield Page(page, len(page), last)
 
     def _id_pages(self) -> Iterator[Page]:
@@ -297,82 +297,6 @@ def tally(run: BackfillRun, page: Page, built: int, invalid: int,
     run.sent += statuses.count("sent")
     run.failed += statuses.count("failed") + invalid
     run.skipped += page.size - built - invalid + statuses.count("skipped")
-
-
-# --async: the rows are cut into pk ranges, and each range is sent by a chain of Celery tasks,
-# one page per task (no worker is held longer than a page). A task's identity is (run, range):
-# it reads the range's checkpoint, sends the next page and moves the checkpoint only if it is
-# still where it was read, so two copies of a task (a redelivery) end as one chain.
-
-def split(run: BackfillRun, parts: int) -> list[list[Any]]:
-    """``parts`` pk ranges ``[after, upto]`` of about equal size, reading only the pks."""
-    rows = queryset(resolve_model(run.model), run.filters)
-    if run.last_pk is not None:  # a run stopped in a process goes on in the workers
-        rows = rows.filter(pk__gt=run.last_pk)
-    step = max(1, -(-rows.count() // parts))
-    pks = rows.values_list("pk", flat=True).iterator(chunk_size=10_000)
-    ends: list[Any] = []
-    last = None
-    for number, pk in enumerate(pks, 1):
-        last = _json_pk(pk)
-        if number % step == 0:
-            ends.append(last)
-    if last is not None and (not ends or ends[-1] != last):
-        ends.append(last)
-    return [[ends[n - 1] if n else run.last_pk, end] for n, end in enumerate(ends)]
-
-
-def send_range_page(run_id: int, index: int, failures: int) -> tuple[int, float] | None:
-    """Send the next page of range ``index`` of an --async run and checkpoint what
-    Customer.io acknowledged. Returns when to go on, as (failures, countdown), or None when
-    the range is done (or the run stopped, or another copy of this task has the page)."""
-    alias = router.db_for_write(BackfillRun)  # not a replica that may lag behind checkpoints
-    run = BackfillRun.objects.using(alias).filter(pk=run_id, status=BackfillRun.RUNNING).first()
-    if run is None or not run.ranges:
-        return None
-    after, upto = run.ranges[index]
-    if after == upto:
-        return None
-    BackfillRun.objects.using(alias).filter(pk=run_id).update(updated_at=timezone.now())
-    job = Backfill(run, patient=False)
-    cio = get_settings()
-    if not cio.batch:  # a request per row: no more rows than the limit sends in MAX_HOLD
-        job.batch_size = min(job.batch_size, max(1, int(cio.rate.per_second * MAX_HOLD)))
-    rows = job.rows(after, upto)
-    built, invalid = job.build(rows)
-    results, pending, retry = job.deliver([op for _, op in built], failures, MAX_HOLD)
-    # What was acknowledged is the rows before the first op still to send.
-    positions = {id(op): position for position, op in built}
-    cut = positions.get(id(pending[0]), 0) if pending else len(rows)
-    # No rows left: the range's last rows were deleted since the split.
-    mark = _json_pk(rows[cut - 1].pk) if cut else (None if rows else upto)
-    if mark is not None:
-        done = {id(op) for position, op in built if position < cut}
-        page = Page(rows[:cut], cut, mark)
-        if not _checkpoint_range(alias, run_id, index, after, page,
-                                 built=len(done), invalid=sum(p < cut for p in invalid),
-                                 results=[r for r in results if id(r.op) in done]):
-            return None
-    if retry is not None:
-        return retry
-    return None if mark == upto else (0, 0.0)
-
-
-def _checkpoint_range(alias: str, run_id: int, index: int, after: Any, page: Page,
-                      **counts: Any) -> bool:
-    """Move range ``index`` from ``after`` to the page's mark, unless another copy of the
-    task did (then False: that copy goes on with the range)."""
-    with transaction.atomic(using=alias):
-        run = BackfillRun.objects.using(alias).select_for_update().get(pk=run_id)
-        if run.status != BackfillRun.RUNNING or run.ranges[index][0] != after:
-            return False
-        run.ranges[index][0] = page.mark
-        tally(run, page, **counts)
-        if all(start == end for start, end in run.ranges):
-            run.status = BackfillRun.DONE
-        run.updated_at = timezone.now()
-        run.save()
-    return True
 
 
 def alive(run: BackfillRun) -> bool:

@@ -2,7 +2,6 @@
 
 import pytest
 
-from django_cio.batching import pack
 from django_cio.client import encode_batch
 from django_cio.exceptions import ValidationError
 from django_cio.operations import (
@@ -12,6 +11,7 @@ from django_cio.operations import (
     Event,
     Identify,
 )
+from django_cio.packing import pack
 
 
 def big_identify(person, size):
