@@ -85,12 +85,17 @@ def kombu_aliases():
     _transport_cache.clear()
 
 
-@pytest.mark.parametrize(("chosen", "expected"), [
-    (None, TRANSPORT),
-    ("redis", "kombu.transport.redis:Transport"),  # the project's own choice stands
-])
-def test_workers_consume_redis_atomically_unless_told_otherwise(kombu_aliases, chosen,
-                                                                expected):
-    app = type("App", (), {"conf": type("Conf", (), {"broker_transport": chosen})()})()
-    consume_atomically(type("Worker", (), {"app": app})())
-    assert kombu_aliases["redis"] == kombu_aliases["rediss"] == expected
+def _worker_with(transport):
+    app = type("App", (), {"conf": type("Conf", (), {"broker_transport": transport})()})()
+    return type("Worker", (), {"app": app})()
+
+
+def test_workers_consume_redis_atomically(kombu_aliases):
+    consume_atomically(_worker_with(None))
+    assert kombu_aliases["redis"] == kombu_aliases["rediss"] == TRANSPORT
+
+
+def test_a_project_that_chose_a_transport_keeps_it(kombu_aliases):
+    before = dict(kombu_aliases)
+    consume_atomically(_worker_with("redis"))
+    assert kombu_aliases == before
