@@ -86,7 +86,7 @@ def main() -> None:
         for number in range(messages):
             ops = [Event(f"person-{number}", "viewed_item", {"item": step, "price": 9.99})
                    .to_dict() for step in range(ops_each)]
-            publish.publish_to_broker(ops)
+            publish.publish_ops(ops)
         sends = workdir / "sends.log"  # bench/apps.py logs when each request leaves a worker
         workers = [_start_worker({**env, "CIO_BENCH_SEND_LOG": str(sends)}, args, number,
                                  workdir) for number in range(args.workers)]

@@ -25,39 +25,40 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     messages: list[CheckMessage] = [
         Error(problem.message, id=f"django_cio.{problem.id}") for problem in conf.find_problems()
     ]
-    cio = conf.merged_settings()
-    if cio["BACKEND"] not in conf.OFFLINE_BACKENDS:
-        missing = [key for key in ("SITE_ID", "API_KEY") if not cio[key]]
+    config = conf.merged_settings()
+    if config["BACKEND"] not in conf.OFFLINE_BACKENDS:
+        missing = [key for key in ("SITE_ID", "API_KEY") if not config[key]]
         if missing:
             messages.append(Error(
                 f"CUSTOMERIO[{', '.join(repr(key) for key in missing)}] required by "
-                f"{cio['BACKEND']}",
+                f"{config['BACKEND']}",
                 hint="Set them from the environment, or use the locmem/console/null backend.",
                 id="django_cio.E002",
             ))
-    messages += _check_cache(cio)
+    messages += _check_cache(config)
     try:
-        import_string(cio["BACKEND"])
+        import_string(config["BACKEND"])
     except (ImportError, TypeError):
         messages.append(Error(
-            f"CUSTOMERIO['BACKEND'] {cio['BACKEND']!r} cannot be imported", id="django_cio.E007"
+            f"CUSTOMERIO['BACKEND'] {config['BACKEND']!r} cannot be imported", id="django_cio.E007"
         ))
     return messages
 
 
-def _check_cache(cio: dict[str, Any]) -> list[CheckMessage]:
+def _check_cache(config: dict[str, Any]) -> list[CheckMessage]:
     caches = getattr(settings, "CACHES", {})
-    if not isinstance(cio["CACHE"], str):
+    if not isinstance(config["CACHE"], str):
         return []  # already an E001
-    if cio["CACHE"] not in caches:
+    if config["CACHE"] not in caches:
         return [Error(
-            f"CUSTOMERIO['CACHE'] names the cache alias {cio['CACHE']!r}, which is not in CACHES",
+            f"CUSTOMERIO['CACHE'] names the cache alias {config['CACHE']!r}, which is not in "
+            "CACHES",
             id="django_cio.E006",
         )]
-    if cio["DEDUP_TTL"] and not str(caches[cio["CACHE"]].get("BACKEND", "")).startswith(
+    if config["DEDUP_TTL"] and not str(caches[config["CACHE"]].get("BACKEND", "")).startswith(
             _REDIS_CACHES):
         return [Warning(
-            f"The cache {cio['CACHE']!r} is not a Redis cache: identify dedup is off, every "
+            f"The cache {config['CACHE']!r} is not a Redis cache: identify dedup is off, every "
             "identify is sent",
             hint="Point CUSTOMERIO['CACHE'] at a Redis cache (django-redis), "
             "or set CUSTOMERIO['DEDUP_TTL'] = 0 to turn dedup off.",

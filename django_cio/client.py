@@ -174,8 +174,9 @@ class TrackClient:
         self._local = threading.local()
 
     @classmethod
-    def from_settings(cls, cio: CIOSettings) -> TrackClient:
-        return cls(cio.site_id or "", cio.api_key or "", url=cio.base_url, timeout=cio.timeout)
+    def from_settings(cls, config: CIOSettings) -> TrackClient:
+        return cls(config.site_id or "", config.api_key or "", url=config.base_url,
+                   timeout=config.timeout)
 
     def __repr__(self) -> str:
         return f"<TrackClient {self.base_url} site_id={self._auth[0]!r}>"

@@ -34,24 +34,24 @@ HOLD_FOR = 60
 _REMEMBER_FOR = 7 * 24 * 3600
 
 
-def refusal(cio: CIOSettings | None = None) -> dict[str, Any] | None:
+def refusal(config: CIOSettings | None = None) -> dict[str, Any] | None:
     """``{"status": 401, "since": unix time}`` if Customer.io refuses these credentials."""
-    cio = cio or get_settings()
+    config = config or get_settings()
     try:
-        return caches[cio.cache].get(_key(cio))
+        return caches[config.cache].get(_key(config))
     except Exception:  # a cache outage must not stop delivery
         return None
 
 
-def may_probe(cio: CIOSettings) -> bool:
+def may_probe(config: CIOSettings) -> bool:
     """Whether this delivery may try the refused credentials again (one every PROBE_EVERY)."""
     try:
-        return bool(caches[cio.cache].add(_key(cio) + ":probe", 1, PROBE_EVERY))
+        return bool(caches[config.cache].add(_key(config) + ":probe", 1, PROBE_EVERY))
     except Exception:
         return True
 
 
-def refused(cio: CIOSettings, status: int) -> None:
+def refused(config: CIOSettings, status: int) -> None:
     """Remember that Customer.io refused the credentials, and say so loudly."""
     logger.error(
         "customerio: Customer.io refused the credentials (HTTP %s): check CUSTOMERIO['SITE_ID'] "
@@ -59,23 +59,23 @@ def refused(cio: CIOSettings, status: int) -> None:
         "tried again every %s s.", status, PROBE_EVERY,
     )
     try:
-        cache = caches[cio.cache]
-        cache.add(_key(cio), {"status": status, "since": int(time.time())}, _REMEMBER_FOR)
-        cache.set(_key(cio) + ":probe", 1, PROBE_EVERY)  # this was the try: next one later
+        cache = caches[config.cache]
+        cache.add(_key(config), {"status": status, "since": int(time.time())}, _REMEMBER_FOR)
+        cache.set(_key(config) + ":probe", 1, PROBE_EVERY)  # this was the try: next one later
     except Exception as exc:
         logger.warning("customerio: cache unavailable (%s)", type(exc).__name__)
 
 
-def accepted(cio: CIOSettings) -> None:
+def accepted(config: CIOSettings) -> None:
     """Customer.io took a request: forget an earlier refusal."""
     try:
-        caches[cio.cache].delete_many([_key(cio), _key(cio) + ":probe"])
+        caches[config.cache].delete_many([_key(config), _key(config) + ":probe"])
     except Exception as exc:
         logger.warning("customerio: cache unavailable (%s)", type(exc).__name__)
     logger.warning("customerio: Customer.io accepts the credentials again; delivery resumes")
 
 
-def _key(cio: CIOSettings) -> str:
-    credentials = f"{cio.site_id}\x00{cio.api_key}".encode()
+def _key(config: CIOSettings) -> str:
+    credentials = f"{config.site_id}\x00{config.api_key}".encode()
     digest = hmac.new(str(settings.SECRET_KEY).encode(), credentials, hashlib.sha256)
     return f"django_cio:refused:{digest.hexdigest()[:32]}"

@@ -236,9 +236,9 @@ def _merged(earlier: Identify, later: Identify, visitor_events: dict[str, int],
 def drop_seen(ops: Sequence[Operation]) -> list[Operation]:
     """``ops`` with the attributes Customer.io already has taken out of identifies (an
     identify left with none is dropped), the rest claimed for ``remember``."""
-    cio = get_settings()
+    config = get_settings()
     identifies = [op for op in ops if isinstance(op, Identify)]
-    if not cio.dedup_ttl or not identifies:
+    if not config.dedup_ttl or not identifies:
         return list(ops)
     todo: list[Identify] = []
     forgotten: set[str] = set()
@@ -254,7 +254,7 @@ def drop_seen(ops: Sequence[Operation]) -> list[Operation]:
         return list(ops)
     kept = [kept for op in ops if (kept := seen.get(id(op), op)) is not None]
     hits = len(ops) - len(kept)
-    _count(caches[cio.cache], hits, len(identifies) - hits)
+    _count(caches[config.cache], hits, len(identifies) - hits)
     return kept
 
 
@@ -281,8 +281,8 @@ def forget(ops: Iterable[Operation]) -> None:
 def remember(sent: Iterable[Operation]) -> None:
     """After a 2xx: remember each claimed attribute that is still ours, clear the people
     deleted, suppressed or merged, and forget what went without a claim."""
-    cio = get_settings()
-    if not cio.dedup_ttl:
+    config = get_settings()
+    if not config.dedup_ttl:
         return
     keys: list[str] = []
     args: list[Any] = [_ttl()]
@@ -316,8 +316,8 @@ def remember(sent: Iterable[Operation]) -> None:
 
 def enabled() -> bool:
     """Whether identify dedup is on: a ``DEDUP_TTL`` and a Redis cache to keep it in."""
-    cio = get_settings()
-    return bool(cio.dedup_ttl) and redis_client(cio.cache) is not None
+    config = get_settings()
+    return bool(config.dedup_ttl) and redis_client(config.cache) is not None
 
 
 def fingerprint(op: Identify) -> dict[str, str]:

@@ -23,7 +23,7 @@ from django.utils.functional import SimpleLazyObject, empty
 from .conf import get_settings
 from .exceptions import ValidationError
 from .operations import AnonymousEvent, Event, Identify, Page
-from .producer import batch, collect, enqueue, publish
+from .producer import batch, collect, enqueue, flush
 from .registry import person_id_for
 
 _ONE_YEAR = 365 * 24 * 3600
@@ -118,22 +118,22 @@ class CustomerIOMiddleware:
             finally:
                 if ops:  # also when the client disconnected and the request was cancelled:
                     # shielded, the ops its committed transactions made still go out.
-                    await asyncio.shield(sync_to_async(publish)(list(ops)))
+                    await asyncio.shield(sync_to_async(flush)(list(ops)))
         return response
 
     def _after(self, request: HttpRequest, response: HttpResponseBase) -> None:
-        cio = get_settings()
+        config = get_settings()
         tracker: RequestTracker = request.cio  # type: ignore[attr-defined]
-        if cio.page_views and _is_page_view(request, response, cio.page_views_skip):
+        if config.page_views and _is_page_view(request, response, config.page_views_skip):
             try:
                 tracker.page()
             except Exception as exc:  # a page view must never fail the response
                 logger.error("customerio: page view not sent (%s)", exc if isinstance(
                     exc, ValidationError) else type(exc).__name__)
         if tracker.forget_anonymous_id:
-            response.delete_cookie(cio.anonymous_cookie)
+            response.delete_cookie(config.anonymous_cookie)
         elif tracker.anonymous_id_is_new:
-            response.set_cookie(cio.anonymous_cookie, tracker.anonymous_id, max_age=_ONE_YEAR,
+            response.set_cookie(config.anonymous_cookie, tracker.anonymous_id, max_age=_ONE_YEAR,
                                 httponly=True, samesite="Lax", secure=request.is_secure())
 
 

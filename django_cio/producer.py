@@ -23,7 +23,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from .backends import backend_class
-from .broker.outbox import send_message
+from .broker.outbox import publish_or_park
 from .broker.publish import split
 from .conf import get_settings
 from .operations import Operation
@@ -57,7 +57,7 @@ def enqueue(op: Operation, using: str | None = None) -> None:
         _flush_first_at_commit(connection)
         transaction.on_commit(_Committed(op, alias), using=alias, robust=True)
     else:
-        _hand_on([op], alias)
+        _to_batch_or_flush([op], alias)
 
 
 @contextlib.contextmanager
@@ -71,7 +71,7 @@ def batch() -> Iterator[None]:
             yield
     finally:
         if ops:
-            _hand_on(ops, DEFAULT_DB_ALIAS)
+            _to_batch_or_flush(ops, DEFAULT_DB_ALIAS)
 
 
 @contextlib.contextmanager
@@ -97,7 +97,7 @@ def _atomic_alias() -> str:
     return DEFAULT_DB_ALIAS
 
 
-def _hand_on(ops: list[Operation], alias: str) -> None:
+def _to_batch_or_flush(ops: list[Operation], alias: str) -> None:
     """Ops outside a transaction (or committed) join the innermost open batch if there is
     one, else go to the broker."""
     for open_batch in reversed(_batch.get()):
@@ -107,9 +107,9 @@ def _hand_on(ops: list[Operation], alias: str) -> None:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # no event loop in this thread: publish here
-        publish(ops, alias)
+        flush(ops, alias)
     else:  # the broker and the Outbox are blocking I/O, which an event loop must not run
-        loop.run_in_executor(None, publish, ops, alias)
+        loop.run_in_executor(None, flush, ops, alias)
 
 
 # -- one transaction's ops ----------------------------------------------------------------
@@ -128,7 +128,7 @@ class _Committed:
         self.op, self.alias = op, alias
 
     def __call__(self) -> None:
-        _hand_on([self.op], self.alias)
+        _to_batch_or_flush([self.op], self.alias)
 
 
 def _flush_first_at_commit(connection: Any) -> None:
@@ -149,7 +149,7 @@ def _flush_first_at_commit(connection: Any) -> None:
         ours = [hook[1] for hook in hooks if isinstance(hook[1], _Committed)]
         if ours:
             connection.run_on_commit = [h for h in hooks if not isinstance(h[1], _Committed)]
-            _hand_on([hook.op for hook in ours], ours[0].alias)
+            _to_batch_or_flush([hook.op for hook in ours], ours[0].alias)
         run_django_hooks()
 
     connection.run_and_clear_commit_hooks = run_and_clear_commit_hooks
@@ -157,7 +157,7 @@ def _flush_first_at_commit(connection: Any) -> None:
 
 # -- to the broker, or the Outbox -----------------------------------------------------------
 
-def publish(ops: Sequence[Operation], using: str = DEFAULT_DB_ALIAS) -> None:
+def flush(ops: Sequence[Operation], using: str = DEFAULT_DB_ALIAS) -> None:
     """Send ops to the broker in as few messages as fit; never raises."""
     if backend_class().delivers_inline:
         # Imported here: the engine loads the models, and the package root imports this
@@ -167,4 +167,4 @@ def publish(ops: Sequence[Operation], using: str = DEFAULT_DB_ALIAS) -> None:
         Delivery([op.to_dict() for op in ops]).run()
         return
     for chunk in split([op.to_dict() for op in ops]):
-        send_message(chunk, using=using)
+        publish_or_park(chunk, using=using)

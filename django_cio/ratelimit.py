@@ -185,28 +185,28 @@ _cached: tuple[CIOSettings, int, RateLimiter] | None = None
 def get_limiter() -> RateLimiter:
     """The limiter of the configured workspace, one per process and settings."""
     global _cached
-    cio = get_settings()
+    config = get_settings()
     with _lock:
-        if _cached is None or _cached[0] is not cio or _cached[1] != os.getpid():
-            _cached = (cio, os.getpid(), _make(cio))
+        if _cached is None or _cached[0] is not config or _cached[1] != os.getpid():
+            _cached = (config, os.getpid(), _make(config))
         return _cached[2]
 
 
-def _make(cio: CIOSettings) -> RateLimiter:
-    interval = (1 + HEADROOM) / cio.rate.per_second
-    workspace = hashlib.sha256(str(cio.site_id).encode()).hexdigest()[:16]
-    return RateLimiter(f"django_cio:ratelimit:{workspace}", interval, _client(cio),
-                       interval * cio.rate_limit_workers)
+def _make(config: CIOSettings) -> RateLimiter:
+    interval = (1 + HEADROOM) / config.rate.per_second
+    workspace = hashlib.sha256(str(config.site_id).encode()).hexdigest()[:16]
+    return RateLimiter(f"django_cio:ratelimit:{workspace}", interval, _client(config),
+                       interval * config.rate_limit_workers)
 
 
-def _client(cio: CIOSettings) -> redis.Redis | None:
+def _client(config: CIOSettings) -> redis.Redis | None:
     """``REDIS_URL``, else the cache's own client (its credentials, Sentinel, pool options),
     else a client for the cache's or the broker's URL."""
-    if not cio.redis_url:
-        client = redis_client(cio.cache)
+    if not config.redis_url:
+        client = redis_client(config.cache)
         if client is not None:
             return client
-    url = redis_url(cio)
+    url = redis_url(config)
     if not url:
         logger.warning("customerio: no Redis for the shared rate limiter; each process is "
                        "limited to RATE_LIMIT / RATE_LIMIT_WORKERS")
@@ -219,11 +219,11 @@ def _client(cio: CIOSettings) -> redis.Redis | None:
         return redis.Redis(unix_socket_path="/dev/null/invalid-redis-url")  # fails at once
 
 
-def redis_url(cio: CIOSettings) -> str | None:
+def redis_url(config: CIOSettings) -> str | None:
     """Where the limiter lives: ``REDIS_URL``, else the cache's Redis, else a Redis broker."""
-    if cio.redis_url:
-        return cio.redis_url
-    cache = settings.CACHES.get(cio.cache, {})
+    if config.redis_url:
+        return config.redis_url
+    cache = settings.CACHES.get(config.cache, {})
     location = cache.get("LOCATION")
     if isinstance(location, (list, tuple)):
         location = location[0] if location else None

@@ -17,10 +17,10 @@ _cached: tuple[CIOSettings, BaseBackend] | None = None
 def get_backend() -> BaseBackend:
     """The backend named by ``CUSTOMERIO['BACKEND']``, one per process and settings."""
     global _cached
-    cio = get_settings()
+    config = get_settings()
     with _lock:
-        if _cached is None or _cached[0] is not cio:
-            _cached = (cio, import_string(cio.backend)(cio))
+        if _cached is None or _cached[0] is not config:
+            _cached = (config, import_string(config.backend)(config))
         return _cached[1]
 
 

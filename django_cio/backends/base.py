@@ -21,8 +21,8 @@ class BaseBackend:
     # filled as soon as the transaction commits. Anything that does I/O runs in workers.
     delivers_inline: ClassVar[bool] = False
 
-    def __init__(self, cio: CIOSettings) -> None:
-        self.settings = cio
+    def __init__(self, config: CIOSettings) -> None:
+        self.settings = config
 
     def send_one(self, op: Operation) -> None:
         self.handle([op])

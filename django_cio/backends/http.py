@@ -12,13 +12,13 @@ from .base import BaseBackend
 class TrackAPIBackend(BaseBackend):
     """The real thing: ops go to the Track API through a ``TrackClient``, from Celery workers."""
 
-    def __init__(self, cio: CIOSettings) -> None:
-        super().__init__(cio)
-        if not cio.site_id or not cio.api_key:
+    def __init__(self, config: CIOSettings) -> None:
+        super().__init__(config)
+        if not config.site_id or not config.api_key:
             raise ConfigurationError(
                 "CUSTOMERIO['SITE_ID'] and CUSTOMERIO['API_KEY'] are required by the HTTP backend"
             )
-        self.client = TrackClient.from_settings(cio)
+        self.client = TrackClient.from_settings(config)
 
     def send_one(self, op: Operation) -> None:
         self.client.send(op)

@@ -137,7 +137,7 @@ def json_pk(pk: Any) -> Any:
 
 
 @dataclass
-class Page:
+class RowPage:
     rows: list[Any]
     size: int  # what the run counts: rows read, or ids of the file looked up
     mark: Any  # the checkpoint once the page is acknowledged (a pk, or ids done)
@@ -163,16 +163,16 @@ class Backfill:
             rows = rows.filter(pk__lte=upto)
         return list(rows[:self.batch_size])
 
-    def pages(self) -> Iterator[Page]:
+    def pages(self) -> Iterator[RowPage]:
         if self.run.ids_file:
             yield from self._id_pages()
             return
         last = self.run.last_pk
         while page := self.rows(after=last):
             last = json_pk(page[-1].pk)
-            yield Page(page, len(page), last)
+            yield RowPage(page, len(page), last)
 
-    def _id_pages(self) -> Iterator[Page]:
+    def _id_pages(self) -> Iterator[RowPage]:
         ids = read_ids(self.run.ids_file)
         done = self.run.ids_done
         for _ in islice(ids, done):  # acknowledged before a stop
@@ -180,7 +180,7 @@ class Backfill:
         rows = queryset(self.model, self.run.filters)
         while chunk := list(islice(ids, self.batch_size)):
             done += len(chunk)
-            yield Page(list(rows.filter(pk__in=chunk)), len(chunk), done)
+            yield RowPage(list(rows.filter(pk__in=chunk)), len(chunk), done)
 
     def build(self, rows: list[Any]) -> tuple[list[tuple[int, Operation]], list[int]]:
         """The rows' identifies, each with its row's position, and the positions of rows that
@@ -231,7 +231,7 @@ class Backfill:
         run = self.run
         if run.pk is None:  # a resumed run was claimed as running already
             run.save()
-        in_flight: deque[tuple[Future[list[OpResult]], Page, int, int]] = deque()
+        in_flight: deque[tuple[Future[list[OpResult]], RowPage, int, int]] = deque()
         finished = threading.Event()
         heartbeat = threading.Thread(target=self._heartbeat, args=(finished,), daemon=True)
         heartbeat.start()
@@ -275,7 +275,7 @@ class Backfill:
         finally:
             connections.close_all()  # this sender thread's own (dead letters), not the reader's
 
-    def _checkpoint(self, sending: Future[list[OpResult]], page: Page, built: int,
+    def _checkpoint(self, sending: Future[list[OpResult]], page: RowPage, built: int,
                     invalid: int, progress: Callable[[int], None]) -> None:
         run = self.run
         tally(run, page, built, invalid, sending.result())
@@ -290,7 +290,7 @@ class Backfill:
         progress(page.size)
 
 
-def tally(run: BackfillRun, page: Page, built: int, invalid: int,
+def tally(run: BackfillRun, page: RowPage, built: int, invalid: int,
           results: list[OpResult]) -> None:
     """Count a page's rows: each one sent, skipped (no identify, or already known) or failed."""
     statuses = [result.status for result in results]

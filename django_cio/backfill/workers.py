@@ -21,7 +21,7 @@ from ..broker.publish import BACKFILL_PAGE, publish_task
 from ..conf import get_settings
 from ..delivery.retry import MAX_COUNTDOWN, backoff, too_many_deliveries
 from ..models import BackfillRun
-from .job import MAX_HOLD, Backfill, Page, json_pk, queryset, resolve_model, tally
+from .job import MAX_HOLD, Backfill, RowPage, json_pk, queryset, resolve_model, tally
 
 logger = logging.getLogger("django_cio")
 
@@ -77,9 +77,9 @@ def send_range_page(run_id: int, index: int, failures: int) -> tuple[int, float]
         return None
     BackfillRun.objects.using(alias).filter(pk=run_id).update(updated_at=timezone.now())
     job = Backfill(run, patient=False)
-    cio = get_settings()
-    if not cio.batch:  # a request per row: no more rows than the limit sends in MAX_HOLD
-        job.batch_size = min(job.batch_size, max(1, int(cio.rate.per_second * MAX_HOLD)))
+    config = get_settings()
+    if not config.batch:  # a request per row: no more rows than the limit sends in MAX_HOLD
+        job.batch_size = min(job.batch_size, max(1, int(config.rate.per_second * MAX_HOLD)))
     rows = job.rows(after, upto)
     built, invalid = job.build(rows)
     results, pending, retry = job.deliver([op for _, op in built], failures, MAX_HOLD)
@@ -90,7 +90,7 @@ def send_range_page(run_id: int, index: int, failures: int) -> tuple[int, float]
     mark = json_pk(rows[cut - 1].pk) if cut else (None if rows else upto)
     if mark is not None:
         done = {id(op) for position, op in built if position < cut}
-        page = Page(rows[:cut], cut, mark)
+        page = RowPage(rows[:cut], cut, mark)
         if not _checkpoint_range(alias, run_id, index, after, page,
                                  built=len(done), invalid=sum(p < cut for p in invalid),
                                  results=[r for r in results if id(r.op) in done]):
@@ -100,7 +100,7 @@ def send_range_page(run_id: int, index: int, failures: int) -> tuple[int, float]
     return None if mark == upto else (0, 0.0)
 
 
-def _checkpoint_range(alias: str, run_id: int, index: int, after: Any, page: Page,
+def _checkpoint_range(alias: str, run_id: int, index: int, after: Any, page: RowPage,
                       **counts: Any) -> bool:
     """Move range ``index`` from ``after`` to the page's mark, unless another copy of the
     task did (then False: that copy goes on with the range)."""
@@ -127,7 +127,7 @@ def deliver_page(request: Any, run_id: int, index: int, failures: int = 0) -> No
         logger.error("customerio: backfill #%s failed; continue with: manage.py "
                      "cio_backfill --resume %s", run_id, run_id)
 
-    cio = get_settings()
+    config = get_settings()
     if redelivered(request) and too_many_deliveries(request.id):
         give_up()  # a page that kills its worker
         return
@@ -135,10 +135,10 @@ def deliver_page(request: Any, run_id: int, index: int, failures: int = 0) -> No
         again = send_range_page(run_id, index, failures)
     except Exception as exc:  # the database down, a bug: the page again, later
         logger.error("customerio: backfill #%s page failed (%s)", run_id, type(exc).__name__)
-        if failures + 1 > cio.max_retries:
+        if failures + 1 > config.max_retries:
             give_up()
             return
-        again = (failures + 1, min(backoff(failures + 1, cio), MAX_COUNTDOWN))
+        again = (failures + 1, min(backoff(failures + 1, config), MAX_COUNTDOWN))
     if again is None:
         return
     try:

@@ -12,19 +12,19 @@ from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.utils import timezone
 
 from ..operations import Json
-from .publish import publish_to_broker
+from .publish import publish_ops
 
 logger = logging.getLogger("django_cio")
 
 
-def send_message(
+def publish_or_park(
     ops: list[Json], *, failures: int = 0, delay: float = 0, using: str = DEFAULT_DB_ALIAS
 ) -> bool:
     """Publish one ``deliver`` message, else park it in the Outbox; never raises (the request
     path: neither the broker nor the database may fail the caller's request). Returns whether
     the message is safe: on the broker or in the Outbox."""
     try:
-        publish_to_broker(ops, failures=failures, countdown=delay)
+        publish_ops(ops, failures=failures, countdown=delay)
         return True
     except Exception as exc:  # whatever the broker does, the caller must not see it
         logger.warning(

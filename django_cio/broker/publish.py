@@ -42,7 +42,7 @@ def split(ops: Sequence[Json], limit: int = MAX_MESSAGE_BYTES) -> Iterator[list[
         yield chunk
 
 
-def publish_to_broker(ops: list[Json], *, failures: int = 0, countdown: float = 0) -> None:
+def publish_ops(ops: list[Json], *, failures: int = 0, countdown: float = 0) -> None:
     """One ``deliver`` message on this thread's broker connection. Raises on broker errors."""
     publish_task(
         DELIVER, (ops,), kwargs={"failures": failures} if failures else None,

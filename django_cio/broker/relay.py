@@ -27,12 +27,12 @@ from django.utils import timezone
 
 from ..conf import get_settings
 from ..models import Outbox
-from .publish import publish_to_broker
+from .publish import publish_ops
 
 logger = logging.getLogger("django_cio")
 
 # How long a leased row is left alone by other relays (databases without SKIP LOCKED).
-LEASE = timedelta(minutes=5)
+ROW_LEASE = timedelta(minutes=5)
 # Seconds between two passes of a worker's relay (with jitter, so workers spread out).
 RELAY_EVERY = 5.0
 
@@ -79,7 +79,7 @@ def _relay_leased(alias: str, limit: int) -> int:
     published = 0
     for pk, not_before in due:
         rows = Outbox.objects.using(alias).filter(pk=pk, not_before=not_before)
-        if not rows.update(not_before=timezone.now() + LEASE):
+        if not rows.update(not_before=timezone.now() + ROW_LEASE):
             continue  # another relay took it
         row = Outbox.objects.using(alias).get(pk=pk)
         if not _publish(row):
@@ -92,7 +92,7 @@ def _relay_leased(alias: str, limit: int) -> int:
 
 def _publish(row: Outbox) -> bool:
     try:
-        publish_to_broker(row.ops, failures=row.failures)
+        publish_ops(row.ops, failures=row.failures)
     except Exception as exc:  # the row stays for the next relay
         logger.warning("customerio: outbox relay cannot reach the broker (%s)", type(exc).__name__)
         return False

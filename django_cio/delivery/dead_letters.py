@@ -11,7 +11,7 @@ from django.db.models import QuerySet
 
 from .. import metrics
 from ..broker.drain import MAX_FAILURES
-from ..broker.outbox import send_message
+from ..broker.outbox import publish_or_park
 from ..broker.publish import split
 from ..models import DeadLetter
 from ..operations import Json
@@ -57,7 +57,7 @@ def replay(letters: QuerySet[DeadLetter]) -> int:
     by_op = {id(letter.op): letter for letter in letters}
     replayed = []
     for chunk in split([letter.op for letter in by_op.values()]):
-        if send_message(chunk, using=letters.db):  # kept until the message is safe
+        if publish_or_park(chunk, using=letters.db):  # kept until the message is safe
             replayed += [by_op[id(op)].pk for op in chunk]
     DeadLetter.objects.using(letters.db).filter(pk__in=replayed).delete()
     return len(replayed)

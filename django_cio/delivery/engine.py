@@ -123,13 +123,13 @@ class Delivery:
     error: APIError | None = None
 
     def run(self) -> None:
-        cio, backend = get_settings(), get_backend()
+        config, backend = get_settings(), get_backend()
         if self.ops is None:  # a backfill hands over ops it has just built and validated
             self.ops = self.parse()
         pre_send.send(sender=type(backend), ops=self.ops)
-        self.send(backend, self.ops, cio)
+        self.send(backend, self.ops, config)
         if self.pending:
-            self.retry_later(cio)
+            self.retry_later(config)
         failed = [result for result in self.results if result.status == "failed"]
         dead_letters.store([(r.op.to_dict(), r.reason, r.http_status) for r in failed],
                       self.failures + 1)
@@ -156,11 +156,11 @@ class Delivery:
                 dead_letters.store([(raw, f"malformed: {exc}", None)], self.failures + 1)
         return ops
 
-    def send(self, backend: BaseBackend, ops: list[Operation], cio: CIOSettings) -> None:
+    def send(self, backend: BaseBackend, ops: list[Operation], config: CIOSettings) -> None:
         limiter, refusal = None, None
         if not backend.delivers_inline:  # what leaves the process: one limit, no repeats
-            refusal = credentials.refusal(cio)
-            if refusal and not credentials.may_probe(cio):  # keep them until the key works
+            refusal = credentials.refusal(config)
+            if refusal and not credentials.may_probe(config):  # keep them until the key works
                 self.error = PermanentError("credentials refused", status=refusal["status"],
                                             kind="operation", count=len(ops))
                 self.pending = list(ops)
@@ -174,16 +174,16 @@ class Delivery:
                              if id(op) not in kept and isinstance(op, Identify)]
             ops = fresh
             dedup.forget(ops)
-        requests = list(pack(ops, batch=cio.batch))
+        requests = list(pack(ops, batch=config.batch))
         for number, request in enumerate(requests):
             left = self.deadline - time.monotonic()
-            if number and left < cio.timeout:  # a request now could outlast the task's time
+            if number and left < config.timeout:  # a request now could outlast the task's time
                 self.throttled_for = 0.0
                 self.pending = [op for later in requests[number:] for op in later.ops]
                 break
             if limiter is not None:
                 try:
-                    limiter.acquire(max_wait=max(0.0, min(MAX_LIMITER_WAIT, left - cio.timeout)))
+                    limiter.acquire(max_wait=max(0.0, min(MAX_LIMITER_WAIT, left - config.timeout)))
                 except Throttled as throttled:  # our own limit: come back when it has room
                     self.throttled_for = throttled.wait
                     self.pending = [op for later in requests[number:] for op in later.ops]
@@ -196,7 +196,7 @@ class Delivery:
                     refused = []
             except PermanentError as exc:
                 if exc.status in credentials.REFUSING_STATUSES:  # the key, not these ops
-                    credentials.refused(cio, exc.status)
+                    credentials.refused(config, exc.status)
                     self.error = exc
                     self.pending = [op for later in requests[number:] for op in later.ops]
                     break
@@ -211,7 +211,7 @@ class Delivery:
                 self.pending = [op for later in requests[number:] for op in later.ops]
                 break
             if refusal:  # this delivery's probe got through
-                credentials.accepted(cio)
+                credentials.accepted(config)
                 refusal = None
             bad = {error.index: error for error in refused}
             for index, op in enumerate(request.ops):
@@ -223,28 +223,28 @@ class Delivery:
             if limiter is not None:  # at once: the longer we wait, the staler it is
                 dedup.remember(op for index, op in enumerate(request.ops) if index not in bad)
 
-    def retry_later(self, cio: CIOSettings) -> None:
+    def retry_later(self, config: CIOSettings) -> None:
         # Each branch marks the ops "retrying" only once they are handed over: a crash before
         # that retries them as unsent.
         error = self.error
         if error is None:  # only our own limiter held them back
-            self.hand_over(self.failures, min(self.throttled_for or 0, cio.retry_after_max))
+            self.hand_over(self.failures, min(self.throttled_for or 0, config.retry_after_max))
             self.results += [OpResult(op, "retrying", "throttled") for op in self.pending]
             return
         if isinstance(error, RateLimited):
             # Being told to slow down is not a failure of these ops: keep the retry budget.
             failures = self.failures
-            wait = error.retry_after if error.retry_after is not None else backoff(1, cio)
-            wait = min(wait, cio.retry_after_max)
+            wait = error.retry_after if error.retry_after is not None else backoff(1, config)
+            wait = min(wait, config.retry_after_max)
         elif isinstance(error, PermanentError):  # credentials refused: nor is a bad key
             failures, wait = self.failures, credentials.HOLD_FOR
         else:
             failures = self.failures + 1
-            if failures > cio.max_retries:
+            if failures > config.max_retries:
                 self.results += [OpResult(op, "failed", error.reason, error.status)
                                  for op in self.pending]
                 return
-            wait = backoff(failures, cio)
+            wait = backoff(failures, config)
         self.hand_over(failures, wait)
         self.results += [OpResult(op, "retrying", error.reason, error.status)
                          for op in self.pending]

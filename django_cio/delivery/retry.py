@@ -10,7 +10,7 @@ from celery.exceptions import Reject
 from django.core.cache import caches
 
 from ..broker.outbox import park
-from ..broker.publish import publish_to_broker
+from ..broker.publish import publish_ops
 from ..conf import CIOSettings, get_settings
 from ..operations import Json
 from . import dead_letters
@@ -32,30 +32,30 @@ def schedule(ops: list[Json], failures: int, wait: float) -> None:
     or the broker is down. Raises if neither takes it, so the message is not acknowledged."""
     if wait <= MAX_COUNTDOWN:
         try:
-            publish_to_broker(ops, failures=failures, countdown=wait)
+            publish_ops(ops, failures=failures, countdown=wait)
             return
         except Exception as exc:  # the Outbox below takes it
             logger.warning("customerio: broker unavailable for a retry (%s)", type(exc).__name__)
     park(ops, failures=failures, delay=wait)
 
 
-def backoff(failures: int, cio: CIOSettings) -> float:
+def backoff(failures: int, config: CIOSettings) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(cap, 2 ** failures)] seconds."""
-    return random.uniform(0, min(cio.retry_backoff_max, 2.0 ** failures))
+    return random.uniform(0, min(config.retry_backoff_max, 2.0 ** failures))
 
 
 def retry_after_crash(ops: list[Json], failures: int, error: str) -> None:
     """Ops a crashed delivery did not send: a retry, or dead letters when out of retries."""
     if not ops:
         return
-    cio = get_settings()
+    config = get_settings()
     try:
-        if failures + 1 > cio.max_retries:
+        if failures + 1 > config.max_retries:
             dead_letters.store([(raw, f"crashed ({error})", None) for raw in ops], failures + 1)
         else:
             # Straight to the broker: the Outbox may be what is down.
-            publish_to_broker(ops, failures=failures + 1,
-                                       countdown=min(backoff(failures + 1, cio), MAX_COUNTDOWN))
+            publish_ops(ops, failures=failures + 1,
+                                       countdown=min(backoff(failures + 1, config), MAX_COUNTDOWN))
     except Exception:
         # Nowhere to put it: give the message back to the broker rather than lose it.
         raise Reject(error, requeue=True) from None

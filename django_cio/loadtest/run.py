@@ -121,7 +121,7 @@ class LoadTest:
 
         plan = self.plan
         plan.out.mkdir(parents=True, exist_ok=True)
-        cio = get_settings()
+        config = get_settings()
         with contextlib.ExitStack() as stack:
             changes: dict[str, Any] = {"BACKEND": "django_cio.backends.http.TrackAPIBackend"}
             track_url = plan.track_url
@@ -143,7 +143,7 @@ class LoadTest:
             if plan.workers and not plan.host:
                 # A queue of the run's own: a worker of yours that is running takes none of
                 # its messages, and what a timeout leaves behind reaches no real workspace.
-                changes["QUEUE"] = f"{cio.queue}-{plan.prefix.rstrip('-')}"
+                changes["QUEUE"] = f"{config.queue}-{plan.prefix.rstrip('-')}"
             # This process (warm-up, cleanup), gunicorn and the workers, all alike.
             project = getattr(settings, "CUSTOMERIO", {})
             stack.enter_context(override_settings(CUSTOMERIO={**project, **changes}))

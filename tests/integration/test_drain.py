@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 def queue_events(count, prefix="p", countdown=0):
     events = [Event(f"{prefix}{number}", "viewed", {"n": number}) for number in range(count)]
     for event in events:
-        broker_publish.publish_to_broker([event.to_dict()], countdown=countdown)
+        broker_publish.publish_ops([event.to_dict()], countdown=countdown)
     return events
 
 

@@ -45,7 +45,7 @@ def redis_broker(private_redis):
 def queue_events(client: redis.Redis, count: int) -> list[str]:
     """``count`` one-op messages; returns their task ids in the order they were sent."""
     for number in range(count):
-        broker_publish.publish_to_broker([Event(f"p{number}", "viewed", {"n": number}).to_dict()])
+        broker_publish.publish_ops([Event(f"p{number}", "viewed", {"n": number}).to_dict()])
     return [json.loads(item)["headers"]["id"]
             for item in reversed(client.lrange(get_settings().queue, 0, -1))]
 
@@ -122,7 +122,7 @@ def test_pool_processes_killed_mid_drain_again_and_again_lose_no_message(
     use_broker(private_redis.url)
     try:
         for number in range(count):
-            broker_publish.publish_to_broker([Event(f"p{number % 7}", "clicked",
+            broker_publish.publish_ops([Event(f"p{number % 7}", "clicked",
                                               {"n": number}).to_dict()])
         env = {"CIO_TEST_REDIS_BROKER": private_redis.url,
                "CIO_TEST_VISIBILITY_TIMEOUT": SCALED_VISIBILITY}

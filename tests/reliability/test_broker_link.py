@@ -47,15 +47,15 @@ def ops(name: str) -> list[dict]:
 
 
 def test_a_message_published_into_a_dark_link_goes_to_the_outbox(dark_link):
-    assert outbox.send_message(ops("before"))  # the cached connection, through the proxy
+    assert outbox.publish_or_park(ops("before"))  # the cached connection, through the proxy
     dark_link.black_hole()
-    assert outbox.send_message(ops("while_dark"))
+    assert outbox.publish_or_park(ops("while_dark"))
     assert [row.ops[0]["name"] for row in Outbox.objects.all()] == ["while_dark"]
     assert queued() == 1  # only "before" reached the broker
 
 
 def test_the_relay_keeps_rows_it_could_not_publish_through_a_dark_link(dark_link):
-    assert outbox.send_message(ops("before"))
+    assert outbox.publish_or_park(ops("before"))
     dark_link.black_hole()
     Outbox.objects.create(ops=ops("parked"), not_before=timezone.now() - timedelta(seconds=1))
     assert relay.relay() == 0

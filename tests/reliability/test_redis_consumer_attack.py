@@ -18,7 +18,7 @@ import redis
 from celery import Celery
 from kombu.transport import TRANSPORT_ALIASES, _transport_cache
 
-from django_cio.broker.publish import publish_to_broker
+from django_cio.broker.publish import publish_ops
 from django_cio.broker.redis import Transport, consume_atomically
 from django_cio.conf import get_settings
 from django_cio.operations import Event
@@ -75,11 +75,11 @@ def test_a_worker_on_two_queues_drains_the_second_promptly(
     try:
         worker_process(queue=f"{main},{other}",
                        env={"CIO_TEST_REDIS_BROKER": private_redis.url})
-        publish_to_broker([Event("p", "warm", {"n": -1}).to_dict()])
+        publish_ops([Event("p", "warm", {"n": -1}).to_dict()])
         _wait_for(lambda: cio_fake.received >= 1, timeout=60)  # the worker is consuming
         settings.CUSTOMERIO = {**settings.CUSTOMERIO, "QUEUE": other}
         for number in range(10):
-            publish_to_broker([Event("p", "other", {"n": number}).to_dict()])
+            publish_ops([Event("p", "other", {"n": number}).to_dict()])
         started = time.monotonic()
         _wait_for(lambda: len(cio_fake.store.events) >= 11, timeout=60)
         took = time.monotonic() - started

@@ -18,7 +18,7 @@ class Command(BaseCommand):
         add_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        cio = get_settings()
-        options["site_id"] = options["site_id"] or cio.site_id
-        options["api_key"] = options["api_key"] or cio.api_key
+        config = get_settings()
+        options["site_id"] = options["site_id"] or config.site_id
+        options["api_key"] = options["api_key"] or config.api_key
         serve(options, self.stdout)
