@@ -11,17 +11,7 @@ from django.utils.html import format_html
 
 from .delivery.dead_letters import replay
 from .models import BackfillRun, DeadLetter, Outbox
-from .operations import safe_label
-
-
-def redacted(value: Any) -> Any:
-    """The shape of a stored op: its keys and the type of each value, never the values
-    (attribute values are PII). Replay uses the op as it is stored."""
-    if isinstance(value, dict):
-        return {safe_label(str(key)): redacted(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [redacted(item) for item in value]
-    return type(value).__name__
+from .privacy import redacted, safe_label
 
 
 @admin.register(DeadLetter)

@@ -20,7 +20,7 @@ class DjangoCIOConfig(AppConfig):
         from . import auth, checks, conf, registry, tasks  # noqa: F401
         from .broker.redis import consume_atomically
         from .broker.relay import add_relay_step
-        from .client import HIDE_PERSON_PATHS
+        from .privacy import HIDE_PERSON_PATHS
 
         setting_changed.connect(conf.clear_cache, dispatch_uid="django_cio.conf")
         # urllib3 logs each request's path at DEBUG, and a v1 path holds the person id.

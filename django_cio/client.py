@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -59,28 +58,6 @@ from .operations import (
 logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("django_cio.requests")
 
-
-class HidePersonPaths(logging.Filter):
-    """urllib3 logs each request's path at DEBUG, and a v1 path holds the person id (an email,
-    maybe) and a device token: those of Track API paths are logged as ``<id>``, ``<token>``,
-    wherever the path sits (behind a proxy prefix, in an absolute URL)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_hide_ids(arg) if isinstance(arg, str) else arg
-                                for arg in record.args)
-        return True
-
-
-_PERSON_PATH = re.compile(r"(/api/v1/customers/)[^/?#\s\"]+(?:(/devices/)[^/?#\s\"]+)?")
-
-
-def _hide_ids(text: str) -> str:
-    return _PERSON_PATH.sub(lambda m: m[1] + "<id>" + (m[2] + "<token>" if m[2] else ""), text)
-
-
-# Installed on urllib3's logger by ``AppConfig.ready``.
-HIDE_PERSON_PATHS = HidePersonPaths()
 
 _REASONS = {
     400: "bad request",

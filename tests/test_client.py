@@ -224,10 +224,10 @@ def test_op_error_repr_is_redacted(mocked, track):
 
 
 def test_urllib3_debug_lines_hide_person_ids_and_tokens_wherever_the_path_is():
-    from django_cio.client import _hide_ids
+    from django_cio.privacy import hide_person_paths
 
-    assert _hide_ids("PUT /cio/api/v1/customers/ada%40example.com HTTP/1.1") == (
+    assert hide_person_paths("PUT /cio/api/v1/customers/ada%40example.com HTTP/1.1") == (
         "PUT /cio/api/v1/customers/<id> HTTP/1.1")
-    assert _hide_ids("https://proxy/api/v1/customers/42/devices/tok?x=1") == (
+    assert hide_person_paths("https://proxy/api/v1/customers/42/devices/tok?x=1") == (
         "https://proxy/api/v1/customers/<id>/devices/<token>?x=1")
-    assert _hide_ids("POST /api/v2/batch HTTP/1.1") == "POST /api/v2/batch HTTP/1.1"
+    assert hide_person_paths("POST /api/v2/batch HTTP/1.1") == "POST /api/v2/batch HTTP/1.1"

@@ -30,8 +30,8 @@ from django_cio.operations import (
     Suppress,
     Unsuppress,
     dumps,
-    json_safe,
 )
+from django_cio.operations.values import json_safe
 
 SECRET = "ada@example.com"
 
@@ -393,7 +393,7 @@ def test_person_hash_is_keyed_with_secret_key():
 
     from django.test import override_settings
 
-    from django_cio.operations import person_hash
+    from django_cio.privacy import person_hash
 
     assert person_hash(SECRET) != hashlib.sha256(SECRET.encode()).hexdigest()[:12]
     with override_settings(SECRET_KEY="another"):

@@ -12,7 +12,8 @@ import time
 from collections import Counter, defaultdict, deque
 from typing import Any
 
-from ..operations import (
+from ..operations import dumps
+from ..operations.limits import (
     MAX_ATTRIBUTE_NAME_BYTES,
     MAX_ATTRIBUTE_VALUE_BYTES,
     MAX_ATTRIBUTES,
@@ -22,7 +23,6 @@ from ..operations import (
     MAX_ID_BYTES,
     MAX_PAGE_URL_BYTES,
     PLATFORMS,
-    dumps,
 )
 
 Json = dict[str, Any]

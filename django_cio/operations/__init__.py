@@ -1,0 +1,67 @@
+"""Track API operations: the op kinds (``kinds``), the values they hold (``values``) and the
+API's limits (``limits``). Each op is validated when it is built, so a bad call fails in the
+caller's code, not hours later in a worker."""
+
+from .kinds import (
+    OPERATIONS,
+    AddDevice,
+    AnonymousEvent,
+    Delete,
+    DeleteDevice,
+    Event,
+    Identify,
+    Merge,
+    Operation,
+    Page,
+    Suppress,
+    Unsuppress,
+    V1Request,
+)
+from .limits import (
+    MAX_ATTRIBUTE_NAME_BYTES,
+    MAX_ATTRIBUTE_VALUE_BYTES,
+    MAX_ATTRIBUTES,
+    MAX_BATCH_BYTES,
+    MAX_DEPTH,
+    MAX_DEVICE_TOKEN_BYTES,
+    MAX_EVENT_DATA_BYTES,
+    MAX_EVENT_NAME_BYTES,
+    MAX_ID_BYTES,
+    MAX_PAGE_URL_BYTES,
+    MAX_V2_OP_BYTES,
+    PLATFORMS,
+)
+from .values import Json, dumps, event_id_time, new_event_id, unix_seconds
+
+__all__ = [
+    "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTE_NAME_BYTES",
+    "MAX_ATTRIBUTE_VALUE_BYTES",
+    "MAX_BATCH_BYTES",
+    "MAX_DEPTH",
+    "MAX_DEVICE_TOKEN_BYTES",
+    "MAX_EVENT_DATA_BYTES",
+    "MAX_EVENT_NAME_BYTES",
+    "MAX_ID_BYTES",
+    "MAX_PAGE_URL_BYTES",
+    "MAX_V2_OP_BYTES",
+    "OPERATIONS",
+    "PLATFORMS",
+    "AddDevice",
+    "AnonymousEvent",
+    "Delete",
+    "DeleteDevice",
+    "Event",
+    "Identify",
+    "Json",
+    "Merge",
+    "Operation",
+    "Page",
+    "Suppress",
+    "Unsuppress",
+    "V1Request",
+    "dumps",
+    "event_id_time",
+    "new_event_id",
+    "unix_seconds",
+]

@@ -1,0 +1,62 @@
+"""Personal data stays out of logs, errors and pages: person ids stand in as keyed hashes,
+keys that might be data as ``<key>``, stored ops as their shape, and Track API paths in
+urllib3's debug log as ``<id>``."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+from typing import Any
+
+from django.conf import settings
+
+_PLAIN_KEY = re.compile(r"[\w \-]{1,40}")  # fullmatch: "$" would let a final newline in
+
+
+def person_hash(person_id: str) -> str:
+    """A short, stable stand-in for a person id in logs (ids may be emails).
+
+    Keyed with ``SECRET_KEY`` so that hashing a list of known emails doesn't reverse it.
+    """
+    key = str(getattr(settings, "SECRET_KEY", "")).encode() if settings.configured else b""
+    return hmac.new(key, person_id.encode(errors="replace"), hashlib.sha256).hexdigest()[:12]
+
+
+def safe_label(key: str) -> str:
+    """A key for an error message, unless it might be data (an email used as a key, say)."""
+    return key if _PLAIN_KEY.fullmatch(key) else "<key>"
+
+
+def redacted(value: Any) -> Any:
+    """The shape of a stored op: its keys and the type of each value, never the values
+    (attribute values are PII). Replay uses the op as it is stored."""
+    if isinstance(value, dict):
+        return {safe_label(str(key)): redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redacted(item) for item in value]
+    return type(value).__name__
+
+
+class HidePersonPaths(logging.Filter):
+    """urllib3 logs each request's path at DEBUG, and a v1 path holds the person id (an email,
+    maybe) and a device token: those of Track API paths are logged as ``<id>``, ``<token>``,
+    wherever the path sits (behind a proxy prefix, in an absolute URL)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(hide_person_paths(arg) if isinstance(arg, str) else arg
+                                for arg in record.args)
+        return True
+
+
+_PERSON_PATH = re.compile(r"(/api/v1/customers/)[^/?#\s\"]+(?:(/devices/)[^/?#\s\"]+)?")
+
+
+def hide_person_paths(text: str) -> str:
+    return _PERSON_PATH.sub(lambda m: m[1] + "<id>" + (m[2] + "<token>" if m[2] else ""), text)
+
+
+# Installed on urllib3's logger by ``AppConfig.ready``.
+HIDE_PERSON_PATHS = HidePersonPaths()
