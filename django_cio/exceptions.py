@@ -56,5 +56,18 @@ class RateLimited(TransientError):
         super().__init__("rate limited", status=429, kind=kind, count=count)
 
 
+class Throttled(CustomerIOError):
+    """The shared rate limit's next slot is more than ``max_wait`` away; nothing was reserved
+    (the ops wait on the broker, not in a worker)."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        super().__init__(f"rate limited for {wait:.1f} s")
+
+
+class LimiterUnavailable(Throttled):
+    """The limiter's Redis cannot be reached: no slot can be had for ``wait`` seconds."""
+
+
 class PermanentError(APIError):
     """The request will fail again as it is: 400, 401, 403, 404, 413 and other 4xx answers."""

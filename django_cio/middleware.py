@@ -86,7 +86,8 @@ class RequestTracker:
     def identify(self, **attributes: Any) -> None:
         person = self.person_id
         if person is None:
-            raise ValueError("request.cio.identify() needs a logged-in user")
+            raise ValidationError("identify", "person_id",
+                                  "is unknown: request.cio.identify() needs a logged-in user")
         enqueue(Identify(person, attributes))
 
 

@@ -34,6 +34,7 @@ from django.conf import settings
 
 from .caching import redis_client
 from .conf import CIOSettings, get_settings
+from .exceptions import LimiterUnavailable, Throttled
 
 logger = logging.getLogger("django_cio")
 
@@ -70,18 +71,6 @@ _REDIS_TIMEOUT = 0.5
 _RETRY_REDIS_AFTER = 1.0
 _MICROS = 1_000_000
 _FOREVER = 10**9  # seconds: "no limit" for max_wait, still an exact integer of microseconds
-
-
-class Throttled(Exception):
-    """The next slot is more than ``max_wait`` away; nothing was reserved."""
-
-    def __init__(self, wait: float) -> None:
-        self.wait = wait
-        super().__init__(f"rate limited for {wait:.1f} s")
-
-
-class LimiterUnavailable(Throttled):
-    """The limiter's Redis cannot be reached: no slot can be had for ``wait`` seconds."""
 
 
 @dataclass

@@ -187,6 +187,19 @@ def test_page_by_keyword_still_names_the_page(rf, cio):
     assert cio[0].name == "https://shop.example/cart" and cio[0].data == {"title": "Cart"}
 
 
+def test_identify_without_a_logged_in_user_names_the_field(rf, cio):
+    from django.contrib.auth.models import AnonymousUser
+
+    from django_cio.exceptions import ValidationError
+    from django_cio.middleware import RequestTracker
+
+    request = rf.get("/")
+    request.user = AnonymousUser()
+    with pytest.raises(ValidationError, match="identify: person_id is unknown"):
+        RequestTracker(request).identify(plan="pro")
+    assert cio == []
+
+
 def test_a_view_that_fails_after_commit_still_sends_the_committed_ops(client, published):
     with pytest.raises(RuntimeError):
         client.get("/failing/")

@@ -222,7 +222,7 @@ def test_page_urls_may_be_longer_than_event_names():
 def test_anonymous_event_has_no_v2_form():
     op = AnonymousEvent("anon", "x")
     assert not op.batchable
-    with pytest.raises(TypeError):
+    with pytest.raises(ValidationError, match="anonymous_event: v2 does not exist"):
         op.v2()
     with pytest.raises(ValidationError, match="anonymous_event: type"):
         AnonymousEvent("anon", "x", type="screen")

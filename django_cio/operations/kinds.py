@@ -252,7 +252,8 @@ class AnonymousEvent(Operation):
         return V1Request("POST", "/api/v1/events", {**body, "anonymous_id": self.anonymous_id})
 
     def v2(self) -> Json:
-        raise TypeError("Customer.io's v2 API has no anonymous events; send them with v1")
+        raise ValidationError(self.kind, "v2", "does not exist: Customer.io's v2 API has no "
+                              "anonymous events (they are sent with v1)")
 
 
 @dataclass(frozen=True, repr=False)
