@@ -48,7 +48,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 def _check_cache(config: dict[str, Any]) -> list[CheckMessage]:
     caches = getattr(settings, "CACHES", {})
     if not isinstance(config["CACHE"], str):
-        return []  # already an E001
+        return []  # already reported by find_problems
     if config["CACHE"] not in caches:
         return [Error(
             f"CUSTOMERIO['CACHE'] names the cache alias {config['CACHE']!r}, which is not in "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -32,36 +33,105 @@ OFFLINE_BACKENDS = {
     "django_cio.backends.null.NullBackend",
 }
 
-DEFAULTS: dict[str, Any] = {
-    "SITE_ID": None,
-    "API_KEY": None,
-    "REGION": "us",
-    "TRACK_URL": None,
-    "BACKEND": HTTP_BACKEND,
-    "RATE_LIMIT": "80/s",
-    "RATE_LIMIT_WORKERS": 4,
-    "QUEUE": "customerio",
-    "BATCH": True,
-    "DEDUP_TTL": 300,
-    "CACHE": "default",
-    "REDIS_URL": None,
-    "MAX_RETRIES": 8,
-    "RETRY_BACKOFF_MAX": 600,
-    "RETRY_AFTER_MAX": 60,
-    "TIMEOUT": 10,
-    "ENABLED": True,
-    "RELAY": True,  # every Celery worker relays the Outbox (off: run cio_relay --loop yourself)
-    # Requests (middleware) and logins (auth signals)
-    "PAGE_VIEWS": False,
-    "PAGE_VIEWS_SKIP": r"^/(static|media|admin|health|favicon\.ico)",
-    "ANONYMOUS_COOKIE": "cio_anonymous_id",
-    "AUTH_SIGNALS": True,
-    "TRACK_IP": False,
-}
+Check = Callable[[Any], "str | None"]  # what is wrong with a value ("must be ..."), or None
 
-_NUMBERS = ("DEDUP_TTL", "MAX_RETRIES", "RETRY_BACKOFF_MAX", "RETRY_AFTER_MAX", "TIMEOUT")
-_FLAGS = ("BATCH", "ENABLED", "RELAY", "PAGE_VIEWS", "AUTH_SIGNALS", "TRACK_IP")
-_NAMES = ("QUEUE", "CACHE", "BACKEND", "REGION", "ANONYMOUS_COOKIE")
+
+@dataclass(frozen=True)
+class Option:
+    """One key of ``CUSTOMERIO``: its default, what a good value is, and the id of the system
+    check that reports a bad one."""
+
+    default: Any
+    check: Check | None = None
+    id: str = ""
+    shows_value: bool = True  # False where a value may hold a password (URLs)
+
+
+def _number(least: float = 0, above: bool = False) -> Check:
+    def check(value: Any) -> str | None:
+        good = (not isinstance(value, bool) and isinstance(value, (int, float))
+                and math.isfinite(value) and (value > least if above else value >= least))
+        return None if good else f"must be a number {'above' if above else '>='} {least:g}"
+    return check
+
+
+def _integer(least: int) -> Check:
+    def check(value: Any) -> str | None:
+        good = not isinstance(value, bool) and isinstance(value, int) and value >= least
+        return None if good else f"must be an integer >= {least}"
+    return check
+
+
+def _flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be True or False"
+
+
+def _name(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else "must be a non-empty string"
+
+
+def _region(value: Any) -> str | None:
+    return None if value in REGION_URLS else f"must be one of {sorted(REGION_URLS)}"
+
+
+def _track_url(value: Any) -> str | None:
+    return None if value is None or is_http_url(value) else "must be an http:// or https:// URL"
+
+
+def _redis_url(value: Any) -> str | None:
+    good = value is None or (isinstance(value, str)
+                             and urlsplit(value).scheme in ("redis", "rediss", "unix"))
+    return None if good else "must be a redis://, rediss:// or unix:// URL (or None)"
+
+
+def _rate(value: Any) -> str | None:
+    try:
+        parse_rate(value)
+    except ConfigurationError:
+        return "must look like '80/s', '4800/m' or '10/5s'"
+    return None
+
+
+def _pattern(value: Any) -> str | None:
+    try:
+        re.compile(value)
+    except (re.error, TypeError):
+        return "must be a regular expression matched against request paths"
+    return None
+
+
+# Every key of CUSTOMERIO, once: the defaults, ``CIOSettings``'s fields, validation and the
+# system checks (one id per key) all come from here; docs/settings.md lists them.
+OPTIONS: dict[str, Option] = {
+    "SITE_ID": Option(None),
+    "API_KEY": Option(None),
+    "REGION": Option("us", _region, "E003"),
+    "TRACK_URL": Option(None, _track_url, "E005", shows_value=False),
+    "BACKEND": Option(HTTP_BACKEND, _name, "E010"),
+    "RATE_LIMIT": Option("80/s", _rate, "E004"),
+    "RATE_LIMIT_WORKERS": Option(4, _integer(1), "E011"),
+    "QUEUE": Option("customerio", _name, "E012"),
+    "BATCH": Option(True, _flag, "E013"),
+    "DEDUP_TTL": Option(300, _number(), "E014"),
+    "CACHE": Option("default", _name, "E015"),
+    "REDIS_URL": Option(None, _redis_url, "E016", shows_value=False),
+    "MAX_RETRIES": Option(8, _integer(0), "E017"),
+    "RETRY_BACKOFF_MAX": Option(600, _number(), "E018"),
+    "RETRY_AFTER_MAX": Option(60, _number(), "E019"),
+    "TIMEOUT": Option(10, _number(above=True), "E020"),
+    "ENABLED": Option(True, _flag, "E021"),
+    # Every Celery worker relays the Outbox (off: run cio_relay --loop yourself).
+    "RELAY": Option(True, _flag, "E022"),
+    # Requests (middleware) and logins (auth signals)
+    "PAGE_VIEWS": Option(False, _flag, "E023"),
+    "PAGE_VIEWS_SKIP": Option(r"^/(static|media|admin|health|favicon\.ico)", _pattern, "E024"),
+    "ANONYMOUS_COOKIE": Option("cio_anonymous_id", _name, "E025"),
+    "AUTH_SIGNALS": Option(True, _flag, "E026"),
+    "TRACK_IP": Option(False, _flag, "E027"),
+}
+DEFAULTS: dict[str, Any] = {key: option.default for key, option in OPTIONS.items()}
+NOT_A_DICT, UNKNOWN_KEYS = "E001", "E009"
+
 _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*([smh])\s*$")
 
@@ -151,53 +221,19 @@ def find_problems() -> list[Problem]:
     """Every problem with the shape of ``settings.CUSTOMERIO``, not only the first."""
     user = getattr(settings, "CUSTOMERIO", {})
     if not isinstance(user, dict):
-        return [Problem("E001", "settings.CUSTOMERIO must be a dict")]
+        return [Problem(NOT_A_DICT, "settings.CUSTOMERIO must be a dict")]
     problems = []
-    unknown = sorted(set(user) - set(DEFAULTS))
+    unknown = sorted(set(user) - set(OPTIONS))
     if unknown:
-        problems.append(Problem("E001", f"Unknown key(s) in settings.CUSTOMERIO: "
-                                        f"{', '.join(unknown)}. Known keys: {', '.join(DEFAULTS)}"))
-    merged = {**DEFAULTS, **user}
-    for key in _NUMBERS:
-        value, least = merged[key], 0 if key != "TIMEOUT" else 0.001
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and value >= least
-        ):
-            above = "above 0" if key == "TIMEOUT" else ">= 0"
-            problems.append(Problem("E001", f"CUSTOMERIO['{key}'] must be a number {above}, "
-                                            f"got {value!r}"))
-    workers = merged["RATE_LIMIT_WORKERS"]
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        problems.append(Problem("E001", f"CUSTOMERIO['RATE_LIMIT_WORKERS'] must be an integer "
-                                        f">= 1, got {workers!r}"))
-    for key in _FLAGS:
-        if not isinstance(merged[key], bool):
-            problems.append(Problem("E001", f"CUSTOMERIO['{key}'] must be True or False, "
-                                            f"got {merged[key]!r}"))
-    for key in _NAMES:
-        if not isinstance(merged[key], str) or not merged[key]:
-            problems.append(Problem("E001", f"CUSTOMERIO['{key}'] must be a non-empty string"))
-    if isinstance(merged["REGION"], str) and merged["REGION"] not in REGION_URLS:
-        problems.append(Problem("E003", f"CUSTOMERIO['REGION'] must be one of "
-                                        f"{sorted(REGION_URLS)}, got {merged['REGION']!r}"))
-    try:
-        parse_rate(merged["RATE_LIMIT"])
-    except ConfigurationError as exc:
-        problems.append(Problem("E004", str(exc)))
-    try:
-        re.compile(merged["PAGE_VIEWS_SKIP"])
-    except (re.error, TypeError):
-        problems.append(Problem("E001", "CUSTOMERIO['PAGE_VIEWS_SKIP'] must be a regular "
-                                        "expression matched against request paths"))
-    redis_url = merged["REDIS_URL"]
-    if redis_url is not None and not (
-        isinstance(redis_url, str) and urlsplit(redis_url).scheme in ("redis", "rediss", "unix")
-    ):
-        problems.append(Problem("E001", "CUSTOMERIO['REDIS_URL'] must be a redis://, rediss:// "
-                                        "or unix:// URL (or None)"))
-    if merged["TRACK_URL"] is not None and not is_http_url(merged["TRACK_URL"]):
-        problems.append(Problem("E005", "CUSTOMERIO['TRACK_URL'] must be an http:// or "
-                                        "https:// URL"))
+        problems.append(Problem(UNKNOWN_KEYS, f"Unknown key(s) in settings.CUSTOMERIO: "
+                                              f"{', '.join(unknown)}. Known keys: "
+                                              f"{', '.join(OPTIONS)}"))
+    for key, option in OPTIONS.items():
+        value = user.get(key, option.default)
+        wrong = option.check(value) if option.check else None
+        if wrong:  # the credentials have no check: they never get here
+            got = f", got {value!r}" if option.shows_value else ""
+            problems.append(Problem(option.id, f"CUSTOMERIO['{key}'] {wrong}{got}"))
     return problems
 
 

@@ -19,8 +19,8 @@ def test_good_settings_pass():
     assert ids(**GOOD) == []
 
 
-def test_unknown_key_is_E001():
-    assert ids(**GOOD, SITEID="x") == ["django_cio.E001"]
+def test_unknown_key_is_E009():
+    assert ids(**GOOD, SITEID="x") == ["django_cio.E009"]
 
 
 def test_missing_credentials_for_http_backend_is_E002():
@@ -68,8 +68,8 @@ def test_a_dedup_cache_that_is_not_redis_is_W001():
 
 def test_every_problem_is_reported_at_once():
     cio = {"REGION": "mars", "RATE_LIMIT": "lots", "TIMEOUT": 0, "TRACK_URL": 5, "CACHE": "x"}
-    assert sorted(ids(**cio)) == ["django_cio.E001", "django_cio.E002", "django_cio.E003",
-                                  "django_cio.E004", "django_cio.E005", "django_cio.E006"]
+    assert sorted(ids(**cio)) == ["django_cio.E002", "django_cio.E003", "django_cio.E004",
+                                  "django_cio.E005", "django_cio.E006", "django_cio.E020"]
 
 
 def test_checks_run_under_manage_py_check():

@@ -100,3 +100,19 @@ def test_redis_url_must_be_a_redis_url(url):
         ConfigurationError, match="REDIS_URL"
     ):
         get_settings()
+
+
+def test_every_option_is_a_settings_field_and_in_the_docs():
+    import dataclasses
+    from pathlib import Path
+
+    from django_cio.conf import NOT_A_DICT, OPTIONS, UNKNOWN_KEYS, CIOSettings
+
+    assert [f.name for f in dataclasses.fields(CIOSettings)] == [key.lower() for key in OPTIONS]
+    docs = (Path(__file__).parents[1] / "docs" / "settings.md").read_text()
+    for key, option in OPTIONS.items():
+        assert f"`{key}`" in docs
+        if option.id:
+            assert f"`django_cio.{option.id}` | `{key}`" in docs
+    ids = [option.id for option in OPTIONS.values() if option.id] + [NOT_A_DICT, UNKNOWN_KEYS]
+    assert len(ids) == len(set(ids))  # one id per problem
