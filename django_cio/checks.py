@@ -26,23 +26,23 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         Error(problem.message, id=f"django_cio.{problem.id}") for problem in conf.find_problems()
     ]
     config = conf.merged_settings()
-    if config["BACKEND"] not in conf.OFFLINE_BACKENDS:
-        missing = [key for key in ("SITE_ID", "API_KEY") if not config[key]]
-        if missing:
-            messages.append(Error(
-                f"CUSTOMERIO[{', '.join(repr(key) for key in missing)}] required by "
-                f"{config['BACKEND']}",
-                hint="Set them from the environment, or use the locmem/console/null backend.",
-                id="django_cio.E002",
-            ))
-    messages += _check_cache(config)
     try:
-        import_string(config["BACKEND"])
+        backend = import_string(config["BACKEND"])
     except (ImportError, TypeError):
         messages.append(Error(
             f"CUSTOMERIO['BACKEND'] {config['BACKEND']!r} cannot be imported", id="django_cio.E007"
         ))
-    return messages
+        backend = None
+    # A backend that delivers inline (locmem, console, null) never talks to Customer.io.
+    missing = [key for key in ("SITE_ID", "API_KEY") if not config[key]]
+    if backend is not None and not getattr(backend, "delivers_inline", False) and missing:
+        messages.append(Error(
+            f"CUSTOMERIO[{', '.join(repr(key) for key in missing)}] required by "
+            f"{config['BACKEND']}",
+            hint="Set them from the environment, or use the locmem/console/null backend.",
+            id="django_cio.E002",
+        ))
+    return messages + _check_cache(config)
 
 
 def _check_cache(config: dict[str, Any]) -> list[CheckMessage]:

@@ -26,12 +26,6 @@ REGION_URLS = {
 }
 
 HTTP_BACKEND = "django_cio.backends.http.TrackAPIBackend"
-# Backends that never talk to Customer.io, so they need no credentials.
-OFFLINE_BACKENDS = {
-    "django_cio.backends.locmem.LocMemBackend",
-    "django_cio.backends.console.ConsoleBackend",
-    "django_cio.backends.null.NullBackend",
-}
 
 Check = Callable[[Any], "str | None"]  # what is wrong with a value ("must be ..."), or None
 
