@@ -15,8 +15,7 @@ ids, emails or attribute values in Redis.
 
 A delivery (``tasks.Delivery.send``) goes through four steps:
 
-1. ``collapse`` merges consecutive identifies of a person, never two different ``anonymous_id``
-   (each login merges its own visitor's history) and never across timestamps it cannot keep.
+1. ``packing.collapse`` merges consecutive identifies of a person (not part of dedup's memory).
 2. ``drop_seen`` claims, atomically per person (Lua), the attributes about to be sent, and drops
    those memory says Customer.io has: the same value ("k", same hash; its time moves up to ours),
    or a newer time ("k" with a newer ts: Customer.io ignores an older update). An identify left
@@ -53,8 +52,7 @@ from django.core.cache.backends.base import BaseCache
 
 from .caching import redis_client
 from .conf import get_settings
-from .exceptions import ValidationError
-from .operations import Identify, Merge, Operation
+from .operations import Identify, Operation
 
 logger = logging.getLogger("django_cio")
 
@@ -181,58 +179,6 @@ class _Claim:
     born: str = ""
 
 
-def collapse(ops: Sequence[Operation]) -> list[Operation]:
-    """Merge consecutive identifies of one person (none of that person's other ops between
-    them) into the first, so each person's ops keep their order. Identifies that cannot be
-    one (see ``_merged``) are both kept."""
-    result: list[Operation] = []
-    open_identify: dict[str, int] = {}  # person -> index in result of their latest identify
-    visitor_events: dict[str, int] = {}  # anonymous id -> index in result of its last event
-    for op in ops:
-        if isinstance(op, Identify) and op.person_id in open_identify:
-            index = open_identify[op.person_id]
-            earlier = result[index]
-            assert isinstance(earlier, Identify)
-            merged = _merged(earlier, op, visitor_events, index)
-            if merged is not None:
-                result[index] = merged
-                continue
-        for person in _people(op):
-            open_identify.pop(person, None)
-        if isinstance(op, Identify):
-            open_identify[op.person_id] = len(result)
-        elif op.kind == "anonymous_event":
-            visitor_events[op.person_id] = len(result)
-        result.append(op)
-    return result
-
-
-def _merged(earlier: Identify, later: Identify, visitor_events: dict[str, int],
-            index: int) -> Identify | None:
-    """One identify doing what ``earlier`` then ``later`` do, or None. Not when they carry
-    different anonymous ids (each login merges its own visitor), nor when ``later``'s visitor
-    has an event between them (the merge would land before it); one timestamp must fit all
-    attributes: equal times, or the newer identify sets every attribute the older one does."""
-    first, second = earlier.attributes.get(_ANONYMOUS_ID), later.attributes.get(_ANONYMOUS_ID)
-    if first is not None and second is not None and first != second:
-        return None
-    if second is not None and visitor_events.get(second, -1) > index:
-        return None
-    if earlier.timestamp == later.timestamp:
-        newer, attributes = later, {**earlier.attributes, **later.attributes}
-    elif earlier.timestamp is None or later.timestamp is None:
-        return None  # an unknown time cannot be ordered against a known one
-    else:
-        older, newer = sorted((earlier, later), key=lambda op: op.timestamp or 0)
-        if not older.attributes.keys() <= newer.attributes.keys():
-            return None  # the older one's own attributes would be sent as newer
-        attributes = dict(newer.attributes)
-    try:
-        return Identify(later.person_id, attributes, timestamp=newer.timestamp)
-    except ValidationError:  # together they break a limit: send both
-        return None
-
-
 def drop_seen(ops: Sequence[Operation]) -> list[Operation]:
     """``ops`` with the attributes Customer.io already has taken out of identifies (an
     identify left with none is dropped), the rest claimed for ``remember``."""
@@ -246,7 +192,7 @@ def drop_seen(ops: Sequence[Operation]) -> list[Operation]:
         if isinstance(op, Identify) and op.person_id not in forgotten:
             todo.append(op)
         if op.kind in _FORGETTING:
-            forgotten.update(_people(op))
+            forgotten.update(op.people)
     try:
         seen = _claim(todo)
     except Exception as exc:  # a cache outage means sending, never "seen"
@@ -301,7 +247,7 @@ def remember(sent: Iterable[Operation]) -> None:
                 args += [item for pair in claim.fields.items() for item in pair]
         elif op.kind in _FORGETTING:
             owner = getattr(op, _CLAIM_ATTR, "")
-            for person in _people(op):
+            for person in op.people:
                 keys.append(_key(person))
                 args += ["d", owner]
     if not keys:
@@ -398,7 +344,7 @@ def _mark_forgetting(ops: list[Operation]) -> None:
     if client is None:
         return
     owner = os.urandom(8).hex()
-    keys = [_key(person) for op in ops for person in _people(op)]
+    keys = [_key(person) for op in ops for person in op.people]
     client.register_script(_FORGET)(keys=keys, args=[_ttl(), owner])
     for op in ops:
         object.__setattr__(op, _CLAIM_ATTR, owner)
@@ -446,7 +392,3 @@ def _key(person_id: str) -> str:
     person = f"{get_settings().site_id}\x00{person_id}".encode()
     name = f"django_cio:identify:{hmac.new(secret, person, hashlib.sha256).hexdigest()}"
     return str(caches[get_settings().cache].make_key(name))
-
-
-def _people(op: Operation) -> tuple[str, ...]:
-    return (op.primary, op.secondary) if isinstance(op, Merge) else (op.person_id,)

@@ -1,11 +1,16 @@
-"""Fewer, fuller requests: ops packed into v2 batches of up to 500 KB."""
+"""Fewer, fuller requests: consecutive identifies of a person merged, and ops packed into v2
+batches of up to 500 KB."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .operations import MAX_BATCH_BYTES, Operation
+from .exceptions import ValidationError
+from .operations import MAX_BATCH_BYTES, Identify, Operation
+
+# The attribute that merges a visitor's anonymous history into a person: never merged away.
+ANONYMOUS_ID = "anonymous_id"
 
 _ENVELOPE_BYTES = len(b'{"batch":[]}')
 
@@ -38,3 +43,55 @@ def pack(ops: Sequence[Operation], batch: bool = True) -> Iterator[Request]:
         size += op_size
     if group:
         yield Request(tuple(group), batch=True)
+
+
+def collapse(ops: Sequence[Operation]) -> list[Operation]:
+    """Merge consecutive identifies of one person (none of that person's other ops between
+    them) into the first, so each person's ops keep their order. Identifies that cannot be
+    one (see ``_merged``) are both kept."""
+    result: list[Operation] = []
+    open_identify: dict[str, int] = {}  # person -> index in result of their latest identify
+    visitor_events: dict[str, int] = {}  # anonymous id -> index in result of its last event
+    for op in ops:
+        if isinstance(op, Identify) and op.person_id in open_identify:
+            index = open_identify[op.person_id]
+            earlier = result[index]
+            assert isinstance(earlier, Identify)
+            merged = _merged(earlier, op, visitor_events, index)
+            if merged is not None:
+                result[index] = merged
+                continue
+        for person in op.people:
+            open_identify.pop(person, None)
+        if isinstance(op, Identify):
+            open_identify[op.person_id] = len(result)
+        elif op.kind == "anonymous_event":
+            visitor_events[op.person_id] = len(result)
+        result.append(op)
+    return result
+
+
+def _merged(earlier: Identify, later: Identify, visitor_events: dict[str, int],
+            index: int) -> Identify | None:
+    """One identify doing what ``earlier`` then ``later`` do, or None. Not when they carry
+    different anonymous ids (each login merges its own visitor), nor when ``later``'s visitor
+    has an event between them (the merge would land before it); one timestamp must fit all
+    attributes: equal times, or the newer identify sets every attribute the older one does."""
+    first, second = earlier.attributes.get(ANONYMOUS_ID), later.attributes.get(ANONYMOUS_ID)
+    if first is not None and second is not None and first != second:
+        return None
+    if second is not None and visitor_events.get(second, -1) > index:
+        return None
+    if earlier.timestamp == later.timestamp:
+        newer, attributes = later, {**earlier.attributes, **later.attributes}
+    elif earlier.timestamp is None or later.timestamp is None:
+        return None  # an unknown time cannot be ordered against a known one
+    else:
+        older, newer = sorted((earlier, later), key=lambda op: op.timestamp or 0)
+        if not older.attributes.keys() <= newer.attributes.keys():
+            return None  # the older one's own attributes would be sent as newer
+        attributes = dict(newer.attributes)
+    try:
+        return Identify(later.person_id, attributes, timestamp=newer.timestamp)
+    except ValidationError:  # together they break a limit: send both
+        return None

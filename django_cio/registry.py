@@ -165,7 +165,7 @@ def identify_many(queryset: Iterable[Any], chunk: int = 500) -> int:
     while piece := list(itertools.islice(rows, chunk)):
         with batch():
             for instance in piece:
-                op = _identify(instance, created=False)
+                op = identify_op(instance, created=False)
                 if op is not None:
                     enqueue(op)
                     queued += 1
@@ -197,7 +197,7 @@ def _on_save(sender: type[models.Model], instance: Any, created: bool, raw: bool
         return
     customer = registry.customer_for(sender)
     if customer is not None and _touches(customer, update_fields):
-        _enqueue(lambda: _identify(instance, created, customer), using)
+        _enqueue(lambda: identify_op(instance, created, customer), using)
     for event in registry.events_for(sender):
         _enqueue(partial(_event_op, event, instance, created), using)
 
@@ -216,7 +216,9 @@ def connect_signals() -> None:
     post_save.connect(_on_save, dispatch_uid="django_cio.registry.save")
 
 
-def _identify(instance: Any, created: bool, customer: Customer | None = None) -> Identify | None:
+def identify_op(instance: Any, created: bool,
+                customer: Customer | None = None) -> Identify | None:
+    """The identify a save of ``instance`` sends, or None (not registered, not tracked)."""
     customer = customer or registry.customer_for(instance.__class__)  # a lazy request.user too
     if customer is None or not customer.should_track(instance):
         return None

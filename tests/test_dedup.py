@@ -7,7 +7,7 @@ import pytest
 from django.core.cache import caches
 from django_redis import get_redis_connection
 
-from django_cio import dedup
+from django_cio import dedup, packing
 from django_cio.operations import AnonymousEvent, Delete, Event, Identify, Merge
 from tests.test_tasks import deliver
 
@@ -46,7 +46,7 @@ def identify_bodies(fake):
 def test_consecutive_identifies_of_a_person_collapse_in_order():
     ops = [Identify("a", {"x": 1}), Identify("b", {"y": 1}), Identify("a", {"x": 2, "z": 3}),
            Event("a", "e", {}), Identify("a", {"x": 4})]
-    assert shape(dedup.collapse(ops)) == [
+    assert shape(packing.collapse(ops)) == [
         ("identify", "a", {"x": 2, "z": 3}), ("identify", "b", {"y": 1}),
         ("event", "a", None), ("identify", "a", {"x": 4}),
     ]
@@ -55,34 +55,34 @@ def test_consecutive_identifies_of_a_person_collapse_in_order():
 def test_identifies_that_together_break_a_limit_are_not_collapsed():
     first = Identify("a", {f"k{n}": n for n in range(200)})
     second = Identify("a", {f"j{n}": n for n in range(200)})
-    assert dedup.collapse([first, second]) == [first, second]
+    assert packing.collapse([first, second]) == [first, second]
 
 
 def test_two_logins_drained_together_each_merge_their_own_visitor():
     first = Identify("p", {"plan": "pro", "anonymous_id": "visitor-1"}, timestamp=100)
     second = Identify("p", {"plan": "pro", "anonymous_id": "visitor-2"}, timestamp=100)
-    assert dedup.collapse([first, second]) == [first, second]
+    assert packing.collapse([first, second]) == [first, second]
 
 
 def test_a_login_is_not_moved_before_its_visitor_s_events():
     ops = [Identify("p", {"plan": "pro"}, timestamp=100),
            AnonymousEvent("visitor-2", "viewed", {}),
            Identify("p", {"anonymous_id": "visitor-2"}, timestamp=100)]
-    assert dedup.collapse(ops) == ops
+    assert packing.collapse(ops) == ops
 
 
 def test_a_merged_identify_carries_the_newest_timestamp_and_values():
     older = Identify("p", {"plan": "free"}, timestamp=100)
     newer = Identify("p", {"plan": "pro", "n": 1}, timestamp=105)
     for ops in ([older, newer], [newer, older]):  # a late retry drained after a newer save
-        (merged,) = dedup.collapse(ops)
+        (merged,) = packing.collapse(ops)
         assert (merged.attributes, merged.timestamp) == ({"plan": "pro", "n": 1}, 105)
 
 
 def test_an_older_identify_s_own_attributes_are_not_sent_as_newer():
     older = Identify("p", {"plan": "free", "x": 1}, timestamp=100)
     newer = Identify("p", {"plan": "pro"}, timestamp=105)
-    assert dedup.collapse([older, newer]) == [older, newer]
+    assert packing.collapse([older, newer]) == [older, newer]
 
 
 def test_two_logins_delivered_together_both_reach_customerio(cio_fake):

@@ -37,10 +37,10 @@ def test_rows_stay_while_the_broker_is_down(published, dead_broker):
     assert Outbox.objects.count() == 5
 
 
-@pytest.mark.parametrize("claim", [relay._relay_locked, relay._relay_leased],
+@pytest.mark.parametrize("claim", [relay.relay_locked, relay.relay_leased],
                          ids=["skip-locked", "lease"])
 def test_concurrent_relays_never_send_a_row_twice(published, claim):
-    if claim is relay._relay_locked and not connection.features.has_select_for_update_skip_locked:
+    if claim is relay.relay_locked and not connection.features.has_select_for_update_skip_locked:
         pytest.skip("this database cannot skip locked rows (the lease variant covers it)")
     add_rows(300)
 

@@ -31,7 +31,7 @@ from ..exceptions import ConfigurationError, ValidationError
 from ..models import BackfillRun
 from ..operations import Operation
 from ..ratelimit import RateLimiter, get_limiter
-from ..registry import _identify, registry
+from ..registry import identify_op, registry
 from ..signals import OpResult
 
 logger = logging.getLogger("django_cio")
@@ -189,7 +189,7 @@ class Backfill:
         invalid: list[int] = []
         for position, row in enumerate(rows):
             try:
-                op = _identify(row, created=False)
+                op = identify_op(row, created=False)
             except Exception as exc:
                 invalid.append(position)
                 reason = str(exc) if isinstance(exc, ValidationError) else type(exc).__name__

@@ -16,7 +16,7 @@ from celery.exceptions import Reject
 from django.db import router, transaction
 from django.utils import timezone
 
-from ..broker.drain import redelivered
+from ..broker.messages import redelivered
 from ..broker.publish import BACKFILL_PAGE, publish_task
 from ..conf import get_settings
 from ..delivery.retry import MAX_COUNTDOWN, backoff, too_many_deliveries

@@ -22,8 +22,12 @@ import time
 from time import monotonic
 from typing import Any
 
+from kombu.serialization import prepare_accept_content
 from kombu.transport import TRANSPORT_ALIASES, _transport_cache, redis, virtual
 from redis.exceptions import ResponseError
+
+from . import messages
+from .messages import Taking, came_back
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +35,9 @@ TRANSPORT = "django_cio.broker.redis:Transport"
 
 # KEYS: unacked, unacked_index, then the lists to take from, in order.
 # ARGV: most messages, the time taken (kombu's clock: the client's).
-# Returns {index of the list among those taken from, payload} for each message; index 0 for an
-# item that is not a kombu message (taken out of the way, not recorded).
+# Returns {position of its list among those taken from (from 1), payload} for each message;
+# the position negated for an item that is not a kombu message (taken out of the way, not
+# recorded).
 TAKE = """
 local taken = {}
 local limit = tonumber(ARGV[1])
@@ -51,7 +56,7 @@ for i = 3, #KEYS do
                  .. ',' .. cjson.encode(info['routing_key']) .. ']')
       taken[#taken + 1] = {i - 2, item}
     else
-      taken[#taken + 1] = {0, item}
+      taken[#taken + 1] = {2 - i, item}
     end
   end
 end
@@ -80,12 +85,12 @@ def take(channel: Any, queues: list[str], limit: int) -> list[tuple[str, bytes]]
         pairs = client.eval(TAKE, len(keys), *keys, limit, time.time())
     taken = []
     queue_of = list(lists.values())
-    for index, item in pairs:
-        if index:
-            taken.append((queue_of[index - 1], item))
+    for position, item in pairs:
+        if position > 0:
+            taken.append((queue_of[position - 1], item))
         else:  # kombu's own consumer fails on it the same way
             logger.error("Dropped an item of %d bytes from queue %s: not a kombu message.",
-                         len(item), queue_of[0])
+                         len(item), queue_of[-position - 1])
     return taken
 
 
@@ -195,3 +200,99 @@ def consume_atomically(sender: Any, **kwargs: Any) -> None:
         TRANSPORT_ALIASES[scheme] = TRANSPORT
         _transport_cache.pop(scheme, None)  # kombu's cache of resolved aliases
     logger.info("Redis connections use %s (each take recorded atomically).", TRANSPORT)
+
+
+
+# -- the drain's side: ``deliver`` messages taken many at a time, handed back, acknowledged ---
+
+def drain(taking: Taking) -> None:
+    """Take what fits, a script a step, until the queue is empty or something cannot run."""
+    while not taking.full() and _keep(taking, _take_messages(taking.bound,
+                                                             taking.next_take())):
+        pass
+
+
+def _keep(taking: Taking, taken: list[Any]) -> bool:
+    """Keep what fits of ``taken``; False when the drain must stop."""
+    more = bool(taken)
+    for index, queued in enumerate(taken):
+        if taking.full():  # more than fits: back to the head of the queue, unchanged
+            give_back(taking.bound, taken[index:], front=True)
+            return False
+        message = None if came_back(queued) else messages.as_message(queued)
+        if message is None:
+            # Back from a lost worker, Celery runs it alone (a poison message is counted
+            # and dead-lettered alone); a retry must wait for its countdown.
+            give_back(taking.bound, [queued], front=False)  # as it was, redelivered or not
+            more = False
+            continue
+        taking.add(message)
+    return more
+
+
+# KEYS: unacked, unacked_index, the queue's lists. ARGV: LPUSH (to the back) or RPUSH (to the
+# front), then (delivery tag, KEYS index of its list, payload) for each message. A message
+# the visibility timeout already restored is not in ``unacked`` any more: left alone.
+_GIVE_BACK = """
+for i = 2, #ARGV, 3 do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call(ARGV[1], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+  end
+end
+"""
+
+
+def _drain_keys(channel: Any, queue: str) -> list[str]:
+    """unacked, unacked_index and the queue's lists, as ``_GIVE_BACK`` takes them."""
+    lists = queue_lists(channel, [queue])
+    return prefixed(channel, [channel.unacked_key, channel.unacked_index_key, *lists])
+
+
+def _take_messages(bound: Any, limit: int) -> list[Any]:
+    """Up to ``limit`` messages, each recorded unacknowledged as it is taken (one script)."""
+    channel = bound.channel
+    return [_received(channel, item) for _, item in take(channel, [bound.name], limit)]
+
+
+def _received(channel: Any, item: bytes) -> Any:
+    """A taken message as ``basic_get`` makes it, already recorded unacknowledged."""
+    message = channel.Message(json.loads(item), channel=channel)
+    # kombu's in-memory record only: what a closing connection restores, what ack clears.
+    virtual.QoS.append(channel.qos, message, message.delivery_tag)
+    message.accept = prepare_accept_content(["json"])
+    return message
+
+
+def give_back(bound: Any, taken: list[Any], front: bool) -> None:
+    """Return taken messages to the queue unchanged, at its front (in their order) or back."""
+    channel = bound.channel
+    keys = _drain_keys(channel, bound.name)
+    args: list[Any] = ["RPUSH" if front else "LPUSH"]
+    for queued in reversed(taken) if front else taken:
+        priority = channel._get_message_priority(queued._raw, reverse=False)
+        list_key = (channel.global_keyprefix or "") + channel._q_for_pri(bound.name, priority)
+        args += [queued.delivery_tag, keys.index(list_key) + 1, json.dumps(queued._raw)]
+    with channel.conn_or_acquire() as client:
+        client.eval(_GIVE_BACK, len(keys), *keys, *args)
+    for queued in taken:
+        _forget(queued)
+
+
+def ack(done: list[Any]) -> None:
+    """Acknowledge many messages in one round trip (kombu's ``ack`` takes one each)."""
+    channel = done[0].channel
+    with channel.conn_or_acquire() as client:
+        pipe = client.pipeline()  # kombu's own client: it adds any global key prefix
+        for queued in done:
+            pipe.zrem(channel.unacked_index_key, queued.delivery_tag)
+            pipe.hdel(channel.unacked_key, queued.delivery_tag)
+        pipe.execute()
+    for queued in done:
+        _forget(queued)
+
+
+def _forget(queued: Any) -> None:
+    """Drop a message from kombu's in-memory record of the unacknowledged: it is settled."""
+    virtual.QoS.ack(queued.channel.qos, queued.delivery_tag)
+    queued._state = "ACK"

@@ -46,8 +46,8 @@ def relay(limit: int = 1000, using: str | None = None) -> int:
     """Publish up to ``limit`` due messages per database; return how many were published."""
     published = 0
     for alias in [using] if using else databases():
-        claim = (_relay_locked if connections[alias].features.has_select_for_update_skip_locked
-                 else _relay_leased)
+        claim = (relay_locked if connections[alias].features.has_select_for_update_skip_locked
+                 else relay_leased)
         try:
             published += claim(alias, limit)
         except DatabaseError as exc:  # one database down must not stop the others' relay
@@ -56,7 +56,8 @@ def relay(limit: int = 1000, using: str | None = None) -> int:
     return published
 
 
-def _relay_locked(alias: str, limit: int) -> int:
+def relay_locked(alias: str, limit: int) -> int:
+    """Claim due rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` (PostgreSQL, MySQL 8)."""
     with transaction.atomic(using=alias):
         rows = list(
             Outbox.objects.using(alias).select_for_update(skip_locked=True)
@@ -71,7 +72,8 @@ def _relay_locked(alias: str, limit: int) -> int:
     return len(done)
 
 
-def _relay_leased(alias: str, limit: int) -> int:
+def relay_leased(alias: str, limit: int) -> int:
+    """Claim due rows by moving their ``not_before`` with a compare-and-set (SQLite)."""
     due = list(
         Outbox.objects.using(alias).filter(not_before__lte=timezone.now()).order_by("id")
         .values_list("pk", "not_before")[:limit]

@@ -10,7 +10,7 @@ from django.db import router
 from django.db.models import QuerySet
 
 from .. import metrics
-from ..broker.drain import MAX_FAILURES
+from ..broker.messages import MAX_FAILURES
 from ..broker.outbox import publish_or_park
 from ..broker.publish import split
 from ..models import DeadLetter

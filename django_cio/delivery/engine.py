@@ -13,11 +13,12 @@ from celery.exceptions import Reject
 
 from .. import credentials, dedup, metrics
 from ..backends import BaseBackend, backend_class, get_backend
-from ..broker.drain import Message, drain, redelivered, settle
+from ..broker.drain import drain, settle
+from ..broker.messages import Message, redelivered
 from ..conf import CIOSettings, get_settings
 from ..exceptions import APIError, PermanentError, RateLimited, ValidationError
 from ..operations import Identify, Json, Operation
-from ..packing import pack
+from ..packing import collapse, pack
 from ..ratelimit import Throttled, get_limiter
 from ..signals import OpResult, post_send, pre_send
 from . import dead_letters
@@ -166,7 +167,7 @@ class Delivery:
                 self.pending = list(ops)
                 return
             limiter = self.limiter or get_limiter()
-            fresh = dedup.collapse(ops)
+            fresh = collapse(ops)
             if self.dedup:
                 fresh = dedup.drop_seen(fresh)
             kept = {id(op) for op in fresh}

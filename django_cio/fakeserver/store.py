@@ -161,7 +161,7 @@ class Store:
                 return
             person: Any = next(iter(op["identifiers"].values())) if "identifiers" in op else None
             if action == "identify":
-                self._identify(person, op)
+                self.identify_op(person, op)
             elif action in ("event", "page", "screen"):
                 self._add_event(op, person)
             elif action in ("delete", "suppress"):
@@ -177,7 +177,7 @@ class Store:
             elif action == "delete_device":
                 self.devices[person].pop(op["device"]["token"], None)
 
-    def _identify(self, person: str, op: Json) -> None:
+    def identify_op(self, person: str, op: Json) -> None:
         """Update attributes, each unless it was set by a newer identify (``timestamp``
         orders attribute updates; one without a timestamp counts as made now)."""
         when = op.get("timestamp", time.time())

@@ -67,6 +67,11 @@ class Operation:
         @property
         def person_id(self) -> str: ...
 
+    @property
+    def people(self) -> tuple[str, ...]:
+        """The persons this op concerns (a merge: both)."""
+        return (self.person_id,)
+
     def v1(self) -> V1Request:
         raise NotImplementedError
 
@@ -362,6 +367,10 @@ class Merge(Operation):
     action = "merge"
     primary: str
     secondary: str
+
+    @property
+    def people(self) -> tuple[str, ...]:
+        return (self.primary, self.secondary)
 
     def __post_init__(self) -> None:
         self._set("primary", check_id(self.kind, "primary", self.primary))

@@ -10,6 +10,7 @@ import kombu
 import pytest
 
 from django_cio.broker import drain as broker_drain
+from django_cio.broker import messages
 from django_cio.broker import publish as broker_publish
 from django_cio.conf import get_settings
 from django_cio.models import DeadLetter
@@ -92,7 +93,7 @@ def rabbit_queue(request):
         kombu.Queue(name, durable=True)(connection.default_channel).declare()
         connection.default_channel.queue_purge(name)
         yield name
-        broker_drain._reconnect()
+        broker_drain.reconnect()
         with contextlib.suppress(Exception):
             connection.default_channel.queue_delete(name)
     use_broker(BROKERS["redis"])
@@ -119,7 +120,7 @@ def assert_nothing_left_unacknowledged(queue: str, expected_ready: int) -> None:
     """Closing the drain's connection returns whatever it still holds unacknowledged: the
     ready count must not move."""
     assert ready(queue) == expected_ready
-    broker_drain._reconnect()
+    broker_drain.reconnect()
     time.sleep(0.2)
     assert ready(queue) == expected_ready
 
@@ -150,7 +151,7 @@ def test_a_rabbitmq_drain_stops_at_max_ops_and_hands_back_what_it_took_past_it(r
     assert_nothing_left_unacknowledged(rabbit_queue, 28)
     rest = broker_drain.drain(rabbit_queue, 500, 2000)
     assert sorted(numbers(rest)) == list(range(2, 30))  # handed back copies, none lost
-    assert not any(broker_drain._came_back(message.queued) for message in rest)
+    assert not any(messages.came_back(message.queued) for message in rest)
     broker_drain.settle(rest)
     assert_nothing_left_unacknowledged(rabbit_queue, 0)
 
@@ -159,7 +160,7 @@ def test_a_message_arriving_while_a_rabbitmq_drain_runs_is_taken_or_left_ready(
         rabbit_queue, monkeypatch):
     for number in range(20):
         publish(rabbit_queue, number)
-    as_message = broker_drain._as_message
+    as_message = messages.as_message
     arrived = []
 
     def publish_meanwhile(queued):
@@ -167,7 +168,7 @@ def test_a_message_arriving_while_a_rabbitmq_drain_runs_is_taken_or_left_ready(
             arrived.append(publish(rabbit_queue, 20))
         return as_message(queued)
 
-    monkeypatch.setattr(broker_drain, "_as_message", publish_meanwhile)
+    monkeypatch.setattr(messages, "as_message", publish_meanwhile)
     drained = broker_drain.drain(rabbit_queue, 500, 2000)
     assert arrived and numbers(drained)[:20] == list(range(20))
     left = 21 - len(drained)
@@ -180,7 +181,7 @@ def test_a_rabbitmq_drain_whose_connection_dies_midway_leaves_every_message_queu
         rabbit_queue, monkeypatch):
     for number in range(50):
         publish(rabbit_queue, number)
-    as_message = broker_drain._as_message
+    as_message = messages.as_message
     seen = []
 
     def die_midway(queued):
@@ -189,7 +190,7 @@ def test_a_rabbitmq_drain_whose_connection_dies_midway_leaves_every_message_queu
             queued.channel.connection.transport.sock.shutdown(socket.SHUT_RDWR)
         return as_message(queued)
 
-    monkeypatch.setattr(broker_drain, "_as_message", die_midway)
+    monkeypatch.setattr(messages, "as_message", die_midway)
     with pytest.raises(OSError):  # whatever py-amqp raises for the dead socket
         broker_drain.drain(rabbit_queue, 500, 2000)
     assert broker_drain._local.connection is None  # dropped: the next drain connects again
@@ -203,7 +204,7 @@ def test_a_rabbitmq_drain_whose_connection_dies_midway_leaves_every_message_queu
         assert bound.get() is None
         # The ones the drain took come back redelivered: a drain hands those back to run alone.
         assert sum(bool(queued.delivery_info["redelivered"]) for queued in back) >= 15
-        assert sorted(broker_drain._as_message(queued).ops[0]["data"]["n"]
+        assert sorted(messages.as_message(queued).ops[0]["data"]["n"]
                       for queued in back) == list(range(50))
         for queued in back:
             queued.ack()

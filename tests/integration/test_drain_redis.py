@@ -37,7 +37,7 @@ def redis_broker(private_redis):
     use_broker(private_redis.url)
     client = redis.Redis.from_url(private_redis.url)
     yield client
-    broker_drain._reconnect()
+    broker_drain.reconnect()
     client.close()
     use_broker(BROKERS["redis"])
 
@@ -80,7 +80,7 @@ class ConnectionCut:
 def test_a_drain_cut_off_after_any_command_leaves_each_message_queued_or_unacked(
         commands, redis_broker, monkeypatch):
     ids = queue_events(redis_broker, 5)
-    bound = broker_drain._queue(get_settings().queue)  # connected before the cut
+    bound = broker_drain.queue_binding(get_settings().queue)  # connected before the cut
     bound.channel._size(bound.name)
     with monkeypatch.context() as patch:
         ConnectionCut(patch, commands)

@@ -11,6 +11,7 @@ import kombu
 import pytest
 
 from django_cio.broker import drain as broker_drain
+from django_cio.broker import messages
 from django_cio.broker import publish as broker_publish
 from django_cio.conf import get_settings
 from django_cio.delivery.engine import deliver_messages
@@ -33,7 +34,7 @@ def quorum_queue(request):
         queue = kombu.Queue(name, queue_arguments=QUORUM_ARGUMENTS, durable=True)
         queue(connection.default_channel).declare()
         yield name
-        broker_drain._reconnect()
+        broker_drain.reconnect()
         with contextlib.suppress(Exception):
             connection.default_channel.queue_delete(name)
     use_broker(BROKERS["rabbitmq"])
@@ -102,6 +103,6 @@ def test_a_handed_back_copy_is_confirmed_and_marked_as_back_from_a_lost_worker(q
     with kombu.Connection(BROKERS["rabbitmq"]) as connection:
         copy = kombu.Queue(quorum_queue, no_declare=True)(connection.default_channel).get()
         assert copy is not None and not copy.delivery_info["redelivered"]
-        assert broker_drain._came_back(copy)
+        assert messages.came_back(copy)
         assert copy.properties["delivery_mode"] == 2
         copy.ack()

@@ -30,7 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import django_cio
-from django_cio import dedup, producer, tasks
+from django_cio import packing, producer, tasks
 from django_cio.exceptions import ValidationError
 from django_cio.models import DeadLetter
 from django_cio.operations import (
@@ -569,7 +569,7 @@ def test_malformed_task_messages_become_dead_letters_and_the_rest_is_delivered(
         assert all(letter.attempts == counted + 1 for letter in letters)
         store = cio_fake.store
         assert set(store.statuses) <= {200}  # no 400, no 207
-        assert sum(store.ops.values()) == len(dedup.collapse(good))  # every good op arrived
+        assert sum(store.ops.values()) == len(packing.collapse(good))  # every good op arrived
         assert published == []  # nothing was left to retry
         outcomes["dead letters"] += len(bad)
         outcomes["delivered"] += len(good)

@@ -99,3 +99,17 @@ def test_a_project_that_chose_a_transport_keeps_it(kombu_aliases):
     before = dict(kombu_aliases)
     consume_atomically(_worker_with("redis"))
     assert kombu_aliases == before
+
+
+def test_an_item_that_is_no_kombu_message_is_dropped_with_an_error_naming_the_queue(
+        private_redis, caplog):
+    server = redis.Redis.from_url(private_redis.url)
+    with kombu.Connection(private_redis.url, transport=TRANSPORT) as connection:
+        queue = connection.SimpleQueue("mixed")
+        queue.put({"op": 1})
+        server.rpush("mixed", b"not json")  # RPUSH: at the tail, taken first
+        message = queue.get(timeout=5)
+        assert message.payload == {"op": 1}
+        message.ack()
+    assert "Dropped an item of 8 bytes from queue mixed: not a kombu message." in caplog.text
+    assert server.llen("mixed") == 0

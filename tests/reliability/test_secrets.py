@@ -36,7 +36,7 @@ from django.test import Client
 
 import django_cio
 from django_cio import backfill
-from django_cio.broker.drain import Message
+from django_cio.broker.messages import Message
 from django_cio.client import TrackClient
 from django_cio.conf import get_settings
 from django_cio.delivery.engine import deliver_messages

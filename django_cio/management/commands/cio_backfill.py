@@ -19,7 +19,7 @@ from django_cio import backfill
 from django_cio.conf import get_settings
 from django_cio.exceptions import ConfigurationError
 from django_cio.models import BackfillRun
-from django_cio.registry import _identify
+from django_cio.registry import identify_op
 
 
 class Command(BaseCommand):
@@ -198,7 +198,7 @@ class Command(BaseCommand):
         sample = backfill.queryset(model, run.filters)[:3]
         self.stdout.write(f"{run.total:,} row(s) of {run.model} would be sent. For example:")
         for row in sample:
-            self.stdout.write(f"  {_identify(row, created=False)!r}")
+            self.stdout.write(f"  {identify_op(row, created=False)!r}")
         options = {**backfill.DEFAULT_OPTIONS, **run.options}
         requests = max(1, -(-run.total // options["batch_size"]))
         seconds = requests / (get_settings().rate.per_second * options["rate_share"])
