@@ -37,7 +37,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     missing = [key for key in ("SITE_ID", "API_KEY") if not config[key]]
     if backend is not None and not getattr(backend, "delivers_inline", False) and missing:
         messages.append(Error(
-            f"CUSTOMERIO[{', '.join(repr(key) for key in missing)}] required by "
+            f"CUSTOMERIO[{', '.join(repr(key) for key in missing)}] missing: required by "
             f"{config['BACKEND']}",
             hint="Set them from the environment, or use the locmem/console/null backend.",
             id="django_cio.E002",
@@ -89,16 +89,51 @@ def check_broker(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             f"The Redis broker's visibility_timeout ({visibility} s) is close to the longest "
             f"retry countdown django-cio asks of the broker ({MAX_COUNTDOWN} s): waiting "
             "messages would be redelivered early, and sent twice",
-            hint="Set broker_transport_options = {'visibility_timeout': 300}.",
+            hint="Set CELERY_BROKER_TRANSPORT_OPTIONS = {'visibility_timeout': 300} "
+            "(broker_transport_options in a Celery config).",
             id="django_cio.W002",
         )]
     if visibility > _VISIBILITY_MAX:
         return [Warning(
             f"The Redis broker's visibility_timeout is {visibility} s: a killed worker's "
             "Customer.io messages would wait that long before another worker gets them",
-            hint="Set broker_transport_options = {'visibility_timeout': 300}; django-cio "
-            "parks longer waits in its Outbox table.",
+            hint="Set CELERY_BROKER_TRANSPORT_OPTIONS = {'visibility_timeout': 300} "
+            "(broker_transport_options in a Celery config); django-cio parks longer waits in "
+            "its Outbox table.",
             id="django_cio.W003",
+        )]
+    return []
+
+
+@register(Tags.compatibility)
+def check_celery_app(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The Celery app this process publishes with must be the project's: without it, Celery
+    falls back to a default app on amqp://localhost, and ops wait there with no consumer."""
+    from celery import current_app
+
+    config = conf.merged_settings()
+    try:
+        if getattr(import_string(config["BACKEND"]), "delivers_inline", False):
+            return []  # nothing is published
+    except (ImportError, TypeError):
+        return []  # E007
+    app = current_app._get_current_object()
+    if app.main == "default":  # the app Celery makes when the project loaded none
+        return [Warning(
+            "No Celery app is loaded in this process: django-cio would publish with Celery's "
+            f"default app, to {app.connection_for_write().as_uri()}",
+            hint="Import your Celery app in your project package's __init__.py: "
+            "from .celery import app as celery_app (see docs/quickstart.md).",
+            id="django_cio.W005",
+        )]
+    wanted = getattr(settings, "CELERY_BROKER_URL", None)
+    if isinstance(wanted, str) and wanted != app.conf.broker_url:
+        return [Warning(
+            f"The Celery app {app.main!r} publishes to {app.connection_for_write().as_uri()}, "
+            "not to settings.CELERY_BROKER_URL",
+            hint="Load the app's config from Django's settings: "
+            "app.config_from_object('django.conf:settings', namespace='CELERY').",
+            id="django_cio.W005",
         )]
     return []
 

@@ -82,7 +82,7 @@ def _rate(value: Any) -> str | None:
     try:
         parse_rate(value)
     except ConfigurationError:
-        return "must look like '80/s', '4800/m' or '10/5s'"
+        return "must look like '80/s', '4800/m' or '10/5s', with a count above 0"
     return None
 
 

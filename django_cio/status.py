@@ -9,8 +9,10 @@ from typing import Any
 from celery import current_app
 from django.db.models import Count, Min
 from django.utils import timezone
+from kombu.transport import redis as kombu_redis
 
 from . import dedup
+from .broker.redis import prefixed, queue_lists
 from .broker.relay import databases
 from .conf import get_settings
 from .credentials import refusal
@@ -29,13 +31,22 @@ def status() -> dict[str, Any]:
 
 
 def queue_status() -> dict[str, Any]:
+    """The delivery queue on the broker this process publishes to (its URL without the
+    password): messages waiting and, where the broker counts them, consumers."""
     name = get_settings().queue
-    try:
-        with current_app.connection_for_read(connect_timeout=2) as connection:
-            _, messages, consumers = connection.default_channel.queue_declare(name, passive=True)
-    except Exception as exc:  # a down broker or a missing queue is a status too
-        return {"name": name, "error": type(exc).__name__}
-    return {"name": name, "messages": messages, "consumers": consumers}
+    with current_app.connection_for_read(connect_timeout=2) as connection:
+        status: dict[str, Any] = {"name": name, "broker": connection.as_uri()}
+        try:
+            channel = connection.default_channel
+            if isinstance(channel, kombu_redis.Channel):  # an empty queue is no key at all
+                with channel.conn_or_acquire() as client:
+                    lists = prefixed(channel, list(queue_lists(channel, [name])))
+                    return {**status, "messages": sum(client.llen(key) for key in lists),
+                            "consumers": None}
+            _, messages, consumers = channel.queue_declare(name, passive=True)
+        except Exception as exc:  # a down broker or a missing queue is a status too
+            return {**status, "error": type(exc).__name__}
+    return {**status, "messages": messages, "consumers": consumers}
 
 
 def outbox_status() -> dict[str, Any]:

@@ -113,3 +113,37 @@ def test_visibility_timeout_is_only_a_redis_concern(transport_options):
         assert check_broker() == []
     finally:
         celery_app.conf.broker_url = BROKERS["redis"]
+
+
+def test_e002_says_missing_and_a_zero_rate_says_above_0():
+    with override_settings(CUSTOMERIO={"SITE_ID": "s", "RATE_LIMIT": "0/s"}):
+        messages = {message.id: message.msg for message in check_settings()}
+    assert "CUSTOMERIO['API_KEY'] missing" in messages["django_cio.E002"]
+    assert "with a count above 0" in messages["django_cio.E004"]
+
+
+def test_publishing_with_celerys_default_app_is_W005():
+    from celery import Celery
+
+    from django_cio.checks import check_celery_app
+
+    assert check_celery_app() == []  # the test project's app
+    Celery("default", set_as_current=False).set_current()  # proj/__init__.py never imported it
+    try:
+        with override_settings(CUSTOMERIO=GOOD):
+            (message,) = check_celery_app()
+    finally:
+        celery_app.set_current()
+    assert message.id == "django_cio.W005" and "Celery's default app" in message.msg
+    assert "from .celery import app as celery_app" in message.hint
+
+
+def test_a_celery_app_on_another_broker_than_the_settings_is_W005():
+    from django_cio.checks import check_celery_app
+
+    with override_settings(CUSTOMERIO=GOOD, CELERY_BROKER_URL="redis://elsewhere:6379/0"):
+        (message,) = check_celery_app()
+    assert message.id == "django_cio.W005" and "not to settings.CELERY_BROKER_URL" in message.msg
+    with override_settings(CUSTOMERIO={**GOOD, "BACKEND": "django_cio.backends.null.NullBackend"},
+                           CELERY_BROKER_URL="redis://elsewhere:6379/0"):
+        assert check_celery_app() == []  # nothing is published

@@ -10,6 +10,8 @@ from django.db import DatabaseError
 from django_cio.broker import outbox
 from django_cio.models import DeadLetter, Outbox
 from django_cio.operations import Event, Identify
+from tests.celery_app import BROKERS
+from tests.conftest import use_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -109,3 +111,14 @@ def test_status_reports_queue_outbox_and_dead_letters(letters, published, capsys
 def test_status_when_the_broker_is_down(dead_broker, capsys):
     call_command("cio_status")
     assert "unknown (OperationalError)" in capsys.readouterr().out
+
+
+def test_status_names_the_broker_and_counts_an_empty_redis_queue_as_0(private_redis, capsys):
+    use_broker(private_redis.url)  # a Redis that has never held the queue
+    try:
+        call_command("cio_status")
+    finally:
+        use_broker(BROKERS["redis"])
+    out = capsys.readouterr().out
+    assert f"Broker: redis://:**@127.0.0.1:{private_redis.port}/0" in out  # kombu's masking
+    assert "0 message(s) waiting, consumers not counted on Redis" in out

@@ -30,8 +30,11 @@ class Command(BaseCommand):
                 f"{status['credentials_refused']['status']}): nothing is sent until they work"))
         queue, outbox, dead = status["queue"], status["outbox"], status["dead_letters"]
         waiting = queue.get("messages", f"unknown ({queue.get('error')})")
-        self.stdout.write(f"Queue {queue['name']!r}: {waiting} message(s) waiting, "
-                          f"{queue.get('consumers', '?')} consumer(s)")
+        consumers = queue.get("consumers")
+        counted = ("consumers not counted on Redis" if "messages" in queue and consumers is None
+                   else f"{consumers if consumers is not None else '?'} consumer(s)")
+        self.stdout.write(f"Broker: {queue['broker']}")
+        self.stdout.write(f"Queue {queue['name']!r}: {waiting} message(s) waiting, {counted}")
         self.stdout.write(f"Outbox: {outbox['messages']} message(s), {outbox['due']} due, "
                           f"oldest {outbox['oldest_age_seconds']} s old")
         self.stdout.write(f"Dead letters: {dead['total']}")
