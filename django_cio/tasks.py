@@ -19,8 +19,8 @@ from typing import Any
 from celery import shared_task
 
 from .backfill import deliver_page
+from .beat import RELAY_TASK, beat_schedule  # noqa: F401 - beat_schedule's old home
 from .broker.relay import relay
-from .conf import get_settings
 from .delivery.engine import deliver_message
 from .operations import Json
 
@@ -43,21 +43,8 @@ def backfill_page(self: Any, run_id: int, index: int, failures: int = 0) -> None
     deliver_page(self.request, run_id, index, failures)
 
 
-@shared_task(name="django_cio.tasks.relay_outbox", ignore_result=True)
+@shared_task(name=RELAY_TASK, ignore_result=True)
 def relay_outbox(limit: int = 1000) -> int:
     """Publish due Outbox messages of every database that holds the table; return the count.
     Not needed: every worker relays the Outbox by itself (``relay.OutboxRelay``)."""
     return relay(limit=limit)
-
-
-def beat_schedule(every: float = 5.0) -> dict[str, Json]:
-    """Celery beat entry for the relay, for projects that turned the workers' relay off
-    (``CUSTOMERIO['RELAY'] = False``) and prefer beat to ``cio_relay --loop``."""
-    return {
-        "django-cio-relay-outbox": {
-            "task": "django_cio.tasks.relay_outbox",
-            "schedule": every,
-            # A relay that waited longer than its period is superseded by the next one.
-            "options": {"queue": get_settings().queue, "expires": every},
-        }
-    }

@@ -20,3 +20,15 @@ def test_importing_the_package_loads_no_models_and_reads_no_settings():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
+
+
+def test_a_celery_module_can_wire_beat_before_django_loads_its_apps():
+    # docs/delivery.md: ``from django_cio.beat import beat_schedule`` in proj/celery.py, which
+    # Celery imports before Django's apps are ready.
+    probe = ("import os; os.environ['DJANGO_SETTINGS_MODULE'] = 'tests.settings'; "
+             "from django_cio.beat import beat_schedule; "
+             "entry, = beat_schedule().values(); "
+             "assert entry['task'] == 'django_cio.tasks.relay_outbox', entry")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
