@@ -202,7 +202,7 @@ class TrackClient:
         """Send ops as one ``/api/v2/batch`` request; return the ops Customer.io refused.
 
         Raises ``ValidationError`` before sending if an op has no v2 form, an item is over
-        32 KB or the body over 500 KB (splitting is the caller's job, see ``batching``).
+        32 KB or the body over 500 KB (splitting is the caller's job, see ``packing``).
         """
         if not ops:
             return []

@@ -13,7 +13,7 @@ key's TTL is refreshed by every write, so entries bound their own age). The key 
 the site id and person id, fields and value hashes are HMACs too (keyed with ``SECRET_KEY``): no
 ids, emails or attribute values in Redis.
 
-A delivery (``tasks.Delivery.send``) goes through four steps:
+A delivery (``delivery.engine.Delivery.send``) goes through four steps:
 
 1. ``packing.collapse`` merges consecutive identifies of a person (not part of dedup's memory).
 2. ``drop_seen`` claims, atomically per person (Lua), the attributes about to be sent, and drops

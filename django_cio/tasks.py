@@ -46,5 +46,5 @@ def backfill_page(self: Any, run_id: int, index: int, failures: int = 0) -> None
 @shared_task(name=RELAY_TASK, ignore_result=True)
 def relay_outbox(limit: int = 1000) -> int:
     """Publish due Outbox messages of every database that holds the table; return the count.
-    Not needed: every worker relays the Outbox by itself (``relay.OutboxRelay``)."""
+    Not needed: every worker relays the Outbox by itself (``broker.relay.OutboxRelay``)."""
     return relay(limit=limit)
