@@ -130,6 +130,13 @@ def test_usage_errors_exit_2(users, args):
     assert caught.value.returncode == 2
 
 
+def test_a_model_registered_for_events_is_told_what_a_backfill_sends(users):
+    with pytest.raises(CommandError, match="registered with register_event: a backfill sends "
+                                           "people") as caught:
+        call_command("cio_backfill", "tests.Order", "--quiet")
+    assert caught.value.returncode == 2
+
+
 def test_since_filters_on_date_joined(users):
     call_command("cio_backfill", "auth.User", "--since", "2999-01-01", "--quiet")
     assert users.store.stats()["people"] == 0

@@ -74,6 +74,11 @@ def resolve_model(label: str) -> type[models.Model]:
     except (LookupError, ValueError):
         raise ConfigurationError(f"no model {label!r} (use app_label.Model)") from None
     if registry.customer_for(model) is None:
+        if registry.events_for(model):
+            raise ConfigurationError(
+                f"{label} is registered with register_event: a backfill sends people (models "
+                "registered with django_cio.register), not past events; backfill the model "
+                "of the people its events belong to")
         raise ConfigurationError(f"{label} is not registered with django_cio.register")
     if getattr(model._meta, "is_composite_pk", False):  # Django 5.2+
         raise ConfigurationError(f"{label} has a composite primary key: not supported")
