@@ -153,6 +153,14 @@ def register_event(
     """Send event ``name`` for ``person(instance)`` when a row is created (``on="create"``),
     updated (``"update"``) or whenever ``on(instance, created)`` says so."""
     _check_model(model)
+    named = ([person] if isinstance(person, str) else []) + (
+        list(data) if data is not None and not callable(data) else [])
+    unknown = [attribute for attribute in named if not _has_attribute(model, attribute)]
+    if unknown:  # a typo fails at start-up, not at every save
+        raise ConfigurationError(
+            f"register_event({model._meta.label}, name={name!r}) names what the model does "
+            f"not have: {', '.join(unknown)}"
+        )
     registry.events.setdefault(model, []).append(ModelEvent(name, person, on, data))
 
 

@@ -126,6 +126,14 @@ def test_registration_errors_are_clear(registrations):
         @django_cio.register(Note)
         class Bad(django_cio.Customer):
             fields = ["text", "colour"]
+    # register_event: a typo in person or data fails here, naming model and event, not at
+    # every save with "not sent (AttributeError)".
+    with pytest.raises(ConfigurationError, match=r"register_event\(tests.Note, name='noted'\) "
+                                                 r"names what the model does not have: usr_id"):
+        django_cio.register_event(Note, name="noted", person="usr_id", data=["text"])
+    with pytest.raises(ConfigurationError, match="does not have: totl"):
+        django_cio.register_event(Note, name="noted", person="pk", data=["text", "totl"])
+    assert Note not in registry.events
 
 
 def test_an_invalid_row_is_logged_and_the_save_goes_on(registrations, cio_outbox, caplog):
