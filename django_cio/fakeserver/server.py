@@ -291,7 +291,8 @@ class FakeTrackAPI:
         with self._lock:
             for name, value in changes.items():
                 if not hasattr(self.config, name):
-                    raise ValueError(f"unknown fake server setting {name!r}")
+                    known = ", ".join(asdict(self.config))
+                    raise ValueError(f"unknown fake server setting {name!r}; known: {known}")
                 setattr(self.config, name, value)
             if "rate_limit" in changes:
                 rate = self.config.rate_limit

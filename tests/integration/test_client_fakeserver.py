@@ -135,8 +135,9 @@ def test_control_endpoints_over_http(fake, track_client):
     config = requests.post(f"{fake.url}/_fake/config", json={"latency_ms": 5}, timeout=5).json()
     assert config["latency_ms"] == 5
     assert requests.get(f"{fake.url}/_fake/stats", timeout=5).json()["requests"] == 1
-    assert requests.post(f"{fake.url}/_fake/config", json={"bogus": 1}, timeout=5
-                         ).status_code == 400
+    refused = requests.post(f"{fake.url}/_fake/config", json={"bogus": 1}, timeout=5)
+    assert refused.status_code == 400
+    assert "known: latency_ms, rate_limit, error_rate" in refused.text  # the valid keys
     requests.post(f"{fake.url}/_fake/reset", timeout=5)
     assert fake.store.people == {}
 
