@@ -24,7 +24,7 @@ from typing import Any
 
 from kombu.serialization import prepare_accept_content
 from kombu.transport import TRANSPORT_ALIASES, _transport_cache, redis, virtual
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError
 
 from . import messages
 from .messages import Taking, came_back
@@ -142,9 +142,8 @@ class Channel(redis.Channel):
         between two reads whether it has room for another (``worker_disable_prefetch``)."""
         try:
             self.client.parse_response(self.client.connection, self.waiting_with, **options)
-        except ResponseError as exc:
-            if not str(exc).startswith("OOM"):  # a full Redis refuses BLMOVE, not the take
-                raise
+        except OutOfMemoryError:  # a full Redis refuses BLMOVE (a write), not the take
+            pass
         except self.connection_errors:
             self.client.connection.disconnect()  # the next poll reconnects
             raise

@@ -219,3 +219,45 @@ def test_worker_disable_prefetch_takes_one_message_at_a_time(private_redis):
             taken = len(held)
             queued = redis.Redis.from_url(private_redis.url).llen("no-prefetch")
     assert (taken, queued) == (1, 3)
+
+
+# -- 5. A full Redis (maxmemory, noeviction) refuses BLMOVE, a write; the take is allowed. ----
+
+def test_a_full_redis_still_hands_out_what_it_holds(tmp_path):
+    """Redis refuses write commands once it is over ``maxmemory`` with ``noeviction``, and
+    ``BLMOVE`` is one (``BRPOP`` and the take script, which pops first, are not). A worker
+    must still take what is queued (before the fix: an OutOfMemoryError on every poll)."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+
+        def accepts() -> bool:
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", port)) == 0
+
+        _wait_for(accepts, timeout=10)
+        client = redis.Redis.from_url(url)
+        received: list = []
+        with kombu.Connection(url, transport=Transport) as connection:
+            queue = kombu.Queue("full")
+            with connection.Producer() as publisher:
+                publisher.publish({"n": 1}, routing_key="full", declare=[queue])
+            with connection.Consumer([queue], callbacks=[  # declared while there is room
+                    lambda body, message: received.append(body)]):
+                used = client.info("memory")["used_memory"]
+                client.config_set("maxmemory", used + 4096)
+                client.config_set("maxmemory-policy", "noeviction")
+                with contextlib.suppress(redis.exceptions.ResponseError):  # fill it up
+                    for number in range(10_000):
+                        client.set(f"ballast:{number}", "x" * 1024)
+                with pytest.raises(redis.exceptions.OutOfMemoryError):
+                    client.lmove("full", "full", "RIGHT", "RIGHT")  # what the wait sends
+                _drain(connection, received, 1, limit=10)
+                client.config_set("maxmemory", 0)  # room again, to close cleanly
+        assert received == [{"n": 1}]
+    finally:
+        server.kill()
+        server.wait()
