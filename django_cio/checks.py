@@ -26,13 +26,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         Error(problem.message, id=f"django_cio.{problem.id}") for problem in conf.find_problems()
     ]
     config = conf.merged_settings()
-    try:
-        backend = import_string(config["BACKEND"])
-    except (ImportError, TypeError):
+    backend = _backend(config)
+    if backend is None:
         messages.append(Error(
             f"CUSTOMERIO['BACKEND'] {config['BACKEND']!r} cannot be imported", id="django_cio.E007"
         ))
-        backend = None
     # A backend that delivers inline (locmem, console, null) never talks to Customer.io.
     missing = [key for key in ("SITE_ID", "API_KEY") if not config[key]]
     if backend is not None and not getattr(backend, "delivers_inline", False) and missing:
@@ -43,6 +41,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             id="django_cio.E002",
         ))
     return messages + _check_cache(config)
+
+
+def _backend(config: dict[str, Any]) -> Any:
+    """The configured backend class, or None if it cannot be imported (E007)."""
+    try:
+        return import_string(config["BACKEND"])
+    except (ImportError, TypeError):
+        return None
 
 
 def _check_cache(config: dict[str, Any]) -> list[CheckMessage]:
@@ -111,12 +117,9 @@ def check_celery_app(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
     falls back to a default app on amqp://localhost, and ops wait there with no consumer."""
     from celery import current_app
 
-    config = conf.merged_settings()
-    try:
-        if getattr(import_string(config["BACKEND"]), "delivers_inline", False):
-            return []  # nothing is published
-    except (ImportError, TypeError):
-        return []  # E007
+    backend = _backend(conf.merged_settings())
+    if backend is None or getattr(backend, "delivers_inline", False):
+        return []  # E007, or nothing is published
     app = current_app._get_current_object()
     if app.main == "default":  # the app Celery makes when the project loaded none
         return [Warning(
