@@ -9,10 +9,9 @@ from typing import Any
 from celery import current_app
 from django.db.models import Count, Min
 from django.utils import timezone
-from kombu.transport import redis as kombu_redis
 
 from . import dedup
-from .broker.redis import prefixed, queue_lists
+from .broker.redis import on_redis, prefixed, queue_lists
 from .broker.relay import databases
 from .conf import get_settings
 from .credentials import refusal
@@ -38,7 +37,7 @@ def queue_status() -> dict[str, Any]:
         status: dict[str, Any] = {"name": name, "broker": connection.as_uri()}
         try:
             channel = connection.default_channel
-            if isinstance(channel, kombu_redis.Channel):  # an empty queue is no key at all
+            if on_redis(channel):  # an empty queue is no key at all
                 with channel.conn_or_acquire() as client:
                     lists = prefixed(channel, list(queue_lists(channel, [name])))
                     return {**status, "messages": sum(client.llen(key) for key in lists),

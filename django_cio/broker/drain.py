@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import kombu
-from kombu.transport import redis as kombu_redis
 
 from . import amqp, redis
 from .messages import Message, Taking
@@ -28,7 +27,7 @@ def drain(queue: str, max_messages: int, max_ops: int) -> list[Message]:
     """
     taking = Taking(queue_binding(queue), max_messages, max_ops)
     try:
-        (redis if _on_redis(taking.bound.channel) else amqp).drain(taking)
+        (redis if redis.on_redis(taking.bound.channel) else amqp).drain(taking)
     except Exception:
         # What was taken and not acknowledged returns to the queue with the connection: none
         # of it is ours to deliver now (delivered too, it would arrive twice).
@@ -46,23 +45,19 @@ def settle(messages: Sequence[Message]) -> None:
                 _requeue(message.queued)
         done = [message.queued for message in queued if message.error is None]
         if done:
-            (redis if _on_redis(done[0].channel) else amqp).ack(done)
+            (redis if redis.on_redis(done[0].channel) else amqp).ack(done)
     except Exception:  # the broker will redeliver them; their event ids make that harmless
         reconnect()
 
 
 def _requeue(queued: Any) -> None:
     """Return a message whose ops could not be handled, marked as back from a failure."""
-    if _on_redis(queued.channel):
+    if redis.on_redis(queued.channel):
         # One MULTI/EXEC moving it from unacked to the queue, marked redelivered; Redis has
         # no delivery limit.
         queued.reject(requeue=True)
     else:
         amqp.republish(queued, _local.name, mark=True)
-
-
-def _on_redis(channel: Any) -> bool:
-    return isinstance(channel, kombu_redis.Channel)  # kombu's Redis channel, or ours
 
 
 _local = threading.local()

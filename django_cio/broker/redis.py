@@ -64,6 +64,11 @@ return taken
 """
 
 
+def on_redis(channel: Any) -> bool:
+    """Whether a kombu channel is on Redis (kombu's Redis channel, or this module's)."""
+    return isinstance(channel, redis.Channel)
+
+
 def queue_lists(channel: Any, queues: list[str]) -> dict[str, str]:
     """Each list holding ``queues``' messages -> its queue, in kombu's order of taking."""
     return {channel._q_for_pri(queue, step): queue
