@@ -39,6 +39,58 @@ def track_client(fake: FakeTrackAPI) -> Iterator[TrackClient]:
     track.close()
 
 
+def _processes_of_this_run() -> dict[int, str]:
+    """Live processes (other than this one) started by this test run, found by the
+    ``CIO_TEST_RUN`` they inherit, even those whose parent died: pid -> command line."""
+    marker = f"\0CIO_TEST_RUN={os.environ['CIO_TEST_RUN']}\0".encode()
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if marker in b"\0" + (proc / "environ").read_bytes():
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                # A zombie has no command line; multiprocessing's tracker lives as long as we do.
+                if command and "multiprocessing.resource_tracker" not in command:
+                    found[int(proc.name)] = command
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    """A worker (or a worker's relay thread) left running would take later tests' messages
+    or relay their Outbox rows: fail the test that left it (and stop a process it left, so the
+    rest of the run is not affected)."""
+    yield
+    relays = [thread for thread in threading.enumerate() if thread.name == "django-cio-relay"]
+    assert not relays, "a worker's Outbox relay thread outlived the test"
+    deadline = time.monotonic() + 10
+    while (left := _processes_of_this_run()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes outlived the test: {left}"
+
+
+def _unacked_left() -> list[str]:
+    """Messages of this run's queues a killed worker held: kombu would put them back on the
+    queue after the visibility timeout, into a later test."""
+    import redis
+
+    client = redis.Redis.from_url(BROKERS["redis"])
+    prefix = f"cio-tests-{os.environ['CIO_TEST_RUN']}"
+    return [tag.decode() for tag, value in client.hgetall("unacked").items()
+            if prefix.encode() in value]
+
+
+@pytest.fixture(autouse=True)
+def _no_message_left_unacked():
+    yield
+    left = _unacked_left()
+    assert not left, f"unacked messages left behind: {left}"
+
+
 @pytest.fixture(autouse=True)
 def _forget_dedup_memory():
     """Each test starts with no identify remembered (only this run's keys are touched)."""

@@ -4,13 +4,16 @@ import threading
 from datetime import timedelta
 
 import pytest
+from celery.contrib.testing.worker import start_worker
 from django.db import connection, connections
 from django.utils import timezone
 
 from django_cio.broker import relay
+from django_cio.conf import get_settings
 from django_cio.models import Outbox
 from django_cio.operations import Identify
 from django_cio.tasks import relay_outbox
+from tests.celery_app import app
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,3 +62,17 @@ def test_concurrent_relays_never_send_a_row_twice(published, claim):
     people = [message[0]["person_id"] for message in published]
     assert len(people) == 300 and len(set(people)) == 300
     assert not Outbox.objects.exists()
+
+
+def relay_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "django-cio-relay"]
+
+
+def test_a_worker_started_in_a_thread_stops_its_relay_when_it_stops():
+    # celery.contrib.testing's start_worker (the way projects test their tasks) terminates
+    # the worker instead of stopping it. Its relay thread went on relaying the test database
+    # into later tests' queues.
+    with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False,
+                      queues=[get_settings().queue], shutdown_timeout=30):
+        assert len(relay_threads()) == 1
+    assert relay_threads() == []

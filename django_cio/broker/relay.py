@@ -125,6 +125,11 @@ class OutboxRelay(bootsteps.StartStopStep):
         if self.thread is not None:
             self.thread.join(timeout=30)
 
+    def terminate(self, parent: Any) -> None:
+        # A worker that terminates (cold shutdown, or celery.contrib.testing's start_worker)
+        # calls this instead of stop; the base class's would leave the thread relaying.
+        self.stop(parent)
+
     def run(self) -> None:
         while not self.stopping.wait(RELAY_EVERY * random.uniform(0.5, 1.0)):
             try:
