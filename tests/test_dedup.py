@@ -298,6 +298,15 @@ def test_a_cache_outage_means_sending(settings, private_redis, caplog):
     dedup.remember([identify])  # nothing raises
 
 
+def test_django_s_own_redis_cache_serves_dedup(settings):
+    settings.CACHES = {**settings.CACHES, "django": {
+        **settings.CACHES["default"], "BACKEND": "django.core.cache.backends.redis.RedisCache"}}
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "CACHE": "django"}
+    sent(Identify("p", {"v": 1}))
+    assert dedup.drop_seen([Identify("p", {"v": 1})]) == []
+    assert shape(dedup.drop_seen([Identify("p", {"v": 2})])) == [("identify", "p", {"v": 2})]
+
+
 def test_a_cache_that_is_not_redis_turns_dedup_off(settings, caplog, monkeypatch):
     monkeypatch.setattr(dedup, "_warned_no_redis", False)
     settings.CACHES = {**settings.CACHES, "local": {

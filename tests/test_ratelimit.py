@@ -129,13 +129,17 @@ def wait_for_port(port):
     raise AssertionError(f"redis-server on {port} did not start")
 
 
-def test_the_limiter_uses_the_caches_own_client_with_its_options(settings,
-                                                                 redis_with_password):
-    """Credentials in the cache's OPTIONS, not in its URL, must reach the limiter too."""
+@pytest.mark.parametrize(("backend", "options"), [
+    ("django_redis.cache.RedisCache", {"PASSWORD": "s3cret"}),
+    ("django.core.cache.backends.redis.RedisCache", {"password": "s3cret"}),
+], ids=["django-redis", "django"])
+def test_the_limiter_uses_the_caches_own_client_with_its_options(settings, redis_with_password,
+                                                                 backend, options):
+    """Credentials in the cache's OPTIONS, not in its URL, must reach the limiter too, with
+    django-redis and with Django's own Redis cache."""
     settings.CACHES = {"default": {
-        "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": f"redis://127.0.0.1:{redis_with_password}/0",
-        "OPTIONS": {"PASSWORD": "s3cret"},
+        "BACKEND": backend, "LOCATION": f"redis://127.0.0.1:{redis_with_password}/0",
+        "OPTIONS": options,
     }}
     settings.CUSTOMERIO = {**settings.CUSTOMERIO, "REDIS_URL": None,
                            "SITE_ID": f"site-{uuid.uuid4()}", "RATE_LIMIT": "1/s"}

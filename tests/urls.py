@@ -1,6 +1,6 @@
 from asgiref.sync import sync_to_async
 from django.contrib import admin
-from django.contrib.auth import alogin, login, logout
+from django.contrib.auth import login, logout
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.http import HttpResponse, JsonResponse
@@ -67,7 +67,7 @@ def failing_after_commit(request):
 
 async def async_login(request):
     user = await User.objects.aget(username=request.GET["username"])
-    await alogin(request, user)
+    await sync_to_async(login)(request, user)  # alogin is Django 5.0+
     request.cio.track("after_login")
     return HttpResponse("<html>welcome</html>")
 
