@@ -18,8 +18,8 @@ from typing import Any
 from django.http import HttpRequest
 
 from .conf import get_settings
-from .exceptions import ValidationError
 from .operations import Event, Identify
+from .privacy import safe_reason
 from .producer import enqueue
 from .registry import attributes_for, person_id_for, registry
 
@@ -59,8 +59,7 @@ def _never_failing(what: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, ValidationError) else type(exc).__name__
-        logger.error("customerio: %s not sent (%s)", what, reason)
+        logger.error("customerio: %s not sent (%s)", what, safe_reason(exc))
 
 
 def _client(request: HttpRequest | None) -> dict[str, str]:

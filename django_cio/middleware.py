@@ -23,6 +23,7 @@ from django.utils.functional import SimpleLazyObject, empty
 from .conf import get_settings
 from .exceptions import ValidationError
 from .operations import AnonymousEvent, Event, Identify, Page
+from .privacy import safe_reason
 from .producer import batch, collect, enqueue, flush
 from .registry import person_id_for
 
@@ -129,8 +130,7 @@ class CustomerIOMiddleware:
             try:
                 tracker.page()
             except Exception as exc:  # a page view must never fail the response
-                logger.error("customerio: page view not sent (%s)", exc if isinstance(
-                    exc, ValidationError) else type(exc).__name__)
+                logger.error("customerio: page view not sent (%s)", safe_reason(exc))
         if tracker.forget_anonymous_id:
             response.delete_cookie(config.anonymous_cookie)
         elif tracker.anonymous_id_is_new:
@@ -152,4 +152,11 @@ async def _user(request: HttpRequest) -> Any:
     later); ``None`` without ``AuthenticationMiddleware`` before this one (the check says so),
     and then ``request.cio`` looks ``request.user`` up when it is used."""
     auser = getattr(request, "auser", None)
-    return await auser() if auser is not None else None
+    if auser is not None:
+        return await auser()
+    user = getattr(request, "user", None)  # Django 4.2: no auser, a lazy user to load
+    if isinstance(user, SimpleLazyObject):
+        if user._wrapped is empty:
+            await sync_to_async(user._setup)()
+        return user._wrapped
+    return user

@@ -1,6 +1,6 @@
 """Personal data stays out of logs, errors and pages: person ids stand in as keyed hashes,
-keys that might be data as ``<key>``, stored ops as their shape, and Track API paths in
-urllib3's debug log as ``<id>``."""
+keys that might be data as ``<key>``, stored ops as their shape, exceptions as a reason that
+holds no value, and Track API paths in urllib3's debug log as ``<id>``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import re
 from typing import Any
 
 from django.conf import settings
+
+from .exceptions import ValidationError
 
 _PLAIN_KEY = re.compile(r"[\w \-]{1,40}")  # fullmatch: "$" would let a final newline in
 
@@ -37,6 +39,17 @@ def redacted(value: Any) -> Any:
     if isinstance(value, list):
         return [redacted(item) for item in value]
     return type(value).__name__
+
+
+def safe_reason(exc: BaseException) -> str:
+    """What may be logged or stored of an exception from user code or input: a
+    ``ValidationError``'s message (it names the op and field, never the value), the name a
+    missing attribute had, else the type alone (other messages may quote values)."""
+    if isinstance(exc, ValidationError):
+        return str(exc)
+    if isinstance(exc, AttributeError) and exc.name:
+        return f"AttributeError: no attribute {exc.name!r}"
+    return type(exc).__name__
 
 
 class HidePersonPaths(logging.Filter):

@@ -29,8 +29,9 @@ from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 from django.utils.module_loading import autodiscover_modules
 
-from .exceptions import ConfigurationError, ValidationError
+from .exceptions import ConfigurationError
 from .operations import Delete, Event, Identify, Operation
+from .privacy import safe_reason
 from .producer import batch, enqueue
 
 logger = logging.getLogger("django_cio")
@@ -205,16 +206,19 @@ def _on_save(sender: type[models.Model], instance: Any, created: bool, raw: bool
         return
     customer = registry.customer_for(sender)
     if customer is not None and _touches(customer, update_fields):
-        _enqueue(lambda: identify_op(instance, created, customer), using)
+        _enqueue(lambda: identify_op(instance, created, customer), using,
+                 f"{sender._meta.label} identify ({type(customer).__name__})")
     for event in registry.events_for(sender):
-        _enqueue(partial(_event_op, event, instance, created), using)
+        _enqueue(partial(_event_op, event, instance, created), using,
+                 f"{sender._meta.label} event {event.name!r}")
 
 
 def _on_delete(sender: type[models.Model], instance: Any, using: str | None = None,
                **kwargs: Any) -> None:
     customer = registry.customer_for(sender)
     if customer is not None and customer.delete_on_model_delete:
-        _enqueue(lambda: Delete(customer.person_id(instance)), using)
+        _enqueue(lambda: Delete(customer.person_id(instance)), using,
+                 f"{sender._meta.label} delete ({type(customer).__name__})")
 
 
 def connect_signals() -> None:
@@ -240,16 +244,13 @@ def _event_op(event: ModelEvent, instance: Any, created: bool) -> Event | None:
     return event.op(instance) if event.fires(instance, created) else None
 
 
-def _enqueue(build: Callable[[], Operation | None], using: str | None) -> None:
-    """Build and queue an op for a signal; a bad one is logged, never raised into the save.
-
-    The log names the op and field of a validation error, else only the exception's type:
-    code in ``get_attributes`` or a ``person=`` callable may put values in its messages."""
+def _enqueue(build: Callable[[], Operation | None], using: str | None, source: str) -> None:
+    """Build and queue an op for a signal; a bad one is logged with its ``source`` (model and
+    registration) and a reason that holds no value, never raised into the save."""
     try:
         op = build()
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, ValidationError) else type(exc).__name__
-        logger.error("customerio: not sent (%s)", reason)
+        logger.error("customerio: %s not sent (%s)", source, safe_reason(exc))
         return
     if op is not None:
         enqueue(op, using=using)

@@ -179,7 +179,7 @@ def test_a_row_that_cannot_be_an_identify_is_counted_failed_and_the_rest_go(user
         call_command("cio_backfill", "auth.User", "--quiet")
     assert caught.value.returncode == 1
     assert users.store.stats()["people"] == 9 and BackfillRun.objects.get().failed == 1
-    assert f"pk={bad.pk} not sent (identify: attributes.bio" in caplog.text
+    assert f"auth.User row pk={bad.pk} not sent (identify: attributes.bio" in caplog.text
     assert "secret secret" not in caplog.text
 
 

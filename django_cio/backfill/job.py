@@ -27,9 +27,10 @@ from django.db import connections, models
 from django.utils import timezone
 
 from ..delivery.engine import MAX_LIMITER_WAIT, Delivery
-from ..exceptions import ConfigurationError, ValidationError
+from ..exceptions import ConfigurationError
 from ..models import BackfillRun
 from ..operations import Operation
+from ..privacy import safe_reason
 from ..ratelimit import RateLimiter, get_limiter
 from ..registry import identify_op, registry
 from ..signals import OpResult
@@ -197,8 +198,8 @@ class Backfill:
                 op = identify_op(row, created=False)
             except Exception as exc:
                 invalid.append(position)
-                reason = str(exc) if isinstance(exc, ValidationError) else type(exc).__name__
-                logger.error("customerio: backfill row pk=%s not sent (%s)", row.pk, reason)
+                logger.error("customerio: backfill %s row pk=%s not sent (%s)",
+                             row._meta.label, row.pk, safe_reason(exc))
                 continue
             if op is not None:
                 built.append((position, op))

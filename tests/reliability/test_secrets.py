@@ -486,7 +486,8 @@ def test_a_save_or_login_that_fails_validation_is_logged_without_the_value(
     user = User.objects.create(username=BAD, email=secrets.email())  # logged, saved
     Client().force_login(user)  # the identify breaks a limit: logged, the login goes on
     logged = "\n".join(text for _, text in captured.texts)
-    assert "customerio: not sent (identify: attributes.notes" in logged
+    assert "customerio: auth.User identify (UserCustomer) not sent (identify: attributes.notes" \
+        in logged
     assert "customerio: login not sent (identify: attributes.notes" in logged
     assert_nothing_leaked(captured, secrets)
 
@@ -497,5 +498,6 @@ def test_backfill_logs_the_pk_of_a_row_it_cannot_send_not_its_values(
     User.objects.create(username=BAD, email=secrets.email())
     run = backfill.start("auth.User", {})
     backfill.Backfill(run).execute()
-    assert re.search(r"backfill row pk=\d+ not sent", "\n".join(t for _, t in captured.texts))
+    logged = "\n".join(text for _, text in captured.texts)
+    assert re.search(r"backfill auth.User row pk=\d+ not sent", logged)
     assert_nothing_leaked(captured, secrets)
