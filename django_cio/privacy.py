@@ -4,10 +4,13 @@ holds no value, and Track API paths in urllib3's debug log as ``<id>``."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import hmac
 import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
@@ -24,6 +27,27 @@ def person_hash(person_id: str) -> str:
     """
     key = str(getattr(settings, "SECRET_KEY", "")).encode() if settings.configured else b""
     return hmac.new(key, person_id.encode(errors="replace"), hashlib.sha256).hexdigest()[:12]
+
+
+_showing_ids = contextvars.ContextVar("django_cio_showing_ids", default=False)
+
+
+@contextlib.contextmanager
+def showing_ids() -> Iterator[None]:
+    """Ops' reprs show real person ids inside this block: where only the developer sees them
+    (a test's ``cio_outbox``, a dry run printed to their terminal)."""
+    token = _showing_ids.set(True)
+    try:
+        yield
+    finally:
+        _showing_ids.reset(token)
+
+
+def shown_id(person_id: str) -> str:
+    """A person id as an op's repr shows it: the id itself with ``DEBUG`` on or inside
+    ``showing_ids()``, else its hash. Logs and stored reasons always use ``person_hash``."""
+    debug = settings.configured and settings.DEBUG
+    return person_id if debug or _showing_ids.get() else person_hash(person_id)
 
 
 def safe_label(key: str) -> str:

@@ -15,14 +15,17 @@ from typing import Any
 import pytest
 
 from .backends.locmem import outbox
+from .privacy import showing_ids
 
 LOCMEM_BACKEND = "django_cio.backends.locmem.LocMemBackend"
 
 
 @pytest.fixture
 def cio_outbox(settings: Any) -> Iterator[list[Any]]:
-    """The ops django-cio would have sent during the test (uses pytest-django's ``settings``)."""
+    """The ops django-cio would have sent during the test (uses pytest-django's ``settings``).
+    Their reprs in the test's output show the real person ids."""
     settings.CUSTOMERIO = {**getattr(settings, "CUSTOMERIO", {}), "BACKEND": LOCMEM_BACKEND}
     outbox.clear()
-    yield outbox
+    with showing_ids():
+        yield outbox
     outbox.clear()

@@ -1,5 +1,6 @@
 """cio_backfill on PostgreSQL against the fake Track API."""
 
+import io
 import os
 import signal
 import subprocess
@@ -105,6 +106,19 @@ def test_dry_run_counts_and_hides_values(users, capsys):
     assert "20,000 row(s) of auth.User would be sent" in out
     assert "@example.com" not in out and "<Identify" in out
     assert users.store.stats()["requests"] == 0 and not BackfillRun.objects.exists()
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_dry_run_shows_person_ids_only_on_a_terminal(users):
+    first = str(User.objects.order_by("pk")[0].pk)
+    for stdout, shown in ((io.StringIO(), False), (Terminal(), True)):
+        call_command("cio_backfill", "auth.User", "--dry-run", stdout=stdout)
+        assert (f"person={first} " in stdout.getvalue()) is shown
+        assert "@example.com" not in stdout.getvalue()
 
 
 def test_refused_rows_are_dead_letters_and_exit_1(users):

@@ -32,6 +32,7 @@ from django_cio.operations import (
     dumps,
 )
 from django_cio.operations.values import json_safe
+from django_cio.privacy import showing_ids
 
 SECRET = "ada@example.com"
 
@@ -386,6 +387,21 @@ def test_repr_is_redacted():
     text = repr(Identify(SECRET, {"email": SECRET})) + repr(Event(SECRET, "paid", {"n": 1}))
     assert SECRET not in text
     assert "<Identify kind=identify person=" in text and "attributes=['email']" in text
+
+
+def test_repr_shows_the_person_id_only_where_the_developer_alone_sees_it(settings):
+    op = Identify(SECRET, {"email": SECRET})
+    with showing_ids():  # cio_outbox, a dry run in a terminal
+        assert f"person={SECRET} " in repr(op)
+    settings.DEBUG = True
+    assert f"person={SECRET} " in repr(op)
+    assert SECRET not in str(op.redacted())  # what logs and stored reasons use: never
+    settings.DEBUG = False
+    assert SECRET not in repr(op)
+
+
+def test_cio_outbox_shows_person_ids_in_test_output(cio_outbox):
+    assert "person=42 " in repr(Identify("42", {}))
 
 
 def test_person_hash_is_keyed_with_secret_key():

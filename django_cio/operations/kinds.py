@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from urllib.parse import quote
 
 from ..exceptions import ValidationError
-from ..privacy import person_hash, safe_label
+from ..privacy import person_hash, safe_label, shown_id
 from .limits import (
     MAX_DEVICE_TOKEN_BYTES,
     MAX_EVENT_NAME_BYTES,
@@ -92,7 +92,8 @@ class Operation:
         return self.batchable and len(self.v2_bytes) <= MAX_V2_OP_BYTES
 
     def __repr__(self) -> str:
-        fields = " ".join(f"{key}={value}" for key, value in self.redacted().items())
+        shown = {**self.redacted(), "person": shown_id(self.person_id)}
+        fields = " ".join(f"{key}={value}" for key, value in shown.items())
         return f"<{type(self).__name__} {fields}>"
 
     def to_dict(self) -> Json:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ from django_cio import backfill
 from django_cio.conf import get_settings
 from django_cio.exceptions import ConfigurationError
 from django_cio.models import BackfillRun
+from django_cio.privacy import showing_ids
 from django_cio.registry import identify_op
 
 
@@ -197,8 +199,10 @@ class Command(BaseCommand):
         model = backfill.resolve_model(run.model)
         sample = backfill.queryset(model, run.filters)[:3]
         self.stdout.write(f"{run.total:,} row(s) of {run.model} would be sent. For example:")
-        for row in sample:
-            self.stdout.write(f"  {identify_op(row, created=False)!r}")
+        # Real person ids on the operator's terminal; hashes where the output may be kept.
+        with showing_ids() if self.stdout.isatty() else contextlib.nullcontext():
+            for row in sample:
+                self.stdout.write(f"  {identify_op(row, created=False)!r}")
         options = {**backfill.DEFAULT_OPTIONS, **run.options}
         requests = max(1, -(-run.total // options["batch_size"]))
         seconds = requests / (get_settings().rate.per_second * options["rate_share"])
