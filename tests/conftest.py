@@ -115,7 +115,7 @@ def use_broker(url: str) -> None:
         app._pool.force_close_all()
         app._pool = None
     app.amqp._producer_pool = None
-    publish._drop_producer()
+    publish.drop_producer()
 
 
 def purge_queue() -> None:

@@ -61,19 +61,19 @@ def publish_task(name: str, args: tuple[Any, ...], **options: Any) -> None:
         fresh = getattr(_local, "producer", None) is None or _local.pid != os.getpid()
         try:
             current_app.send_task(name, args, queue=get_settings().queue,
-                                  producer=_producer(), ignore_result=True, retry=False,
+                                  producer=producer(), ignore_result=True, retry=False,
                                   timeout=PUBLISH_TIMEOUT, confirm_timeout=PUBLISH_TIMEOUT,
                                   **options)
             return
         except Exception:
-            _drop_producer()
+            drop_producer()
             # A connection that sat idle may have been dropped on the way (a NAT, a load
             # balancer): one more try on a new one, but never twice on a new one.
             if fresh or attempt == 2:
                 raise
 
 
-def _producer() -> Any:
+def producer() -> Any:
     """This thread's kombu producer, on a connection with short timeouts (made once)."""
     if getattr(_local, "pid", None) != os.getpid() or _local.producer is None:
         app = current_app
@@ -99,10 +99,11 @@ def _producer() -> Any:
     return _local.producer
 
 
-def _drop_producer() -> None:
-    producer = getattr(_local, "producer", None)
+def drop_producer() -> None:
+    """Forget this thread's producer (after an error, or when the app's broker changed)."""
+    dropped = getattr(_local, "producer", None)
     _local.producer = None
-    if producer is not None:
+    if dropped is not None:
         with contextlib.suppress(Exception):
             # Without a goodbye to the broker: on a dead link that would wait for an answer.
-            producer.connection.collect()
+            dropped.connection.collect()

@@ -46,7 +46,7 @@ def publish(queue: str, number: int) -> None:
     declared again: Celery would declare it classic)."""
     op = Event(f"p{number}", "viewed", {"n": number}).to_dict()
     deliver.apply_async(([op],), queue=kombu.Queue(queue, no_declare=True),
-                        exchange="", routing_key=queue, producer=broker_publish._producer())
+                        exchange="", routing_key=queue, producer=broker_publish.producer())
 
 
 def lose_a_worker_holding_one(queue: str) -> None:

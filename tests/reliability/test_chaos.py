@@ -31,6 +31,7 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -172,9 +173,10 @@ class Arrivals:
         self.bodies: list[Any] = []
         self.statuses: list[int] = []
         track = fake.track
+        lock = threading.Lock()
 
         def recording(method: str, url_path: str, authorized: bool, body: Any):
-            with fake._lock:
+            with lock:
                 self.times.append(time.time())
                 self.bodies.append(body)
                 self.statuses.append(0)
