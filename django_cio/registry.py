@@ -68,6 +68,8 @@ class ModelEvent:
                 f"register_event(on=...) must be 'create', 'update' or a callable, got {on!r}"
             )
         self.name, self.person, self.on, self.data = name, person, on, data
+        # How logs name it; a name that is not a string is reported when an op is made.
+        self.label = f"event {name[:100]!r}" if isinstance(name, str) else "event <not a string>"
 
     def fires(self, instance: Any, created: bool) -> bool:
         if callable(self.on):
@@ -210,7 +212,7 @@ def _on_save(sender: type[models.Model], instance: Any, created: bool, raw: bool
                  f"{sender._meta.label} identify ({type(customer).__name__})")
     for event in registry.events_for(sender):
         _enqueue(partial(_event_op, event, instance, created), using,
-                 f"{sender._meta.label} event {event.name!r}")
+                 f"{sender._meta.label} {event.label}")
 
 
 def _on_delete(sender: type[models.Model], instance: Any, using: str | None = None,

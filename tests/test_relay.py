@@ -73,6 +73,7 @@ def test_a_worker_started_in_a_thread_stops_its_relay_when_it_stops():
     # the worker instead of stopping it. Its relay thread went on relaying the test database
     # into later tests' queues.
     with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False,
-                      queues=[get_settings().queue], shutdown_timeout=30):
+                      queues=[get_settings().queue], shutdown_timeout=30,
+                      loglevel="WARNING"):  # its default, ERROR, would stay on the root logger
         assert len(relay_threads()) == 1
     assert relay_threads() == []
