@@ -1,5 +1,6 @@
 """Existing rows of a registered model to Customer.io, in bulk, resumable: in one process
-(``job``) or in the Celery workers (``workers``, ``cio_backfill --async``)."""
+(``job``) or in the Celery workers (``workers``, ``cio_backfill --async``); ``runs`` makes,
+resumes, stops and plans them."""
 
 from .job import (
     DEFAULT_OPTIONS,
@@ -14,9 +15,11 @@ from .job import (
     since_field,
     start,
 )
+from .runs import Plan, busy, new_run, plan, resume, stop
 from .workers import deliver_page, queue, ranges
 
 __all__ = [
-    "DEFAULT_OPTIONS", "LEASE", "Backfill", "alive", "count_ids", "deliver_page", "queryset",
-    "queue", "ranges", "read_ids", "registered_labels", "resolve_model", "since_field", "start",
+    "DEFAULT_OPTIONS", "LEASE", "Backfill", "Plan", "alive", "busy", "count_ids", "deliver_page",
+    "new_run", "plan", "queryset", "queue", "ranges", "read_ids", "registered_labels",
+    "resolve_model", "resume", "since_field", "start", "stop",
 ]

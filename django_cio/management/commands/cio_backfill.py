@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import time
@@ -21,7 +20,6 @@ from django_cio.conf import get_settings
 from django_cio.exceptions import ConfigurationError
 from django_cio.models import BackfillRun
 from django_cio.privacy import showing_ids
-from django_cio.registry import identify_op
 
 
 class Command(BaseCommand):
@@ -120,51 +118,22 @@ class Command(BaseCommand):
         given = {key: options[key] for key in ("batch_size", "rate_share", "dedup")
                  if options[key] is not None}
         if options["resume"]:
-            return [self.claim(options["resume"], given, options)]
+            wanted = None if options["resume"] == "last" else _run_id(options["resume"])
+            return [backfill.resume(wanted, in_workers=options["in_workers"],
+                                    claim=not options["dry_run"], **given)]
         if options["all"]:
             labels = backfill.registered_labels()
         elif options["label"]:
             labels = [options["label"]]
         else:
             raise ValueError("name a model (app_label.Model), --all, or --resume a run")
-        runs = [self.new_run(label, options) for label in labels]
-        for run in runs:
-            run.options = {**backfill.DEFAULT_OPTIONS, **given}
-        return runs  # saved when they start
-
-    def claim(self, wanted: str, given: dict[str, Any], options: dict[str, Any]) -> BackfillRun:
-        """The run to resume, taken over only if nothing is working on it."""
-        runs = BackfillRun.objects.exclude(status=BackfillRun.DONE)
-        if wanted == "last":
-            run = next((run for run in runs if not _busy(run)), None)
-        else:
-            run = runs.filter(pk=wanted).first()
-        if run is None:
-            raise ValueError("no backfill run to resume" if wanted == "last"
-                             else f"no unfinished backfill run {wanted}")
-        if why := _busy(run):
-            raise ConfigurationError(why)
-        if run.ids_file and (options["in_workers"] or run.ranges is not None):
-            raise ValueError("--async sends pk ranges: not with --ids-from")
-        run.options.update(given)
-        if options["dry_run"]:
-            return run
-        taken = BackfillRun.objects.filter(pk=run.pk, updated_at=run.updated_at).update(
-            status=BackfillRun.RUNNING, updated_at=timezone.now(), options=run.options)
-        if not taken:
-            raise ConfigurationError(f"backfill #{run.pk} was just resumed elsewhere")
-        run.refresh_from_db()
-        return run
+        filters = dict(_pair(where) for where in options["where"])
+        since = _moment(options["since"]) if options["since"] else None
+        return [backfill.new_run(label, filters, since, options["ids_from"], **given)
+                for label in labels]  # saved when they start
 
     def stop_run(self, pk: int) -> None:
-        run = BackfillRun.objects.filter(pk=pk, status=BackfillRun.RUNNING).first()
-        if run is None:
-            raise ConfigurationError(f"no running backfill run {pk}")
-        # A process stops when its heartbeat sees STOPPING, then marks the run STOPPED. The
-        # tasks of an --async run stop at their next page, and it may be resumed at once:
-        # copies of a task end as one chain.
-        status = BackfillRun.STOPPED if run.ranges is not None else BackfillRun.STOPPING
-        BackfillRun.objects.filter(pk=pk).update(status=status, updated_at=timezone.now())
+        backfill.stop(pk)
         self.stdout.write(f"Backfill #{pk} stops after its current pages; continue with: "
                           f"manage.py cio_backfill --resume {pk}")
 
@@ -182,32 +151,15 @@ class Command(BaseCommand):
             f"manage.py cio_status or the admin; stop it with manage.py cio_backfill --stop "
             f"{run.pk}.")
 
-    def new_run(self, label: str, options: dict[str, Any]) -> BackfillRun:
-        model = backfill.resolve_model(label)
-        filters: dict[str, Any] = dict(_pair(where) for where in options["where"])
-        if options["since"]:
-            filters[f"{backfill.since_field(model)}__gte"] = _moment(options["since"])
-        if not options["ids_from"]:  # a bad filter fails here
-            return BackfillRun(model=label, filters=filters,
-                               total=backfill.queryset(model, filters).count())
-        backfill.queryset(model, filters).exists()  # ... and here
-        path = os.path.abspath(options["ids_from"])  # a resume may run elsewhere
-        return BackfillRun(model=label, filters=filters, ids_file=path,
-                           total=backfill.count_ids(model, path))
-
     def dry_run(self, run: BackfillRun) -> None:
-        model = backfill.resolve_model(run.model)
-        sample = backfill.queryset(model, run.filters)[:3]
+        plan = backfill.plan(run)
         self.stdout.write(f"{run.total:,} row(s) of {run.model} would be sent. For example:")
         # Real person ids on the operator's terminal; hashes where the output may be kept.
         with showing_ids() if self.stdout.isatty() else contextlib.nullcontext():
-            for row in sample:
-                self.stdout.write(f"  {identify_op(row, created=False)!r}")
-        options = {**backfill.DEFAULT_OPTIONS, **run.options}
-        requests = max(1, -(-run.total // options["batch_size"]))
-        seconds = requests / (get_settings().rate.per_second * options["rate_share"])
-        self.stdout.write(f"At least {requests:,} request(s): about {seconds:,.0f} s at the "
-                          f"configured limit, plus reading the rows.")
+            for op in plan.sample:
+                self.stdout.write(f"  {op!r}")
+        self.stdout.write(f"At least {plan.requests:,} request(s): about {plan.seconds:,.0f} s "
+                          f"at the configured limit, plus reading the rows.")
 
     def catch_signals(self, job: backfill.Backfill) -> None:
         def stop(signum: int, frame: Any) -> None:
@@ -243,20 +195,15 @@ class Command(BaseCommand):
                                returncode=1)
 
 
-def _busy(run: BackfillRun) -> str:
-    """Why a run may not be resumed now ("" if it may)."""
-    if run.ranges is not None and run.status == BackfillRun.RUNNING:
-        # Its tasks may wait on the broker a while, touching nothing.
-        return f"backfill #{run.pk} runs in the workers; stop it with --stop {run.pk} first"
-    if backfill.alive(run):
-        return (f"backfill #{run.pk} is {run.status} (touched in the last {backfill.LEASE} s); "
-                f"stop it with --stop {run.pk}, or resume it a minute after its process died")
-    return ""
+def _run_id(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--resume wants a run id, got {text!r}") from None
 
 
-def _moment(text: str) -> str:
-    """An ISO 8601 date or datetime, in the current time zone when it names none, as the
-    string the filter (and a resume) keeps."""
+def _moment(text: str) -> datetime:
+    """An ISO 8601 date or datetime, in the current time zone when it names none."""
     moment = parse_datetime(text)
     if moment is None:
         day = parse_date(text)
@@ -265,7 +212,7 @@ def _moment(text: str) -> str:
         moment = datetime.combine(day, datetime.min.time())
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment)
-    return moment.isoformat()
+    return moment
 
 
 def _pair(where: str) -> tuple[str, str]:
