@@ -20,107 +20,19 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import math
-import random
 import socket
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..operations import MAX_BATCH_BYTES, MAX_V2_OP_BYTES, dumps
+from .faults import Config, Faults
+from .protocol import MAX_V1_BYTES, Reply, from_v1, v1_error
 from .store import Invalid, Json, Store, check
-
-MAX_V1_BYTES = 1_000_000
-
-
-@dataclass
-class Config:
-    """Behaviour switchable at run time (``FakeTrackAPI.configure`` or ``POST /_fake/config``)."""
-
-    latency_ms: float = 0
-    rate_limit: float | None = None  # requests per second; None = no cap
-    error_rate: float = 0.0  # share of requests answered 503
-    strict: bool = True
-    retry_after: float | None = 1  # seconds sent with 429s; None sends no header
-    fail_next: list[int] = field(default_factory=list)  # statuses for the next requests
-    refuse: list[str] = field(default_factory=list)  # person ids whose batch items get a 207
-
-
-class TokenBucket:
-    """``rate`` requests per second with a burst of one second's worth (at least one)."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate, self.capacity = rate, max(rate, 1.0)
-        self.tokens, self.updated = self.capacity, time.monotonic()
-
-    def take(self) -> float:
-        """0 if a request may pass now, else the seconds until one may."""
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
-
-
-class Reply(Exception):
-    """Stop handling and answer ``status`` with ``body``."""
-
-    def __init__(
-        self, status: int, body: Json | None = None, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(status)
-        self.status, self.body, self.headers = status, body or {}, headers or {}
-
-
-def _v1_error(message: str) -> Reply:
-    return Reply(400, {"meta": {"error": message}})
-
-
-def _from_v1(method: str, parts: list[str], body: Any) -> Json:
-    """Turn a v1 request into the v2 item it means; ``Reply(404)`` if it means nothing."""
-    if not isinstance(body, dict):
-        raise _v1_error("body must be a JSON object")
-
-    def person(action: str, **extra: Any) -> Json:
-        return {"type": "person", "identifiers": {"id": parts[1]}, "action": action, **extra}
-
-    def event(**extra: Any) -> Json:
-        kind = body.get("type", "event")
-        op = {"type": "person", "action": kind if kind in ("page", "screen") else "event",
-              "name": body.get("name"), "attributes": body.get("data") or {}, **extra}
-        op.update({key: body[key] for key in ("id", "timestamp") if key in body})
-        return op
-
-    route = (method, parts[0], len(parts), parts[2] if len(parts) > 2 else None)
-    if route == ("PUT", "customers", 2, None):
-        attributes = dict(body)
-        timestamp = attributes.pop("_timestamp", None)
-        return person("identify", attributes=attributes,
-                      **({"timestamp": timestamp} if timestamp is not None else {}))
-    if route == ("DELETE", "customers", 2, None):
-        return person("delete")
-    if route == ("POST", "customers", 3, "events"):
-        return event(identifiers={"id": parts[1]})
-    if route in (("POST", "customers", 3, "suppress"), ("POST", "customers", 3, "unsuppress")):
-        return person(parts[2])
-    if route == ("PUT", "customers", 3, "devices"):
-        device = dict(body.get("device") or {})
-        device["token"] = device.pop("id", None)
-        return person("add_device", device=device)
-    if route == ("DELETE", "customers", 4, "devices"):
-        return person("delete_device", device={"token": parts[3]})
-    if route == ("POST", "events", 1, None):
-        return event(anonymous_id=body.get("anonymous_id"))
-    if route == ("POST", "merge_customers", 1, None):
-        return {"type": "person", "action": "merge", "primary": body.get("primary"),
-                "secondary": body.get("secondary")}
-    raise Reply(404, {"meta": {"error": "not found"}})
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -186,7 +98,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             return json.loads(raw) if raw else {}
         except ValueError:
-            raise _v1_error("body is not valid JSON") from None
+            raise v1_error("body is not valid JSON") from None
 
     def _authorized(self) -> bool:
         header = self.headers.get("Authorization", "")
@@ -232,11 +144,10 @@ class FakeTrackAPI:
     ) -> None:
         self.site_id, self.api_key = site_id, api_key
         self.credentials = f"{site_id}:{api_key}"
-        self.config = Config(**config)
+        self.faults = Faults(**config)
         self.store = Store()
         self._lock = threading.Lock()
         self.received = 0  # Track API requests that arrived, answered or not
-        self._bucket = TokenBucket(self.config.rate_limit) if self.config.rate_limit else None
         self._httpd = _Server((host, port), Handler)
         self._httpd.fake = self
         self._httpd.connections = set()
@@ -286,42 +197,17 @@ class FakeTrackAPI:
 
     # -- behaviour --------------------------------------------------------------------------
 
+    @property
+    def config(self) -> Config:
+        return self.faults.config
+
     def configure(self, **changes: Any) -> None:
         """Change latency, rate limit, error rate, strictness or queued failures at run time."""
-        with self._lock:
-            for name, value in changes.items():
-                if not hasattr(self.config, name):
-                    known = ", ".join(asdict(self.config))
-                    raise ValueError(f"unknown fake server setting {name!r}; known: {known}")
-                setattr(self.config, name, value)
-            if "rate_limit" in changes:
-                rate = self.config.rate_limit
-                self._bucket = TokenBucket(rate) if rate else None
+        self.faults.configure(**changes)
 
     def fail_next(self, *statuses: int) -> None:
         """Answer the next requests with these statuses (``503, 503``; ``0, 429``: the second)."""
-        with self._lock:
-            self.config.fail_next.extend(statuses)
-
-    def _gate(self) -> None:
-        """Injected failures and the rate cap, before a request is looked at."""
-        with self._lock:
-            config = self.config
-            # 0 in fail_next lets that request through, to fail a later one.
-            status = (config.fail_next.pop(0) or None) if config.fail_next else None
-            retry_after = config.retry_after
-            if status is None and config.error_rate and random.random() < config.error_rate:
-                status = 503
-            if status is None and self._bucket is not None:
-                wait = self._bucket.take()
-                if wait:
-                    status, retry_after = 429, wait
-        if status == 429:
-            # Retry-After is whole seconds: round up so a client that obeys it gets through.
-            headers = {} if retry_after is None else {"Retry-After": str(math.ceil(retry_after))}
-            raise Reply(429, {"meta": {"error": "rate limited"}}, headers)
-        if status is not None:
-            raise Reply(status, {"meta": {"error": "injected failure"}})
+        self.faults.fail_next(*statuses)
 
     def track(self, method: str, path: str, authorized: bool, body: Any) -> tuple[int, Json, int]:
         """Answer a Track API request: (status, body, ops applied)."""
@@ -331,15 +217,15 @@ class FakeTrackAPI:
             time.sleep(self.config.latency_ms / 1000)
         if not authorized:
             raise Reply(401, {"meta": {"error": "unauthorized"}})
-        self._gate()
+        self.faults.gate()
         if method == "POST" and path == "/api/v2/batch":
             return self._batch(body)
         if method == "POST" and path == "/api/v2/entity":
             return self._entity(body)
         if path.startswith("/api/v1/"):
             parts = [unquote(part) for part in path[len("/api/v1/"):].split("/")]
-            op = _from_v1(method, parts, body)
-            self._check(op, _v1_error)
+            op = from_v1(method, parts, body)
+            self._check(op, v1_error)
             self.store.apply(op)
             return 200, {}, 1
         raise Reply(404, {"meta": {"error": "not found"}})

@@ -49,7 +49,7 @@ from django.urls import path
 import django_cio
 from django_cio.conf import get_settings
 from django_cio.fakeserver import FakeTrackAPI
-from django_cio.fakeserver.server import Reply
+from django_cio.fakeserver.protocol import Reply
 from django_cio.models import DeadLetter, Outbox
 from tests.celery_app import BROKERS
 from tests.conftest import purge_queue, use_broker
