@@ -1,6 +1,8 @@
 """The supported Python and Django pairs, each in a fresh virtualenv against the local services:
 
-    .venv/bin/nox              # every pair (CI runs this after ``python3 dev.py test``)
+    .venv/bin/nox              # every pair, and the unit layer with no services (CI runs
+                               # this after ``python3 dev.py test``)
+    .venv/bin/nox -s unit
     .venv/bin/nox -s "tests(python='3.10', django='4.2')"
 
 ``python3 dev.py test`` runs the whole suite on the machine's Python with the newest Django it
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 import nox
 
@@ -36,6 +39,24 @@ def _enable_pyenv_interpreters() -> None:
 
 
 _enable_pyenv_interpreters()
+
+
+# The unit layer (tests/, not tests/integration or tests/reliability) needs no service: SQLite,
+# kombu's in-memory broker, and a Redis address where nothing listens.
+NO_SERVICES = {
+    "DATABASE_URL": "sqlite:///unit-tests.sqlite3",
+    "REDIS_URL": "redis://127.0.0.1:9/0",
+    "CIO_TEST_REDIS_BROKER": "memory://",
+    "CIO_TEST_AMQP_BROKER": "memory://",
+}
+
+
+@nox.session(python=False)
+def unit(session: nox.Session) -> None:
+    """The unit tests with every service out of reach, in this (dev.py's) environment."""
+    session.run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
+                "--ignore=tests/integration", "--ignore=tests/reliability", *session.posargs,
+                env=NO_SERVICES)
 
 
 @nox.session

@@ -78,6 +78,8 @@ def _unacked_left() -> list[str]:
     queue after the visibility timeout, into a later test."""
     import redis
 
+    if not BROKERS["redis"].startswith("redis"):
+        return []  # the unit layer's memory:// broker
     client = redis.Redis.from_url(BROKERS["redis"])
     prefix = f"cio-tests-{os.environ['CIO_TEST_RUN']}"
     return [tag.decode() for tag, value in client.hgetall("unacked").items()

@@ -1,4 +1,5 @@
-"""The processes a run starts (fake server, gunicorn, Celery workers, Locust), and the run."""
+"""A load test run: serve the project, warm it up, ramp Locust up, then wait for every op to
+reach the fake server and measure the lag."""
 
 from __future__ import annotations
 
@@ -6,17 +7,17 @@ import contextlib
 import csv
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
-from .plan import HEADER, WARM_UP_EVENT, PathSpec, Plan, is_loopback
+from .fakeview import FakeView, created_at
+from .plan import HEADER, WARM_UP_EVENT, PathSpec, Plan
+from .processes import Processes, free_port, stop
 from .swarm import percentiles
 
 # locust first: its gevent patching must come before ssl, requests and the rest are imported.
@@ -55,50 +56,6 @@ def wsgi_application() -> Any:
     from django.core.servers.basehttp import get_internal_wsgi_application
 
     return get_internal_wsgi_application()
-
-
-class Processes:
-    """Child processes, each in a session of its own, stopped (group and all) on exit."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.children: list[subprocess.Popen[bytes]] = []
-        # The project importable as it is here (manage.py's folder), whatever the cwd.
-        path = dict.fromkeys([sys.path[0] or os.getcwd(), os.getcwd(),
-                              *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-
-    def start(self, name: str, command: list[str], **env: str) -> subprocess.Popen[bytes]:
-        with (self.logs / f"{name}.log").open("wb") as log:
-            child = subprocess.Popen(command, env={**self.env, **env},  # noqa: S603
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.children.append(child)
-        return child
-
-    def __enter__(self) -> Processes:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        for child in reversed(self.children):
-            stop(child)
-
-
-def stop(child: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """SIGTERM to the process (gunicorn and celery stop their children and finish what they
-    hold), then SIGKILL to its whole session if it takes too long or left any behind."""
-    if child.poll() is None:
-        child.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=timeout)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class RunFailed(Exception):
@@ -316,50 +273,3 @@ class LoadTest:
         while (left := self.fake.people(self.plan.prefix)) and time.monotonic() < deadline:
             time.sleep(0.5)
         return {"deleted": len(ids), "left": left}
-
-
-def created_at(event: dict[str, Any]) -> float | None:
-    """When the op was made, in seconds: its ULID's millisecond clock, else its timestamp."""
-    from ..operations import event_id_time
-
-    made = event_id_time(event.get("id"))
-    if made is not None:
-        return made
-    timestamp = event.get("timestamp")
-    return float(timestamp) if isinstance(timestamp, (int, float)) else None
-
-
-@dataclass
-class FakeView:
-    """What a fake Track API (``/_fake/``) received; ``connect`` gives ``None`` for others."""
-
-    url: str
-
-    @classmethod
-    def connect(cls, url: str) -> FakeView | None:
-        if not is_loopback(url):
-            return None  # not asked: a real host gets no stray requests
-        view = cls(url.rstrip("/"))
-        try:
-            view.stats()
-        except Exception:
-            return None
-        return view
-
-    def _get(self, what: str) -> Any:
-        import requests
-
-        response = requests.get(f"{self.url}/_fake/{what}", timeout=30)
-        response.raise_for_status()
-        return response.json()
-
-    def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = self._get("stats")
-        stats.pop("per_second", None)
-        return stats
-
-    def events(self, prefix: str) -> list[dict[str, Any]]:
-        return [e for e in self._get("events") if str(e.get("person")).startswith(prefix)]
-
-    def people(self, prefix: str) -> int:
-        return sum(1 for person in self._get("people") if person.startswith(prefix))

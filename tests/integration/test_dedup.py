@@ -9,7 +9,7 @@ from django_redis import get_redis_connection
 
 from django_cio import dedup, packing
 from django_cio.operations import AnonymousEvent, Delete, Event, Identify, Merge
-from tests.test_tasks import deliver
+from tests.integration.test_tasks import deliver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
