@@ -2,20 +2,25 @@
 (``job``) or in the Celery workers (``workers``, ``cio_backfill --async``); ``runs`` makes,
 resumes, stops and plans them."""
 
-from .job import (
+from .job import Backfill
+from .runs import (
     DEFAULT_OPTIONS,
     LEASE,
-    Backfill,
+    Plan,
     alive,
+    busy,
     count_ids,
+    new_run,
+    plan,
     queryset,
     read_ids,
     registered_labels,
     resolve_model,
+    resume,
     since_field,
     start,
+    stop,
 )
-from .runs import Plan, busy, new_run, plan, resume, stop
 from .workers import deliver_page, queue, ranges
 
 __all__ = [

@@ -18,30 +18,25 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
 from itertools import islice
 from typing import Any
 
-from django.apps import apps
-from django.db import connections, models
+from django.db import connections
 from django.utils import timezone
 
 from ..delivery.engine import MAX_LIMITER_WAIT, Delivery
-from ..exceptions import ConfigurationError
 from ..models import BackfillRun
 from ..operations import Operation
 from ..privacy import safe_reason
 from ..ratelimit import RateLimiter, get_limiter
-from ..registry import identify_op, registry
+from ..registry import identify_op
 from ..signals import OpResult
+from .runs import DEFAULT_OPTIONS, queryset, read_ids, resolve_model
 
 logger = logging.getLogger("django_cio")
 
-DEFAULT_OPTIONS = {"batch_size": 1000, "rate_share": 1.0, "dedup": False}
-# A running backfill touches its run this often; one untouched for LEASE seconds is taken for
-# dead, and --resume may pick it up.
+# A running backfill touches its run this often (runs.LEASE: when it counts as dead).
 HEARTBEAT = 10
-LEASE = 60
 # Longest an --async task waits for a retry inside the worker; longer, the page goes back to
 # the broker with a countdown.
 MAX_HOLD = MAX_LIMITER_WAIT
@@ -66,76 +61,6 @@ class ShareOfLimit:
         if self.own is not None:
             self.own.acquire(wait)
         self.shared.acquire(wait)
-
-
-def resolve_model(label: str) -> type[models.Model]:
-    """``app_label.Model`` of a registered model, or ``ConfigurationError`` saying why not."""
-    try:
-        model = apps.get_model(label)
-    except (LookupError, ValueError):
-        raise ConfigurationError(f"no model {label!r} (use app_label.Model)") from None
-    if registry.customer_for(model) is None:
-        if registry.events_for(model):
-            raise ConfigurationError(
-                f"{label} is registered with register_event: a backfill sends people (models "
-                "registered with django_cio.register), not past events; backfill the model "
-                "of the people its events belong to")
-        raise ConfigurationError(f"{label} is not registered with django_cio.register")
-    if getattr(model._meta, "is_composite_pk", False):  # Django 5.2+
-        raise ConfigurationError(f"{label} has a composite primary key: not supported")
-    return model
-
-
-def registered_labels() -> list[str]:
-    """``app_label.Model`` of every registered model, proxies left out (their rows are their
-    concrete model's rows)."""
-    return sorted(model._meta.label for model in registry.customers if not model._meta.proxy)
-
-
-def since_field(model: type[models.Model]) -> str:
-    """The field ``--since`` filters on: the registration's ``since_field``, else a usual one."""
-    customer = registry.customer_for(model)
-    chosen = getattr(customer, "since_field", None)
-    names = {field.name for field in model._meta.get_fields()}
-    for name in ([chosen] if chosen else ["date_joined", "created_at", "created"]):
-        if name in names:
-            return name
-    raise ConfigurationError(f"--since: set since_field on the registration of "
-                             f"{model._meta.label} (no date_joined, created_at or created)")
-
-
-def queryset(model: type[models.Model], filters: dict[str, Any]) -> models.QuerySet[Any]:
-    """The rows a run covers: ``filters`` are field lookups, e.g. ``{"is_active": "1"}``."""
-    return model._default_manager.filter(**filters).order_by("pk")
-
-
-def start(label: str, filters: dict[str, Any], **options: Any) -> BackfillRun:
-    model = resolve_model(label)
-    total = queryset(model, filters).count()
-    return BackfillRun.objects.create(model=label, filters=filters, total=total,
-                                      options={**DEFAULT_OPTIONS, **options})
-
-
-def read_ids(path: str) -> Iterator[str]:
-    """The primary keys of an ids file, one a line, blank lines left out, read lazily."""
-    with open(path) as lines:
-        for line in lines:
-            if line.strip():
-                yield line.strip()
-
-
-def count_ids(model: type[models.Model], path: str) -> int:
-    """How many ids the file lists; ``ConfigurationError`` names the first line that is not
-    a primary key of ``model``."""
-    field = model._meta.pk
-    number = 0
-    for number, pk in enumerate(read_ids(path), 1):
-        try:
-            field.to_python(pk)
-        except Exception:
-            raise ConfigurationError(f"--ids-from: id {number} of {path} is not a primary key "
-                                     f"of {model._meta.label}") from None
-    return number
 
 
 def json_pk(pk: Any) -> Any:
@@ -303,10 +228,3 @@ def tally(run: BackfillRun, page: RowPage, built: int, invalid: int,
     run.sent += statuses.count("sent")
     run.failed += statuses.count("failed") + invalid
     run.skipped += page.size - built - invalid + statuses.count("skipped")
-
-
-def alive(run: BackfillRun) -> bool:
-    """Whether a process may still be working on a run: one running (or asked to stop) that
-    a heartbeat or a page touched in the last LEASE seconds."""
-    recent = timezone.now() - run.updated_at < timedelta(seconds=LEASE)
-    return recent and run.status in (BackfillRun.RUNNING, BackfillRun.STOPPING)

@@ -21,7 +21,8 @@ from ..broker.publish import BACKFILL_PAGE, publish_task
 from ..conf import get_settings
 from ..delivery.retry import MAX_COUNTDOWN, backoff, too_many_deliveries
 from ..models import BackfillRun
-from .job import MAX_HOLD, Backfill, RowPage, json_pk, queryset, resolve_model, tally
+from .job import MAX_HOLD, Backfill, RowPage, json_pk, tally
+from .runs import queryset, resolve_model
 
 logger = logging.getLogger("django_cio")
 
