@@ -86,6 +86,8 @@ def check_broker(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     from .delivery.retry import MAX_COUNTDOWN
 
     url = str(current_app.conf.broker_url or "")
+    if current_app.main == "default":
+        return []  # not the project's app, nor its options: W005 says so
     if not url.startswith(("redis://", "rediss://", "sentinel://", "redis+socket://")):
         return []
     options = current_app.conf.broker_transport_options or {}

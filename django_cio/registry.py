@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, ClassVar
 
+from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
@@ -50,11 +51,24 @@ class Customer:
 
     def get_attributes(self, instance: Any) -> dict[str, Any]:
         """The person's attributes: the ``fields``, by name. Override to add or change."""
-        return {name: getattr(instance, name) for name in self.fields}
+        return {name: field_value(instance, name) for name in self.fields}
 
     def should_track(self, instance: Any) -> bool:
         """Whether this row is sent at all (``False`` sends nothing for it)."""
         return True
+
+
+def field_value(instance: Any, name: str) -> Any:
+    """``instance.name`` as its model field's type: a row made with ``total="9.50"`` sends the
+    number 9.5, like one read back from the database (anything but a field: as it is)."""
+    value = getattr(instance, name)
+    try:
+        field = instance._meta.get_field(name)
+    except (AttributeError, FieldDoesNotExist):
+        return value
+    if not field.concrete or field.is_relation:
+        return value
+    return field.to_python(value)
 
 
 class ModelEvent:
@@ -82,7 +96,7 @@ class ModelEvent:
         if callable(self.data):
             data = self.data(instance)
         else:
-            data = {name: getattr(instance, name) for name in (self.data or ())}
+            data = {name: field_value(instance, name) for name in (self.data or ())}
         return Event(person, self.name, data)
 
 
@@ -156,6 +170,9 @@ def register_event(
     """Send event ``name`` for ``person(instance)`` when a row is created (``on="create"``),
     updated (``"update"``) or whenever ``on(instance, created)`` says so."""
     _check_model(model)
+    if isinstance(data, str):
+        raise ConfigurationError(f"register_event({model._meta.label}, name={name!r}): data "
+                                 f"must be a list of field names or a callable, got a string")
     named = ([person] if isinstance(person, str) else []) + (
         list(data) if data is not None and not callable(data) else [])
     unknown = [attribute for attribute in named if not _has_attribute(model, attribute)]

@@ -120,8 +120,11 @@ def test_e002_says_missing_and_a_zero_rate_says_above_0():
     assert "with a count above 0" in messages["django_cio.E004"]
 
 
-def test_publishing_with_celerys_default_app_is_W005():
+def test_publishing_with_celerys_default_app_is_W005(monkeypatch):
     from celery import Celery
+
+    # As in a project whose environment names its broker: the default app reads it too.
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:6379/14")
 
     from django_cio.checks import check_celery_app
 
@@ -130,6 +133,8 @@ def test_publishing_with_celerys_default_app_is_W005():
     try:
         with override_settings(CUSTOMERIO=GOOD):
             (message,) = check_celery_app()
+            # Not the project's app: its transport options are not the project's either.
+            assert check_broker() == []
     finally:
         celery_app.set_current()
     assert message.id == "django_cio.W005" and "Celery's default app" in message.msg

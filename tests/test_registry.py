@@ -212,3 +212,18 @@ def test_deletes_stay_fast_for_models_nobody_registered(users):
 
     assert post_delete.has_listeners(User) and post_delete.has_listeners(Member)
     assert not post_delete.has_listeners(Note)
+
+
+def test_field_values_are_sent_as_the_field_s_type_however_the_row_was_made(registrations,
+                                                                             cio_outbox):
+    # A row made with a string for a decimal sends a number, as one read back would.
+    django_cio.register_event(Order, name="paid", person="user_id", data=["total"])
+    user = User.objects.create(username="ada")
+    Order.objects.create(user=user, total="9.50")
+    Order.objects.create(user=user, total=Decimal("9.50"))
+    assert [op.data for op in cio_outbox if op.name == "paid"] == [{"total": 9.5}] * 2
+
+
+def test_event_data_given_as_a_string_is_a_start_up_error(registrations):
+    with pytest.raises(ConfigurationError, match="data must be a list of field names"):
+        django_cio.register_event(Order, name="paid", person="user_id", data="total")

@@ -16,7 +16,13 @@ from ..backends import BaseBackend, backend_class, get_backend
 from ..broker.drain import drain, settle
 from ..broker.messages import Message, redelivered
 from ..conf import CIOSettings, get_settings
-from ..exceptions import APIError, PermanentError, RateLimited, ValidationError
+from ..exceptions import (
+    APIError,
+    ConfigurationError,
+    PermanentError,
+    RateLimited,
+    ValidationError,
+)
 from ..operations import Identify, Json, Operation
 from ..packing import collapse, pack
 from ..ratelimit import Throttled, get_limiter
@@ -94,9 +100,11 @@ def deliver_messages(messages: list[Message], deadline: float = float("inf")) ->
         try:
             delivery.run()
         except Exception as exc:
-            # A bug, or the database down (dead letters): try again later like a transient
-            # error. Only the type is logged: a database error's text may quote the values.
-            logger.error("customerio: delivery crashed (%s); retrying", type(exc).__name__)
+            # A bug, the settings, or the database down (dead letters): try again later like a
+            # transient error. A database error's text may quote values: only a settings
+            # error's is logged (it names the key, never a credential).
+            reason = str(exc) if isinstance(exc, ConfigurationError) else type(exc).__name__
+            logger.error("customerio: delivery crashed (%s); retrying", reason)
             logger.debug("customerio: delivery crash (%s) at\n%s", type(exc).__name__,
                          "".join(traceback.format_tb(exc.__traceback__)))
             try:
@@ -247,6 +255,9 @@ class Delivery:
                 return
             wait = backoff(failures, config)
         self.hand_over(failures, wait)
+        # One line per failed attempt (never per op), so an unreachable Customer.io shows.
+        logger.warning("customerio: %d op(s) not sent (%s); retry %d in %.0f s",
+                       len(self.pending), error.reason, failures, wait)
         self.results += [OpResult(op, "retrying", error.reason, error.status)
                          for op in self.pending]
 

@@ -141,11 +141,8 @@ def project(tmp_path: Path, private_redis, wait_for) -> Iterator[Project]:
     project.run("python manage.py startapp yourapp")
     (project.root / "yourapp" / "models.py").write_text(MODELS)
     (project.root / "yourapp" / "views.py").write_text(VIEWS)
-    with (project.root / "proj" / "settings.py").open("a") as settings:
-        settings.write('\nINSTALLED_APPS += ["yourapp"]\n')
     with (project.root / "proj" / "urls.py").open("a") as urls:
         urls.write(URLS)
-    project.run("python manage.py makemigrations yourapp")
     yield project
     project.stop()
 

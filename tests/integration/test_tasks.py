@@ -58,7 +58,7 @@ def test_ops_refused_in_a_207_become_dead_letters_and_the_rest_is_delivered(cio_
 
 
 def test_a_server_error_retries_only_undelivered_ops_with_their_event_ids(settings, cio_fake,
-                                                                          published):
+                                                                          published, caplog):
     settings.CUSTOMERIO = {**settings.CUSTOMERIO, "BATCH": False}
     cio_fake.fail_next(0, 503)  # the identify gets through, the event does not
     event = Event("u1", "signup", {})
@@ -68,6 +68,10 @@ def test_a_server_error_retries_only_undelivered_ops_with_their_event_ids(settin
     assert published[0][0]["id"] == event.id
     assert published.details[0]["kwargs"] == {"failures": 1}
     assert 0 <= countdown(published.details[0]) <= 2.5  # full jitter over 2 ** 1 seconds
+    # An unreachable or failing Customer.io shows in the worker's log, once per attempt.
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w.split(" in ")[0] for w in warnings] == [
+        "customerio: 2 op(s) not sent (server error); retry 1"]
 
 
 def test_429_waits_for_retry_after_without_using_the_retry_budget(cio_fake, published):
@@ -189,6 +193,15 @@ def test_a_crash_is_retried_later_and_logged_without_details(
     assert published.details[0]["kwargs"] == {"failures": 2}
     errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
     assert errors == ["customerio: delivery crashed (RuntimeError); retrying"]
+
+
+def test_a_worker_without_credentials_says_which_setting_is_missing(settings, cio_fake,
+                                                                   published, caplog):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "SITE_ID": None}
+    deliver(Event("u1", "signup", {}))
+    assert len(published) == 1  # retried, not lost: the worker may get its settings right
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and "CUSTOMERIO['SITE_ID']" in errors[0], errors
 
 
 def test_a_crash_past_the_retry_budget_is_a_dead_letter(settings, cio_fake, published,
