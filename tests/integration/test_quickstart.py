@@ -92,10 +92,10 @@ class Project:
         return done.stdout + done.stderr
 
     def start(self, command: str) -> None:
-        log = (self.root / f"server{len(self.servers)}.log").open("w")
-        self.servers.append(subprocess.Popen(command, shell=True, cwd=self.root,
-                                             env=self.env, stdout=log, stderr=log,
-                                             start_new_session=True))
+        with (self.root / f"server{len(self.servers)}.log").open("w") as log:
+            self.servers.append(subprocess.Popen(command, shell=True, cwd=self.root,
+                                                 env=self.env, stdout=log, stderr=log,
+                                                 start_new_session=True))
 
     def stop(self) -> None:
         for server in self.servers:
@@ -129,7 +129,7 @@ class Project:
 
 
 @pytest.fixture
-def project(tmp_path: Path, private_redis, wait_for) -> Iterator[Project]:
+def project(tmp_path: Path, private_redis) -> Iterator[Project]:
     env = {**os.environ, "CUSTOMERIO_SITE_ID": "quickstart-site",
            "CUSTOMERIO_API_KEY": "quickstart-key", "REDIS_URL": f"{private_redis.url[:-2]}/1",
            "CELERY_BROKER_URL": private_redis.url}
@@ -181,7 +181,7 @@ def test_the_quickstart_as_written_reaches_customerio(project, wait_for):
 
 def test_the_testing_patterns_as_written_pass_in_the_project(project):
     for number, (action, code) in enumerate(snippets("testing.md")):
-        assert action == "write a test", f"unknown snippet action {action!r} in testing.md"
+        assert action == "pytest", f"unknown snippet action {action!r} in testing.md"
         (project.root / "yourapp" / f"test_docs_{number}.py").write_text(code)
     project.env["DJANGO_SETTINGS_MODULE"] = "proj.settings"
     project.follow("quickstart.md", free_port(), files_only=True)
