@@ -86,7 +86,7 @@ def check_broker(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     from .delivery.retry import MAX_COUNTDOWN
 
     url = str(current_app.conf.broker_url or "")
-    if current_app.main == "default":
+    if _is_celerys_default(current_app):
         return []  # not the project's app, nor its options: W005 says so
     if not url.startswith(("redis://", "rediss://", "sentinel://", "redis+socket://")):
         return []
@@ -113,6 +113,11 @@ def check_broker(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return []
 
 
+def _is_celerys_default(app: Any) -> bool:
+    """Whether ``app`` is the one Celery makes when the project loaded none."""
+    return bool(app.main == "default")
+
+
 @register(Tags.compatibility)
 def check_celery_app(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """The Celery app this process publishes with must be the project's: without it, Celery
@@ -123,7 +128,7 @@ def check_celery_app(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
     if backend is None or getattr(backend, "delivers_inline", False):
         return []  # E007, or nothing is published
     app = current_app._get_current_object()
-    if app.main == "default":  # the app Celery makes when the project loaded none
+    if _is_celerys_default(app):
         return [Warning(
             "No Celery app is loaded in this process: django-cio would publish with Celery's "
             f"default app, to {app.connection_for_write().as_uri()}",
