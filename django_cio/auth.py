@@ -21,7 +21,7 @@ from .conf import get_settings
 from .operations import Event, Identify
 from .privacy import safe_reason
 from .producer import enqueue
-from .registry import attributes_for, person_id_for, registry
+from .registry import attributes_for, person_id_for, registry, workspace_for
 
 logger = logging.getLogger("django_cio")
 
@@ -35,14 +35,16 @@ def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any)
             if tracker is not None and tracker.known_anonymous_id:
                 attributes["anonymous_id"] = tracker.known_anonymous_id
                 tracker.forget_anonymous_id = True
-            enqueue(Identify(person, attributes))
-            enqueue(Event(person, "login", _client(request)))
+            workspace = workspace_for(user)
+            enqueue(Identify(person, attributes, workspace=workspace))
+            enqueue(Event(person, "login", _client(request), workspace=workspace))
 
 
 def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
     if _tracked(user):
         with _never_failing("logout"):
-            enqueue(Event(person_id_for(user), "logout", _client(request)))
+            enqueue(Event(person_id_for(user), "logout", _client(request),
+                          workspace=workspace_for(user)))
 
 
 def _tracked(user: Any) -> bool:

@@ -32,15 +32,28 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             f"CUSTOMERIO['BACKEND'] {config['BACKEND']!r} cannot be imported", id="django_cio.E007"
         ))
     # A backend that delivers inline (locmem, console, null) never talks to Customer.io.
-    missing = [key for key in ("SITE_ID", "API_KEY") if not config[key]]
-    if backend is not None and not getattr(backend, "delivers_inline", False) and missing:
-        messages.append(Error(
-            f"CUSTOMERIO[{', '.join(repr(key) for key in missing)}] missing: required by "
-            f"{config['BACKEND']}",
-            hint="Set them from the environment, or use the locmem/console/null backend.",
-            id="django_cio.E002",
-        ))
+    if backend is not None and not getattr(backend, "delivers_inline", False):
+        messages += _missing_credentials(config)
     return messages + _check_cache(config)
+
+
+def _missing_credentials(config: dict[str, Any]) -> list[CheckMessage]:
+    """E002 for each workspace without its credentials, naming it."""
+    workspaces = config["WORKSPACES"] if isinstance(config["WORKSPACES"], dict) else {}
+    where = {"CUSTOMERIO": config, **{f"CUSTOMERIO['WORKSPACES'][{name!r}]": values
+                                      for name, values in workspaces.items()
+                                      if isinstance(values, dict)}}
+    messages: list[CheckMessage] = []
+    for setting, values in where.items():
+        missing = [key for key in ("SITE_ID", "API_KEY") if not values.get(key)]
+        if missing:
+            messages.append(Error(
+                f"{setting}[{', '.join(repr(key) for key in missing)}] missing: required by "
+                f"{config['BACKEND']}",
+                hint="Set them from the environment, or use the locmem/console/null backend.",
+                id="django_cio.E002",
+            ))
+    return messages
 
 
 def _backend(config: dict[str, Any]) -> Any:
@@ -175,12 +188,17 @@ def check_credentials(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
         return []  # the settings' own errors come first
     from .credentials import refusal
 
-    refused = refusal()
-    if not refused:
-        return []
-    return [Error(
-        f"Customer.io refused CUSTOMERIO['SITE_ID'] / ['API_KEY'] (HTTP {refused['status']}) "
-        "when the workers last tried them; ops are kept until they work",
-        hint="Check the workspace's Track API credentials (Settings > API Credentials).",
-        id="django_cio.E008",
-    )]
+    messages: list[CheckMessage] = []
+    for name in conf.get_settings().workspace_names:
+        refused = refusal(conf.get_settings(name))
+        if refused:
+            where = ("CUSTOMERIO" if name == conf.DEFAULT_WORKSPACE
+                     else f"CUSTOMERIO['WORKSPACES'][{name!r}]")
+            messages.append(Error(
+                f"Customer.io refused {where}['SITE_ID'] / ['API_KEY'] (HTTP "
+                f"{refused['status']}) when the workers last tried them; ops are kept until "
+                "they work",
+                hint="Check the workspace's Track API credentials (Settings > API Credentials).",
+                id="django_cio.E008",
+            ))
+    return messages

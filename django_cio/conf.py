@@ -8,6 +8,7 @@ naming the key; ``checks.py`` turns the same errors into system-check messages.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -86,6 +87,16 @@ def _rate(value: Any) -> str | None:
     return None
 
 
+def _dotted_path(value: Any) -> str | None:
+    good = value is None or (isinstance(value, str) and re.fullmatch(_DOTTED, value) is not None)
+    return None if good else "must be a dotted path to a callable, like 'myproject.routing.route'"
+
+
+def _workspaces(value: Any) -> str | None:
+    # Only the outer shape: each workspace's own keys are checked by _workspace_problems.
+    return None if isinstance(value, dict) else "must be a dict of workspace name to settings"
+
+
 def _pattern(value: Any) -> str | None:
     try:
         re.compile(value)
@@ -122,9 +133,22 @@ OPTIONS: dict[str, Option] = {
     "ANONYMOUS_COOKIE": Option("cio_anonymous_id", _name, "E025"),
     "AUTH_SIGNALS": Option(True, _flag, "E026"),
     "TRACK_IP": Option(False, _flag, "E027"),
+    # More workspaces than the default one (the flat keys above), and who picks among them.
+    "WORKSPACES": Option({}, _workspaces, "E028", shows_value=False),
+    "ROUTER": Option(None, _dotted_path, "E029"),
 }
+# The default workspace: the flat keys. Named workspaces are CUSTOMERIO["WORKSPACES"].
+DEFAULT_WORKSPACE = "default"
+# What a named workspace may set. Its account (credentials, region, URL) is its own, never the
+# default workspace's: EU data must not follow a US TRACK_URL. QUEUE defaults to
+# "<QUEUE>.<name>"; the rest default to the flat keys.
+WORKSPACE_KEYS = ("SITE_ID", "API_KEY", "REGION", "TRACK_URL", "RATE_LIMIT",
+                  "RATE_LIMIT_WORKERS", "QUEUE", "BATCH", "TIMEOUT")
+_OWN = {"site_id": None, "api_key": None, "region": OPTIONS["REGION"].default, "track_url": None}
+_WORKSPACE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+_DOTTED = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+")
 DEFAULTS: dict[str, Any] = {key: option.default for key, option in OPTIONS.items()}
-NOT_A_DICT, UNKNOWN_KEYS = "E001", "E009"
+NOT_A_DICT, UNKNOWN_KEYS, WORKSPACE_ID = "E001", "E009", "E028"
 
 _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*([smh])\s*$")
@@ -187,6 +211,9 @@ class CIOSettings:
     anonymous_cookie: str
     auth_signals: bool
     track_ip: bool
+    workspaces: dict[str, dict[str, Any]] = field(repr=False, compare=False)  # hold API keys
+    router: str | None
+    workspace: str = DEFAULT_WORKSPACE  # the one these settings are for
 
     @property
     def base_url(self) -> str:
@@ -196,6 +223,11 @@ class CIOSettings:
     @property
     def rate(self) -> Rate:
         return parse_rate(self.rate_limit)
+
+    @property
+    def workspace_names(self) -> tuple[str, ...]:
+        """Every workspace, the default one first."""
+        return (DEFAULT_WORKSPACE, *self.workspaces)
 
 
 def is_http_url(url: Any) -> bool:
@@ -222,21 +254,74 @@ def find_problems() -> list[Problem]:
         problems.append(Problem(UNKNOWN_KEYS, f"Unknown key(s) in settings.CUSTOMERIO: "
                                               f"{', '.join(unknown)}. Known keys: "
                                               f"{', '.join(OPTIONS)}"))
-    for key, option in OPTIONS.items():
-        value = user.get(key, option.default)
-        wrong = option.check(value) if option.check else None
-        if wrong:  # the credentials have no check: they never get here
-            got = f", got {value!r}" if option.shows_value else ""
-            problems.append(Problem(option.id, f"CUSTOMERIO['{key}'] {wrong}{got}"))
+    problems += _value_problems(user, OPTIONS, "CUSTOMERIO")
+    if isinstance(user.get("WORKSPACES"), dict):
+        problems += _workspace_problems(user)
     return problems
 
 
-@functools.cache
-def get_settings() -> CIOSettings:
-    """The current django-cio settings (cached; cleared when ``CUSTOMERIO`` changes).
+def _value_problems(values: dict[str, Any], keys: Any, where: str) -> list[Problem]:
+    problems = []
+    for key in keys:
+        option = OPTIONS[key]
+        value = values.get(key, option.default)
+        wrong = option.check(value) if option.check else None
+        if wrong:  # the credentials have no check: they never get here
+            got = f", got {value!r}" if option.shows_value else ""
+            problems.append(Problem(option.id, f"{where}['{key}'] {wrong}{got}"))
+    return problems
 
-    Raises ``ConfigurationError`` listing every problem ``manage.py check`` would report.
+
+def _workspace_problems(user: dict[str, Any]) -> list[Problem]:
+    """What is wrong with each named workspace, named by it."""
+    problems = []
+    queues = {user.get("QUEUE", OPTIONS["QUEUE"].default): DEFAULT_WORKSPACE}
+    for name, values in user["WORKSPACES"].items():
+        where = f"CUSTOMERIO['WORKSPACES'][{name!r}]"
+        if name == DEFAULT_WORKSPACE or not (isinstance(name, str)
+                                             and _WORKSPACE_NAME.fullmatch(name)):
+            problems.append(Problem(WORKSPACE_ID, f"{where}: a workspace name must be lowercase "
+                                    "letters, digits, '-' or '_' (at most 40), and not "
+                                    f"{DEFAULT_WORKSPACE!r} (the flat keys are that one)"))
+            continue
+        if not isinstance(values, dict):
+            problems.append(Problem(WORKSPACE_ID, f"{where} must be a dict of settings"))
+            continue
+        unknown = sorted(set(values) - set(WORKSPACE_KEYS))
+        if unknown:
+            problems.append(Problem(WORKSPACE_ID, f"{where}: unknown key(s) {', '.join(unknown)}"
+                                    f". A workspace may set {', '.join(WORKSPACE_KEYS)}"))
+        problems += _value_problems(values, [key for key in WORKSPACE_KEYS if key in values],
+                                    where)
+        queue = values.get("QUEUE", _default_queue(user, name))
+        if queue in queues:  # one queue's backlog would hold up the other workspace
+            problems.append(Problem(WORKSPACE_ID, f"{where}['QUEUE'] is also the queue of "
+                                    f"workspace {queues[queue]!r}: each needs its own"))
+        queues[queue] = name
+    return problems
+
+
+def _default_queue(user: dict[str, Any], name: str) -> str:
+    return f"{user.get('QUEUE', OPTIONS['QUEUE'].default)}.{name}"
+
+
+@functools.cache
+def get_settings(workspace: str = DEFAULT_WORKSPACE) -> CIOSettings:
+    """The current django-cio settings of a workspace (cached; cleared when ``CUSTOMERIO``
+    changes). A named workspace's settings are the flat ones with its own keys over them.
+
+    Raises ``ConfigurationError`` listing every problem ``manage.py check`` would report, or
+    naming an unknown workspace.
     """
+    if workspace != DEFAULT_WORKSPACE:
+        config = get_settings()
+        if workspace not in config.workspaces:
+            raise ConfigurationError(
+                f"Unknown Customer.io workspace {workspace!r}: CUSTOMERIO['WORKSPACES'] has "
+                f"{', '.join(map(repr, config.workspace_names))}")
+        own: dict[str, Any] = {**_OWN, "queue": _default_queue(merged_settings(), workspace)}
+        own.update((key.lower(), value) for key, value in config.workspaces[workspace].items())
+        return dataclasses.replace(config, workspace=workspace, **own)
     problems = find_problems()
     if problems:
         raise ConfigurationError("; ".join(problem.message for problem in problems))

@@ -51,7 +51,7 @@ from django.core.cache import caches
 from django.core.cache.backends.base import BaseCache
 
 from .caching import redis_client
-from .conf import get_settings
+from .conf import DEFAULT_WORKSPACE, get_settings
 from .operations import Identify, Operation
 
 logger = logging.getLogger("django_cio")
@@ -238,7 +238,7 @@ def remember(sent: Iterable[Operation]) -> None:
             if claim is _WIPED:  # nothing to remember, nothing stale left
                 continue
             if claim is None:  # sent without a claim: what memory had may be stale
-                claim = _Claim(_key(op.person_id), "", "", fingerprint(op))
+                claim = _Claim(_key(op.person_id, op.workspace), "", "", fingerprint(op))
                 keys.append(claim.key)
                 args += ["x", len(claim.fields), *claim.fields]
             elif claim.fields:
@@ -248,7 +248,7 @@ def remember(sent: Iterable[Operation]) -> None:
         elif op.kind in _FORGETTING:
             owner = getattr(op, _CLAIM_ATTR, "")
             for person in op.people:
-                keys.append(_key(person))
+                keys.append(_key(person, op.workspace))
                 args += ["d", owner]
     if not keys:
         return
@@ -291,8 +291,9 @@ def _claim(identifies: list[Identify]) -> dict[int, Identify | None]:
     if client is None:
         return {}
     owner = os.urandom(8).hex()
-    claims = [_Claim(_key(op.person_id), owner, str(op.timestamp) if op.timestamp is not None
-                     else _NO_TIME, fingerprint(op)) for op in identifies]
+    claims = [_Claim(_key(op.person_id, op.workspace), owner,
+                     str(op.timestamp) if op.timestamp is not None else _NO_TIME,
+                     fingerprint(op)) for op in identifies]
     args: list[Any] = [_ttl(), owner]
     for op, claim in zip(identifies, claims, strict=True):
         mode = "n" if op.timestamp is None else "d"
@@ -324,7 +325,7 @@ def _without(op: Identify, claim: _Claim, seen: set[int]) -> Identify | None:
     attributes = {name: value for name, value in op.attributes.items() if name not in dropped}
     if not attributes:
         return None
-    return Identify(op.person_id, attributes, timestamp=op.timestamp)
+    return Identify(op.person_id, attributes, timestamp=op.timestamp, workspace=op.workspace)
 
 
 def _wipe(identifies: list[Identify]) -> None:
@@ -332,7 +333,7 @@ def _wipe(identifies: list[Identify]) -> None:
     client = _client()
     if client is None:
         return
-    keys = list(dict.fromkeys(_key(op.person_id) for op in identifies))
+    keys = list(dict.fromkeys(_key(op.person_id, op.workspace) for op in identifies))
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start:start + 1000])
     for op in identifies:
@@ -344,7 +345,7 @@ def _mark_forgetting(ops: list[Operation]) -> None:
     if client is None:
         return
     owner = os.urandom(8).hex()
-    keys = [_key(person) for op in ops for person in op.people]
+    keys = [_key(person, op.workspace) for op in ops for person in op.people]
     client.register_script(_FORGET)(keys=keys, args=[_ttl(), owner])
     for op in ops:
         object.__setattr__(op, _CLAIM_ATTR, owner)
@@ -385,10 +386,11 @@ def _hash(kind: str, text: str) -> str:
     return hmac.new(secret, f"{kind}\x00{text}".encode(), hashlib.sha256).hexdigest()[:16]
 
 
-def _key(person_id: str) -> str:
-    """Per workspace and person (another site sharing the cache has its own memory), with the
-    cache's key prefix and version."""
+def _key(person_id: str, workspace: str | None) -> str:
+    """Per Customer.io workspace (its site id) and person, with the cache's key prefix and
+    version: each workspace remembers what it has, whoever shares the cache."""
     secret = str(settings.SECRET_KEY).encode()
-    person = f"{get_settings().site_id}\x00{person_id}".encode()
+    site_id = get_settings(workspace or DEFAULT_WORKSPACE).site_id
+    person = f"{site_id}\x00{person_id}".encode()
     name = f"django_cio:identify:{hmac.new(secret, person, hashlib.sha256).hexdigest()}"
     return str(caches[get_settings().cache].make_key(name))

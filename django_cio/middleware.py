@@ -25,7 +25,7 @@ from .exceptions import ValidationError
 from .operations import AnonymousEvent, Event, Identify, Page
 from .privacy import safe_reason
 from .producer import batch, collect, enqueue, flush
-from .registry import person_id_for
+from .registry import person_id_for, workspace_for
 
 _ONE_YEAR = 365 * 24 * 3600
 _ANONYMOUS_ID = re.compile(r"[0-9a-f]{32}")
@@ -45,14 +45,20 @@ class RequestTracker:
         self.forget_anonymous_id = False  # set at login: the id now belongs to a person
 
     @property
-    def person_id(self) -> str | None:
-        """The logged-in user's Customer.io id, or ``None`` for a visitor."""
+    def user(self) -> Any:
+        """The logged-in user, or ``None`` for a visitor."""
         user = getattr(self.request, "user", None)
         if user is None or (isinstance(user, SimpleLazyObject) and user._wrapped is empty):
             # Not loaded yet: the user resolved beforehand (ASGI), else load it now. A login
             # or logout during the request replaces request.user, and that one counts.
             user = self._user if self._user is not None else user
-        return person_id_for(user) if user is not None and user.is_authenticated else None
+        return user if user is not None and user.is_authenticated else None
+
+    @property
+    def person_id(self) -> str | None:
+        """The logged-in user's Customer.io id, or ``None`` for a visitor."""
+        user = self.user
+        return person_id_for(user) if user is not None else None
 
     @property
     def anonymous_id(self) -> str:
@@ -68,9 +74,9 @@ class RequestTracker:
         return self._anonymous_id
 
     def track(self, name: str, /, **data: Any) -> None:
-        person = self.person_id
-        if person is not None:
-            enqueue(Event(person, name, data))
+        user = self.user
+        if user is not None:
+            enqueue(Event(person_id_for(user), name, data, workspace=workspace_for(user)))
         else:
             enqueue(AnonymousEvent(self.anonymous_id, name, data))
 
@@ -78,18 +84,18 @@ class RequestTracker:
         # page(url=...) still names the page. Without a URL, the request's path, without the
         # query string: it may hold emails, tokens, search terms.
         url = url or data.pop("url", None) or self.request.build_absolute_uri(self.request.path)
-        person = self.person_id
-        if person is not None:
-            enqueue(Page(person, url, data))
+        user = self.user
+        if user is not None:
+            enqueue(Page(person_id_for(user), url, data, workspace=workspace_for(user)))
         else:
             enqueue(AnonymousEvent(self.anonymous_id, url, data, type="page"))
 
     def identify(self, **attributes: Any) -> None:
-        person = self.person_id
-        if person is None:
+        user = self.user
+        if user is None:
             raise ValidationError("identify", "person_id",
                                   "is unknown: request.cio.identify() needs a logged-in user")
-        enqueue(Identify(person, attributes))
+        enqueue(Identify(person_id_for(user), attributes, workspace=workspace_for(user)))
 
 
 class CustomerIOMiddleware:

@@ -20,6 +20,8 @@ class Outbox(models.Model):
     failures = models.PositiveIntegerField(
         default=0, help_text="Transient failures so far, counted against MAX_RETRIES."
     )
+    workspace = models.CharField(max_length=40, default="default", db_index=True,
+                                 help_text="The Customer.io workspace its ops go to.")
     created_at = models.DateTimeField(default=timezone.now)
     not_before = models.DateTimeField(default=timezone.now, db_index=True)
 
@@ -36,6 +38,8 @@ class DeadLetter(models.Model):
 
     op = models.JSONField(help_text="The operation, as Operation.to_dict() gives it.")
     kind = models.CharField(max_length=32, db_index=True)
+    workspace = models.CharField(max_length=40, default="default", db_index=True,
+                                 help_text="The Customer.io workspace it was for.")
     person_id = models.CharField(max_length=200, blank=True, db_index=True)
     reason = models.CharField(max_length=200, db_index=True)
     status = models.PositiveSmallIntegerField(
@@ -55,7 +59,9 @@ class DeadLetter(models.Model):
     def for_op(cls, op: dict[str, Any], **fields: Any) -> DeadLetter:
         kind = op.get("kind")
         person = op.get("person_id") or op.get("primary") or op.get("anonymous_id")
+        workspace = op.get("workspace")
         return cls(op=op, kind=str(kind)[:32] if kind else "unknown",
+                   workspace=str(workspace)[:40] if workspace else "default",
                    person_id=str(person)[:200] if person else "", **fields)
 
 

@@ -92,6 +92,7 @@ def _merged(earlier: Identify, later: Identify, visitor_events: dict[str, int],
             return None  # the older one's own attributes would be sent as newer
         attributes = dict(newer.attributes)
     try:
-        return Identify(later.person_id, attributes, timestamp=newer.timestamp)
+        return Identify(later.person_id, attributes, timestamp=newer.timestamp,
+                        workspace=later.workspace)
     except ValidationError:  # together they break a limit: send both
         return None

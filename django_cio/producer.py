@@ -27,6 +27,7 @@ from .broker.outbox import publish_or_park
 from .broker.publish import split
 from .conf import get_settings
 from .operations import Operation
+from .routing import by_workspace, route
 
 logger = logging.getLogger("django_cio")
 
@@ -48,7 +49,9 @@ _batch: ContextVar[tuple[_Batch, ...]] = ContextVar("django_cio_batch", default=
 # -- where an op goes ---------------------------------------------------------------------
 
 def enqueue(op: Operation, using: str | None = None) -> None:
-    """Queue a validated op: after the current transaction commits, or with the batch."""
+    """Queue a validated op for its workspace (``routing``): after the current transaction
+    commits, or with the batch."""
+    route(op)
     if not get_settings().enabled:
         return
     alias = using or _atomic_alias()
@@ -164,7 +167,8 @@ def flush(ops: Sequence[Operation], using: str = DEFAULT_DB_ALIAS) -> None:
         # module before Django has loaded its apps.
         from .delivery.engine import Delivery
 
-        Delivery([op.to_dict() for op in ops]).run()
+        for workspace, raw in by_workspace([op.to_dict() for op in ops]).items():
+            Delivery(raw, workspace=workspace).run()
         return
     for chunk in split([op.to_dict() for op in ops]):
         publish_or_park(chunk, using=using)

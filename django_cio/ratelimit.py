@@ -33,7 +33,7 @@ import redis
 from django.conf import settings
 
 from .caching import redis_client
-from .conf import CIOSettings, get_settings
+from .conf import DEFAULT_WORKSPACE, CIOSettings, get_settings
 from .exceptions import LimiterUnavailable, Throttled
 
 logger = logging.getLogger("django_cio")
@@ -168,23 +168,25 @@ class RateLimiter:
 
 
 _lock = threading.Lock()
-_cached: tuple[CIOSettings, int, RateLimiter] | None = None
+_cached: dict[str, tuple[CIOSettings, int, RateLimiter]] = {}
 
 
-def get_limiter() -> RateLimiter:
-    """The limiter of the configured workspace, one per process and settings."""
-    global _cached
-    config = get_settings()
+def get_limiter(workspace: str = DEFAULT_WORKSPACE) -> RateLimiter:
+    """A workspace's limiter, one per process, workspace and settings."""
+    config = get_settings(workspace)
     with _lock:
-        if _cached is None or _cached[0] is not config or _cached[1] != os.getpid():
-            _cached = (config, os.getpid(), _make(config))
-        return _cached[2]
+        cached = _cached.get(workspace)
+        if cached is None or cached[0] is not config or cached[1] != os.getpid():
+            cached = _cached[workspace] = (config, os.getpid(), _make(config))
+        return cached[2]
 
 
 def _make(config: CIOSettings) -> RateLimiter:
     interval = (1 + HEADROOM) / config.rate.per_second
-    workspace = hashlib.sha256(str(config.site_id).encode()).hexdigest()[:16]
-    return RateLimiter(f"django_cio:ratelimit:{workspace}", interval, _client(config),
+    key = f"django_cio:ratelimit:{hashlib.sha256(str(config.site_id).encode()).hexdigest()[:16]}"
+    if config.workspace != DEFAULT_WORKSPACE:  # its own, even if it shares the site id
+        key += f":{config.workspace}"
+    return RateLimiter(key, interval, _client(config),
                        interval * config.rate_limit_workers)
 
 

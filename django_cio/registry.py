@@ -34,6 +34,7 @@ from .exceptions import ConfigurationError
 from .operations import Delete, Event, Identify, Operation
 from .privacy import safe_reason
 from .producer import batch, enqueue
+from .routing import route
 
 logger = logging.getLogger("django_cio")
 
@@ -57,6 +58,11 @@ class Customer:
         """Whether this row is sent at all (``False`` sends nothing for it)."""
         return True
 
+    def workspace(self, instance: Any) -> str | None:
+        """The workspace this person's ops go to (a name in ``CUSTOMERIO["WORKSPACES"]``,
+        e.g. from a ``data_region`` field); None leaves it to ``ROUTER``, else ``default``."""
+        return None
+
 
 def field_value(instance: Any, name: str) -> Any:
     """``instance.name`` as its model field's type: a row made with ``total="9.50"`` sends the
@@ -76,12 +82,14 @@ class ModelEvent:
 
     def __init__(self, name: str, person: Callable[[Any], Any] | str,
                  on: str | Callable[[Any, bool], bool],
-                 data: Callable[[Any], dict[str, Any]] | Sequence[str] | None) -> None:
+                 data: Callable[[Any], dict[str, Any]] | Sequence[str] | None,
+                 workspace: Callable[[Any], str | None] | None = None) -> None:
         if not (callable(on) or on in ("create", "update")):
             raise ConfigurationError(
                 f"register_event(on=...) must be 'create', 'update' or a callable, got {on!r}"
             )
         self.name, self.person, self.on, self.data = name, person, on, data
+        self.workspace = workspace
         # How logs name it; a name that is not a string is reported when an op is made.
         self.label = f"event {name[:100]!r}" if isinstance(name, str) else "event <not a string>"
 
@@ -97,7 +105,8 @@ class ModelEvent:
             data = self.data(instance)
         else:
             data = {name: field_value(instance, name) for name in (self.data or ())}
-        return Event(person, self.name, data)
+        workspace = self.workspace(instance) if self.workspace else None
+        return Event(person, self.name, data, workspace=workspace)
 
 
 class Registry:
@@ -166,9 +175,11 @@ def register_event(
     model: type[models.Model], *, name: str, person: Callable[[Any], Any] | str,
     on: str | Callable[[Any, bool], bool] = "create",
     data: Callable[[Any], dict[str, Any]] | Sequence[str] | None = None,
+    workspace: Callable[[Any], str | None] | None = None,
 ) -> None:
     """Send event ``name`` for ``person(instance)`` when a row is created (``on="create"``),
-    updated (``"update"``) or whenever ``on(instance, created)`` says so."""
+    updated (``"update"``) or whenever ``on(instance, created)`` says so; to the workspace
+    ``workspace(instance)`` names (by default, ``ROUTER``'s choice)."""
     _check_model(model)
     if isinstance(data, str):
         raise ConfigurationError(f"register_event({model._meta.label}, name={name!r}): data "
@@ -181,7 +192,7 @@ def register_event(
             f"register_event({model._meta.label}, name={name!r}) names what the model does "
             f"not have: {', '.join(unknown)}"
         )
-    registry.events.setdefault(model, []).append(ModelEvent(name, person, on, data))
+    registry.events.setdefault(model, []).append(ModelEvent(name, person, on, data, workspace))
 
 
 def identify_many(queryset: Iterable[Any], chunk: int = 500) -> int:
@@ -204,6 +215,12 @@ def person_id_for(instance: Any) -> str:
     """The Customer.io id of a row: its registered ``Customer.person_id``, else its pk."""
     customer = registry.customer_for(instance.__class__)  # a lazy request.user too
     return customer.person_id(instance) if customer else str(instance.pk)
+
+
+def workspace_for(instance: Any) -> str | None:
+    """The workspace a row's person belongs to (its registered ``Customer.workspace``)."""
+    customer = registry.customer_for(instance.__class__)  # a lazy request.user too
+    return customer.workspace(instance) if customer else None
 
 
 def attributes_for(instance: Any) -> dict[str, Any]:
@@ -236,7 +253,8 @@ def _on_delete(sender: type[models.Model], instance: Any, using: str | None = No
                **kwargs: Any) -> None:
     customer = registry.customer_for(sender)
     if customer is not None and customer.delete_on_model_delete:
-        _enqueue(lambda: Delete(customer.person_id(instance)), using,
+        _enqueue(lambda: Delete(customer.person_id(instance),
+                                workspace=customer.workspace(instance)), using,
                  f"{sender._meta.label} delete ({type(customer).__name__})")
 
 
@@ -256,7 +274,8 @@ def identify_op(instance: Any, created: bool,
     attributes = customer.get_attributes(instance)
     if created:
         attributes.setdefault("created_at", timezone.now())
-    return Identify(customer.person_id(instance), attributes)
+    return Identify(customer.person_id(instance), attributes,
+                    workspace=customer.workspace(instance))
 
 
 def _event_op(event: ModelEvent, instance: Any, created: bool) -> Event | None:
@@ -268,6 +287,8 @@ def _enqueue(build: Callable[[], Operation | None], using: str | None, source: s
     registration) and a reason that holds no value, never raised into the save."""
     try:
         op = build()
+        if op is not None:
+            route(op)  # an unknown workspace is logged here too
     except Exception as exc:
         logger.error("customerio: %s not sent (%s)", source, safe_reason(exc))
         return

@@ -19,6 +19,7 @@ from django_cio.broker import publish
 from django_cio.client import TrackClient
 from django_cio.conf import get_settings
 from django_cio.fakeserver import FakeTrackAPI
+from django_cio.registry import registry
 from tests.celery_app import BROKERS, app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +100,16 @@ def _forget_dedup_memory():
     yield
     with contextlib.suppress(Exception):
         caches["default"].delete_pattern("django_cio:*")
+
+
+@pytest.fixture
+def registrations():
+    """Register freely in a test; the registry is put back afterwards."""
+    customers, events = dict(registry.customers), {k: list(v) for k, v in registry.events.items()}
+    yield registry
+    for model in set(registry.customers) - set(customers):
+        registry.unregister(model)  # and its delete signal
+    registry.customers, registry.events = customers, events
 
 
 @pytest.fixture

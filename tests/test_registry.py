@@ -16,16 +16,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def registrations():
-    """Register freely in a test; the registry is put back afterwards."""
-    customers, events = dict(registry.customers), {k: list(v) for k, v in registry.events.items()}
-    yield registry
-    for model in set(registry.customers) - set(customers):
-        registry.unregister(model)  # and its delete signal
-    registry.customers, registry.events = customers, events
-
-
-@pytest.fixture
 def users(registrations):
     @django_cio.register(User)
     class UserCustomer(django_cio.Customer):

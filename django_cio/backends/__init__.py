@@ -7,21 +7,22 @@ import threading
 
 from django.utils.module_loading import import_string
 
-from ..conf import CIOSettings, get_settings
+from ..conf import DEFAULT_WORKSPACE, CIOSettings, get_settings
 from .base import BaseBackend
 
 _lock = threading.Lock()
-_cached: tuple[CIOSettings, BaseBackend] | None = None
+_cached: dict[str, tuple[CIOSettings, BaseBackend]] = {}
 
 
-def get_backend() -> BaseBackend:
-    """The backend named by ``CUSTOMERIO['BACKEND']``, one per process and settings."""
-    global _cached
-    config = get_settings()
+def get_backend(workspace: str = DEFAULT_WORKSPACE) -> BaseBackend:
+    """The backend named by ``CUSTOMERIO['BACKEND']`` for a workspace, one per process,
+    workspace and settings."""
+    config = get_settings(workspace)
     with _lock:
-        if _cached is None or _cached[0] is not config:
-            _cached = (config, import_string(config.backend)(config))
-        return _cached[1]
+        cached = _cached.get(workspace)
+        if cached is None or cached[0] is not config:
+            cached = _cached[workspace] = (config, import_string(config.backend)(config))
+        return cached[1]
 
 
 @functools.cache

@@ -12,6 +12,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.utils import timezone
 
 from ..operations import Json
+from ..routing import one_workspace
 from .publish import publish_ops
 
 logger = logging.getLogger("django_cio")
@@ -56,7 +57,8 @@ def park(ops: list[Json], *, failures: int = 0, delay: float = 0,
 
     def write() -> None:
         Outbox.objects.using(alias).create(
-            ops=ops, failures=failures, not_before=timezone.now() + timedelta(seconds=delay)
+            ops=ops, failures=failures, workspace=one_workspace(ops),
+            not_before=timezone.now() + timedelta(seconds=delay),
         )
 
     connection = connections[alias]

@@ -11,8 +11,9 @@ from typing import Any
 
 from celery import current_app
 
-from ..conf import get_settings
+from ..conf import DEFAULT_WORKSPACE, get_settings
 from ..operations import Json, dumps
+from ..routing import by_workspace, one_workspace
 
 # The task that delivers ops (``django_cio.tasks.deliver``), and the task that continues an
 # ``--async`` backfill. By name: messages already queued must keep running.
@@ -28,39 +29,43 @@ _local = threading.local()
 
 
 def split(ops: Sequence[Json], limit: int = MAX_MESSAGE_BYTES) -> Iterator[list[Json]]:
-    """Group op dicts into lists of at most ``limit`` encoded bytes (one op may exceed it)."""
-    chunk: list[Json] = []
-    size = 0
-    for op in ops:
-        op_size = len(dumps(op)) + 1
-        if chunk and size + op_size > limit:
+    """Group op dicts into messages of one workspace's ops, each at most ``limit`` encoded
+    bytes (one op may exceed it)."""
+    for group in by_workspace(ops).values():
+        chunk: list[Json] = []
+        size = 0
+        for op in group:
+            op_size = len(dumps(op)) + 1
+            if chunk and size + op_size > limit:
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(op)
+            size += op_size
+        if chunk:
             yield chunk
-            chunk, size = [], 0
-        chunk.append(op)
-        size += op_size
-    if chunk:
-        yield chunk
 
 
 def publish_ops(ops: list[Json], *, failures: int = 0, countdown: float = 0) -> None:
     """One ``deliver`` message on this thread's broker connection. Raises on broker errors."""
     publish_task(
-        DELIVER, (ops,), kwargs={"failures": failures} if failures else None,
+        DELIVER, (ops,), workspace=one_workspace(ops),
+        kwargs={"failures": failures} if failures else None,
         countdown=countdown or None,
         # Celery copies the arguments' repr into headers, events and Flower: no values.
         argsrepr=f"[<{len(ops)} ops>]", kwargsrepr=f"{{'failures': {failures}}}",
     )
 
 
-def publish_task(name: str, args: tuple[Any, ...], **options: Any) -> None:
-    """Task ``name`` on the delivery queue, by this thread's broker connection (by name: this
+def publish_task(name: str, args: tuple[Any, ...], workspace: str = DEFAULT_WORKSPACE,
+                 **options: Any) -> None:
+    """Task ``name`` on ``workspace``'s queue, by this thread's broker connection (by name: this
     layer imports no task module); returns once the broker has it (RabbitMQ: confirmed;
     Redis: written). Short timeouts and no retry loop: a caller that cannot wait has a
     fallback. Raises on broker errors."""
     for attempt in (1, 2):
         fresh = getattr(_local, "producer", None) is None or _local.pid != os.getpid()
         try:
-            current_app.send_task(name, args, queue=get_settings().queue,
+            current_app.send_task(name, args, queue=get_settings(workspace).queue,
                                   producer=producer(), ignore_result=True, retry=False,
                                   timeout=PUBLISH_TIMEOUT, confirm_timeout=PUBLISH_TIMEOUT,
                                   **options)

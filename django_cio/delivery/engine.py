@@ -15,7 +15,7 @@ from .. import credentials, dedup, metrics
 from ..backends import BaseBackend, backend_class, get_backend
 from ..broker.drain import drain, settle
 from ..broker.messages import Message, redelivered
-from ..conf import CIOSettings, get_settings
+from ..conf import DEFAULT_WORKSPACE, CIOSettings, get_settings
 from ..exceptions import (
     APIError,
     ConfigurationError,
@@ -26,6 +26,7 @@ from ..exceptions import (
 from ..operations import Identify, Json, Operation
 from ..packing import collapse, pack
 from ..ratelimit import Throttled, get_limiter
+from ..routing import by_workspace, one_workspace
 from ..signals import OpResult, post_send, pre_send
 from . import dead_letters
 from .retry import backoff, retry_after_crash, schedule, too_many_deliveries
@@ -57,7 +58,7 @@ def deliver_message(task: Any, ops: list[Json], failures: int = 0) -> None:
                           own.failures + 1)
             return
         if not came_back:  # back from a lost worker: it goes alone, counted alone
-            drained = _drain()
+            drained = _drain(one_workspace(own.ops))
         deliver_messages([own, *drained], deadline=time.monotonic() + _time_budget(task))
     except Exception as exc:  # nothing is acknowledged that is not safe
         logger.error("customerio: delivery failed (%s); messages requeued", type(exc).__name__)
@@ -69,11 +70,12 @@ def deliver_message(task: Any, ops: list[Json], failures: int = 0) -> None:
         raise own.error
 
 
-def _drain() -> list[Message]:
+def _drain(workspace: str) -> list[Message]:
+    """More messages from the queue of ``workspace``'s own."""
     if backend_class().delivers_inline:
         return []
     try:
-        return drain(get_settings().queue, MAX_DRAINED_MESSAGES, MAX_DRAINED_OPS)
+        return drain(get_settings(workspace).queue, MAX_DRAINED_MESSAGES, MAX_DRAINED_OPS)
     except Exception as exc:  # the task's own message still goes out
         logger.warning("customerio: cannot drain the queue (%s)", type(exc).__name__)
         return []
@@ -90,13 +92,16 @@ def _time_budget(task: Any) -> float:
 
 
 def deliver_messages(messages: list[Message], deadline: float = float("inf")) -> None:
-    """Deliver the ops of several messages together (one Delivery per failure count)."""
-    groups: dict[int, list[Message]] = {}
+    """Deliver the ops of several messages together (one Delivery per workspace and failure
+    count: a request never carries two workspaces' ops)."""
+    groups: dict[tuple[str, int], tuple[list[Json], list[Message]]] = {}
     for message in messages:
-        groups.setdefault(message.failures, []).append(message)
-    for failures, group in groups.items():
-        delivery = Delivery([op for message in group for op in message.ops], failures,
-                            deadline=deadline)
+        for workspace, ops in by_workspace(message.ops).items():
+            group_ops, group = groups.setdefault((workspace, message.failures), ([], []))
+            group_ops += ops
+            group.append(message)
+    for (workspace, failures), (ops, group) in groups.items():
+        delivery = Delivery(ops, failures, workspace=workspace, deadline=deadline)
         try:
             delivery.run()
         except Exception as exc:
@@ -120,6 +125,7 @@ class Delivery:
 
     raw: list[Json]
     failures: int = 0
+    workspace: str = DEFAULT_WORKSPACE  # every op of a delivery goes to this one
     dedup: bool = True  # drop identifies Customer.io already has (backfills may opt out)
     limiter: Any = None  # default: the workspace's shared limiter
     hold_retries: bool = False  # keep retries for the caller (a backfill waits and resends)
@@ -132,7 +138,7 @@ class Delivery:
     error: APIError | None = None
 
     def run(self) -> None:
-        config, backend = get_settings(), get_backend()
+        config, backend = get_settings(self.workspace), get_backend(self.workspace)
         if self.ops is None:  # a backfill hands over ops it has just built and validated
             self.ops = self.parse()
         pre_send.send(sender=type(backend), ops=self.ops)
@@ -160,9 +166,13 @@ class Delivery:
         ops = []
         for raw in self.raw:
             try:
-                ops.append(Operation.from_dict(raw))
+                op = Operation.from_dict(raw)
             except ValidationError as exc:
                 dead_letters.store([(raw, f"malformed: {exc}", None)], self.failures + 1)
+                continue
+            if op.workspace is None:  # queued for the default workspace
+                op.route_to(self.workspace)
+            ops.append(op)
         return ops
 
     def send(self, backend: BaseBackend, ops: list[Operation], config: CIOSettings) -> None:
@@ -174,7 +184,7 @@ class Delivery:
                                             kind="operation", count=len(ops))
                 self.pending = list(ops)
                 return
-            limiter = self.limiter or get_limiter()
+            limiter = self.limiter or get_limiter(self.workspace)
             fresh = collapse(ops)
             if self.dedup:
                 fresh = dedup.drop_seen(fresh)

@@ -57,9 +57,17 @@ class Operation:
     action: ClassVar[str]
     # Anonymous events have no v2 form; they always travel as v1 requests.
     batchable: ClassVar[bool] = True
+    # Where it goes (``CUSTOMERIO["WORKSPACES"]``); None until ``routing.route`` picks one.
+    workspace: str | None = field(default=None, kw_only=True, compare=False)
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
+
+    def route_to(self, workspace: str) -> None:
+        """Send this op to ``workspace`` (set once, before it is queued)."""
+        if not isinstance(workspace, str) or not workspace:
+            raise ValidationError(self.kind, "workspace", "must be a workspace name")
+        self._set("workspace", workspace)
 
     if TYPE_CHECKING:
         # Every op has one: a field, or a property on anonymous events and merges. Declared
@@ -98,7 +106,10 @@ class Operation:
 
     def to_dict(self) -> Json:
         """A JSON-ready dict that ``Operation.from_dict`` turns back into this op."""
-        return {"kind": self.kind, **dataclasses.asdict(self)}
+        fields = dataclasses.asdict(self)
+        if fields["workspace"] in (None, "default"):  # as queued before there were several
+            del fields["workspace"]
+        return {"kind": self.kind, **fields}
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> Operation:
@@ -112,6 +123,9 @@ class Operation:
             raise ValidationError("operation", "kind", "is not a known operation kind")
         if cls is Identify:  # queued before identifies carried the time of the change
             fields.setdefault("timestamp", None)
+        workspace = fields.get("workspace")
+        if workspace is not None and not (isinstance(workspace, str) and workspace):
+            raise ValidationError(cls.kind, "workspace", "must be a workspace name")
         try:
             return cls(**fields)
         except TypeError:
