@@ -132,8 +132,10 @@ def use_broker(url: str) -> None:
 
 
 def purge_queue() -> None:
+    """Empty the queue of every workspace the settings have."""
     with contextlib.suppress(Exception), app.connection_for_write() as connection:
-        connection.default_channel.queue_purge(get_settings().queue)
+        for workspace in get_settings().workspace_names:
+            connection.default_channel.queue_purge(get_settings(workspace).queue)
 
 
 @pytest.fixture(params=sorted(BROKERS))
@@ -347,14 +349,16 @@ def _test_database_url() -> str:
 @pytest.fixture
 def worker_process(cio_fake: FakeTrackAPI) -> Iterator[Any]:
     """``worker_process(queue=None)`` starts a real ``celery worker`` process (prefork, one
-    child) for this test's database, fake server and queue (``env`` adds to its environment);
-    all are stopped after the test."""
+    child) for this test's database, fake server and queue (``"a,b"``: these queues, the
+    first one django-cio's ``QUEUE``; ``env`` adds to its environment); all are stopped after
+    the test."""
     started: list[subprocess.Popen] = []
 
     def start(queue: str | None = None, broker: str = "redis",
               env: dict[str, str] | None = None) -> subprocess.Popen:
         queue = queue or get_settings().queue
-        env = {**os.environ, "CIO_TEST_QUEUE": queue, "DATABASE_URL": _test_database_url(),
+        env = {**os.environ, "CIO_TEST_QUEUE": queue.split(",")[0],
+               "DATABASE_URL": _test_database_url(),
                "CIO_TEST_BROKER": broker,
                "CUSTOMERIO_TRACK_URL": cio_fake.url, "CUSTOMERIO_SITE_ID": cio_fake.site_id,
                "CUSTOMERIO_API_KEY": cio_fake.api_key, **(env or {})}

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery.exceptions import Reject
 
-from .. import credentials, dedup, metrics
+from .. import credentials, dedup, metrics, outage
 from ..backends import BaseBackend, backend_class, get_backend
 from ..broker.drain import drain, settle
 from ..broker.messages import Message, redelivered
@@ -131,6 +131,7 @@ class Delivery:
     hold_retries: bool = False  # keep retries for the caller (a backfill waits and resends)
     retry: tuple[int, float] | None = None  # held retry: (failure count, seconds to wait)
     throttled_for: float | None = None  # the limiter had no slot for this long
+    held: str = "throttled"  # why ops were handed back without a request (no retry counted)
     deadline: float = float("inf")  # time.monotonic() by which the rest is handed over
     ops: list[Operation] | None = None  # parsed (or given), as pre_send left them
     results: list[OpResult] = field(default_factory=list)
@@ -176,12 +177,17 @@ class Delivery:
         return ops
 
     def send(self, backend: BaseBackend, ops: list[Operation], config: CIOSettings) -> None:
-        limiter, refusal = None, None
+        limiter, refusal, silent = None, None, False
         if not backend.delivers_inline:  # what leaves the process: one limit, no repeats
             refusal = credentials.refusal(config)
             if refusal and not credentials.may_probe(config):  # keep them until the key works
                 self.error = PermanentError("credentials refused", status=refusal["status"],
                                             kind="operation", count=len(ops))
+                self.pending = list(ops)
+                return
+            silent = outage.not_answering(config)
+            if silent and not outage.may_probe(config):  # one worker waits on it, not all
+                self.throttled_for, self.held = outage.probe_every(config), "not answering"
                 self.pending = list(ops)
                 return
             limiter = self.limiter or get_limiter(self.workspace)
@@ -226,12 +232,17 @@ class Delivery:
                 self.results += [OpResult(op, "failed", f"invalid: {exc}") for op in request.ops]
                 continue
             except APIError as exc:  # transient: stop hammering, retry what is left later
+                if exc.reason == "timeout" and limiter is not None:
+                    outage.timed_out(config)
                 self.error = exc
                 self.pending = [op for later in requests[number:] for op in later.ops]
                 break
             if refusal:  # this delivery's probe got through
                 credentials.accepted(config)
                 refusal = None
+            if silent:
+                outage.answered(config)
+                silent = False
             bad = {error.index: error for error in refused}
             for index, op in enumerate(request.ops):
                 if index in bad:
@@ -248,7 +259,7 @@ class Delivery:
         error = self.error
         if error is None:  # only our own limiter held them back
             self.hand_over(self.failures, min(self.throttled_for or 0, config.retry_after_max))
-            self.results += [OpResult(op, "retrying", "throttled") for op in self.pending]
+            self.results += [OpResult(op, "retrying", self.held) for op in self.pending]
             return
         if isinstance(error, RateLimited):
             # Being told to slow down is not a failure of these ops: keep the retry budget.

@@ -13,7 +13,7 @@ from django_cio import producer
 from django_cio.broker.publish import MAX_MESSAGE_BYTES
 from django_cio.exceptions import ValidationError
 from django_cio.models import Outbox
-from django_cio.operations import dumps
+from django_cio.operations import Identify, dumps
 from tests.celery_app import BROKERS
 from tests.conftest import use_broker
 
@@ -136,7 +136,7 @@ def test_ops_follow_the_transaction_of_the_database_that_has_one(published):
         assert published == []  # waits for the commit of "other"
     assert len(published) == 1
     with transaction.atomic(using="other"):
-        producer.enqueue(django_cio.Identify("u2", {}), using="default")  # no transaction there
+        producer.enqueue(Identify("u2", {}), using="default")  # no transaction there
     assert len(published) == 2
 
 
@@ -277,6 +277,6 @@ def test_a_message_parked_while_the_outbox_database_is_in_a_transaction_outlives
     # transaction that then rolls back: the parked message must not go with it.
     with pytest.raises(RuntimeError), transaction.atomic():
         with transaction.atomic(using="other"):
-            producer.enqueue(django_cio.Identify("u1", {}), using="other")
+            producer.enqueue(Identify("u1", {}), using="other")
         raise RuntimeError
     assert [op["person_id"] for op in Outbox.objects.get().ops] == ["u1"]
