@@ -16,8 +16,9 @@ from .privacy import redacted, safe_label
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(admin.ModelAdmin):
-    list_display = ["kind", "person_id", "reason", "status", "attempts", "last_failed_at"]
-    list_filter = ["kind", "reason", "status"]
+    list_display = ["kind", "workspace", "person_id", "reason", "status", "attempts",
+                    "last_failed_at"]
+    list_filter = ["workspace", "kind", "reason", "status"]
     search_fields = ["person_id"]
     date_hierarchy = "last_failed_at"
     # The op is shown redacted, in place of its field.
@@ -42,7 +43,8 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
 @admin.register(Outbox)
 class OutboxAdmin(admin.ModelAdmin):
-    list_display = ["id", "created_at", "not_before", "failures"]
+    list_display = ["id", "workspace", "created_at", "not_before", "failures"]
+    list_filter = ["workspace"]
     # The ops are shown as counts by kind, in place of their field (their values are PII).
     readonly_fields = [
         "operations" if field.name == "ops" else field.name for field in Outbox._meta.fields

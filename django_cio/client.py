@@ -133,6 +133,7 @@ class TrackClient:
         timeout: float = 10,
         session: requests.Session | None = None,
         pool_size: int = 10,
+        workspace: str = "default",
     ) -> None:
         if url is None and region not in REGION_URLS:
             raise ConfigurationError(f"region must be one of {sorted(REGION_URLS)}")
@@ -145,6 +146,7 @@ class TrackClient:
             raise ConfigurationError("site_id and api_key must be ASCII (a stray quote?)")
         self.base_url = url.rstrip("/") if url else REGION_URLS[region]
         self.timeout = timeout
+        self.workspace = workspace  # the name its metrics carry
         self._auth = (str(site_id), str(api_key))
         self._given_session = session
         self._pool_size = pool_size
@@ -153,7 +155,7 @@ class TrackClient:
     @classmethod
     def from_settings(cls, config: CIOSettings) -> TrackClient:
         return cls(config.site_id or "", config.api_key or "", url=config.base_url,
-                   timeout=config.timeout)
+                   timeout=config.timeout, workspace=config.workspace)
 
     def __repr__(self) -> str:
         return f"<TrackClient {self.base_url} site_id={self._auth[0]!r}>"
@@ -235,6 +237,20 @@ class TrackClient:
             )
         return sorted(failed.values(), key=lambda error: error.index)
 
+    # -- the account ----------------------------------------------------------------------
+
+    def region(self) -> dict[str, Any]:
+        """Where these credentials belong: ``{"url": ..., "region": "us"|"eu",
+        "environment_id": the workspace's id}`` (``GET /api/v1/accounts/region``)."""
+        response = self._request("GET", "/api/v1/accounts/region", b"", "region", 0)
+        try:
+            answer = response.json()
+            return {"url": str(answer["url"]), "region": str(answer["region"]),
+                    "environment_id": answer["environment_id"]}
+        except (ValueError, KeyError, TypeError):
+            raise TransientError("unreadable region answer", status=response.status_code,
+                                 kind="region", count=0) from None
+
     # -- transport --------------------------------------------------------------------------
 
     def _session(self) -> requests.Session:
@@ -273,12 +289,12 @@ class TrackClient:
             failure = f"network error ({type(exc).__name__})"
         seconds = time.perf_counter() - started
         if failure:
-            metrics.request("error", seconds)
+            metrics.request(self.workspace, "error", seconds)
             # Raised outside the except block: the requests exception, whose text holds the
             # URL and so the person id, must not ride along as __context__.
             raise TransientError(failure, status=None, kind=kind, count=count)
         status = response.status_code
-        metrics.request(status, seconds)
+        metrics.request(self.workspace, status, seconds)
         # One line per request, its numbers also as fields for structured (JSON) log handlers.
         fields = {"kind": kind, "ops": count, "bytes": len(body), "status": status,
                   "ms": round(seconds * 1000, 1)}

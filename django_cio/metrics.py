@@ -1,17 +1,21 @@
 """Prometheus metrics, when ``prometheus-client`` is installed (the ``[metrics]`` extra);
 without it every function here does nothing.
 
-- ``customerio_ops_total{kind, result}``: ops by kind and what became of them (sent, failed,
-  skipped, retrying).
-- ``customerio_requests_total{status}``: Track API requests by HTTP status (or ``error``).
-- ``customerio_request_seconds``: Track API request latency.
-- ``customerio_retries_total``: ops handed to a later attempt (backoff, Retry-After, limiter).
-- ``customerio_dead_letters_total{kind}``: ops dead-lettered.
-- ``customerio_dedup_hits_total``: identifies not sent because Customer.io already has them.
-- ``customerio_delivery_lag_seconds``: from an event's ``track`` call (its event id's time) to
-  Customer.io's 2xx: what queueing, retries and the rate limit add up to.
+- ``customerio_ops_total{workspace, kind, result}``: ops by kind and what became of them
+  (sent, failed, skipped, retrying).
+- ``customerio_requests_total{workspace, status}``: Track API requests by HTTP status (or
+  ``error``).
+- ``customerio_request_seconds{workspace}``: Track API request latency.
+- ``customerio_retries_total{workspace}``: ops handed to a later attempt (backoff,
+  Retry-After, limiter).
+- ``customerio_dead_letters_total{workspace, kind}``: ops dead-lettered.
+- ``customerio_dedup_hits_total{workspace}``: identifies not sent because Customer.io already
+  has them.
+- ``customerio_delivery_lag_seconds{workspace}``: from an event's ``track`` call (its event
+  id's time) to Customer.io's 2xx: what queueing, retries and the rate limit add up to.
 
-Labels are bounded (op kinds, HTTP statuses): never a person, an event name or a reason text.
+Labels are bounded (workspace names from the settings, op kinds, HTTP statuses): never a
+person, an event name or a reason text.
 Worker processes expose them with ``serve(port)`` (see docs/deploy.md).
 """
 
@@ -37,18 +41,22 @@ except ImportError:  # the [metrics] extra is optional
 logger = logging.getLogger("django_cio")
 
 if prometheus is not None:
-    OPS = prometheus.Counter("customerio_ops", "Ops by kind and result.", ["kind", "result"])
+    OPS = prometheus.Counter("customerio_ops", "Ops by kind and result.",
+                             ["workspace", "kind", "result"])
     REQUESTS = prometheus.Counter("customerio_requests", "Track API requests by HTTP status.",
-                                  ["status"])
+                                  ["workspace", "status"])
     REQUEST_SECONDS = prometheus.Histogram("customerio_request_seconds",
-                                           "Track API request latency.")
-    RETRIES = prometheus.Counter("customerio_retries", "Ops handed to a later attempt.")
-    DEAD_LETTERS = prometheus.Counter("customerio_dead_letters", "Ops dead-lettered.", ["kind"])
+                                           "Track API request latency.", ["workspace"])
+    RETRIES = prometheus.Counter("customerio_retries", "Ops handed to a later attempt.",
+                                 ["workspace"])
+    DEAD_LETTERS = prometheus.Counter("customerio_dead_letters", "Ops dead-lettered.",
+                                      ["workspace", "kind"])
     DEDUP_HITS = prometheus.Counter("customerio_dedup_hits",
-                                    "Identifies skipped: Customer.io already has them.")
+                                    "Identifies skipped: Customer.io already has them.",
+                                    ["workspace"])
     DELIVERY_LAG = prometheus.Histogram(
         "customerio_delivery_lag_seconds", "From an event's track call to Customer.io's 2xx.",
-        buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600),
+        ["workspace"], buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600),
     )
 
 
@@ -68,9 +76,9 @@ def _never_raises(count: Callable[..., None]) -> Callable[..., None]:
 
 
 @_never_raises
-def request(status: int | str, seconds: float) -> None:
-    REQUESTS.labels(str(status)).inc()
-    REQUEST_SECONDS.observe(seconds)
+def request(workspace: str, status: int | str, seconds: float) -> None:
+    REQUESTS.labels(workspace, str(status)).inc()
+    REQUEST_SECONDS.labels(workspace).observe(seconds)
 
 
 @_never_raises
@@ -79,21 +87,24 @@ def results(outcomes: Iterable[OpResult]) -> None:
     now = time.time()
     for outcome in outcomes:
         op = outcome.op
-        OPS.labels(op.kind, outcome.status).inc()
+        workspace = op.workspace or "default"
+        OPS.labels(workspace, op.kind, outcome.status).inc()
         if outcome.status == "retrying":
-            RETRIES.inc()
+            RETRIES.labels(workspace).inc()
         elif outcome.status == "skipped":
-            DEDUP_HITS.inc()
+            DEDUP_HITS.labels(workspace).inc()
         elif outcome.status == "sent":
             made = event_id_time(getattr(op, "id", None))
             if made is not None:
-                DELIVERY_LAG.observe(max(0.0, now - made))
+                DELIVERY_LAG.labels(workspace).observe(max(0.0, now - made))
 
 
 @_never_raises
-def dead_letters(kinds: Iterable[Any]) -> None:
-    for kind in kinds:
-        DEAD_LETTERS.labels(str(kind)[:32]).inc()
+def dead_letters(ops: Iterable[Any]) -> None:
+    """Count dead-lettered ops (queued form) by workspace and kind."""
+    for op in ops:
+        workspace = op.get("workspace") or "default"
+        DEAD_LETTERS.labels(str(workspace)[:40], str(op.get("kind"))[:32]).inc()
 
 
 def serve(port: int, addr: str = "") -> None:

@@ -1,6 +1,6 @@
-"""How delivery is doing, as data: the delivery queue, the Outbox, dead letters, the shared
-rate limiter, identify dedup, backfill runs and refused credentials (``cio_status``, and the
-load test's wait for an empty queue)."""
+"""How delivery is doing, as data: per workspace, the delivery queue, the Outbox, dead letters,
+the shared rate limiter, refused credentials and an API not answering; then identify dedup and
+backfill runs (``cio_status``, and the load test's wait for an empty queue)."""
 
 from __future__ import annotations
 
@@ -10,29 +10,41 @@ from celery import current_app
 from django.db.models import Count, Min
 from django.utils import timezone
 
-from . import dedup
+from . import dedup, outage
 from .broker.redis import on_redis, prefixed, queue_lists
 from .broker.relay import databases
-from .conf import get_settings
+from .client import TrackClient
+from .conf import DEFAULT_WORKSPACE, get_settings
 from .credentials import refusal
+from .exceptions import APIError
 from .models import BackfillRun, DeadLetter, Outbox
 from .ratelimit import get_limiter
 
 
 def status() -> dict[str, Any]:
-    """Everything ``cio_status`` shows (``--json`` prints this)."""
+    """Everything ``cio_status`` shows (``--json`` prints this): a section per workspace."""
     return {
-        "queue": queue_status(), "outbox": outbox_status(),
-        "dead_letters": dead_letter_status(), "rate_limiter": get_limiter().state(),
+        "workspaces": {name: workspace_status(name)
+                       for name in get_settings().workspace_names},
         "dedup": dedup.counters(), "backfills": backfill_status(),
-        "credentials_refused": refusal(),
     }
 
 
-def queue_status() -> dict[str, Any]:
-    """The delivery queue on the broker this process publishes to (its URL without the
-    password): messages waiting and, where the broker counts them, consumers."""
-    name = get_settings().queue
+def workspace_status(workspace: str = DEFAULT_WORKSPACE) -> dict[str, Any]:
+    """One workspace's queue, Outbox, dead letters, limiter and health (no credentials)."""
+    config = get_settings(workspace)
+    return {
+        "queue": queue_status(workspace), "outbox": outbox_status(workspace),
+        "dead_letters": dead_letter_status(workspace),
+        "rate_limiter": {"rate": config.rate_limit, **get_limiter(workspace).state()},
+        "credentials_refused": refusal(config), "not_answering": outage.not_answering(config),
+    }
+
+
+def queue_status(workspace: str = DEFAULT_WORKSPACE) -> dict[str, Any]:
+    """A workspace's delivery queue on the broker this process publishes to (its URL without
+    the password): messages waiting and, where the broker counts them, consumers."""
+    name = get_settings(workspace).queue
     with current_app.connection_for_read(connect_timeout=2) as connection:
         status: dict[str, Any] = {"name": name, "broker": connection.as_uri()}
         try:
@@ -48,12 +60,12 @@ def queue_status() -> dict[str, Any]:
     return {**status, "messages": messages, "consumers": consumers}
 
 
-def outbox_status() -> dict[str, Any]:
+def outbox_status(workspace: str = DEFAULT_WORKSPACE) -> dict[str, Any]:
     now = timezone.now()
     messages = due = 0
     oldest = None
     for alias in databases():
-        rows = Outbox.objects.using(alias)
+        rows = Outbox.objects.using(alias).filter(workspace=workspace)
         stats = rows.aggregate(count=Count("id"), oldest=Min("created_at"))
         messages += stats["count"]
         due += rows.filter(not_before__lte=now).count()
@@ -63,8 +75,9 @@ def outbox_status() -> dict[str, Any]:
     return {"messages": messages, "due": due, "oldest_age_seconds": age}
 
 
-def dead_letter_status() -> dict[str, Any]:
-    rows = DeadLetter.objects.values("reason").annotate(count=Count("id")).order_by("-count")
+def dead_letter_status(workspace: str = DEFAULT_WORKSPACE) -> dict[str, Any]:
+    rows = (DeadLetter.objects.filter(workspace=workspace).values("reason")
+            .annotate(count=Count("id")).order_by("-count"))
     by_reason = {row["reason"]: row["count"] for row in rows}
     return {"total": sum(by_reason.values()), "by_reason": by_reason}
 
@@ -77,3 +90,36 @@ def backfill_status(latest: int = 5) -> list[dict[str, Any]]:
              "done": run.sent + run.skipped + run.failed, "sent": run.sent,
              "failed": run.failed, "updated_at": run.updated_at.isoformat()}
             for run in [*runs, *recent]]
+
+
+def check_accounts() -> list[dict[str, Any]]:
+    """Ask Customer.io, per workspace, what its credentials are (``GET
+    /api/v1/accounts/region``): whether they are accepted, their region and workspace id, and
+    what is wrong (a region other than ``REGION``, two names for one workspace)."""
+    checked: list[dict[str, Any]] = []
+    names: dict[Any, str] = {}
+    for workspace in get_settings().workspace_names:
+        config = get_settings(workspace)
+        account: dict[str, Any] = {"workspace": workspace, "problems": []}
+        checked.append(account)
+        if not config.site_id or not config.api_key:
+            account["problems"].append("no SITE_ID/API_KEY")
+            continue
+        try:
+            answer = TrackClient.from_settings(config).region()
+        except APIError as exc:
+            refused = exc.status in (401, 403)
+            account["problems"].append(f"Customer.io refuses its credentials (HTTP {exc.status})"
+                                       if refused else f"cannot ask Customer.io ({exc})")
+            continue
+        account.update(region=answer["region"], environment_id=answer["environment_id"])
+        if answer["region"] != config.region:
+            account["problems"].append(
+                f"its credentials belong to region {answer['region']!r}, not REGION "
+                f"{config.region!r}: set REGION to {answer['region']!r} (data sent to another "
+                "region's host passes through that region's servers, or is refused)")
+        twin = names.setdefault(answer["environment_id"], workspace)
+        if twin != workspace:
+            account["problems"].append(f"the same Customer.io workspace as {twin!r}: one "
+                                       "workspace under two names shares its limit and data")
+    return checked

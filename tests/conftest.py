@@ -169,6 +169,7 @@ def published() -> Iterator[Published]:
             args, task_kwargs, _ = body
             messages.append(args[0])
             messages.details.append({"kwargs": task_kwargs, "eta": headers.get("eta"),
+                                     "routing_key": kwargs.get("routing_key"),
                                      "argsrepr": headers.get("argsrepr")})
 
     after_task_publish.connect(record, weak=False)
@@ -179,13 +180,15 @@ def published() -> Iterator[Published]:
 
 @pytest.fixture
 def worker(cio_fake: FakeTrackAPI, settings: Any) -> Iterator[Any]:
-    """A real Celery worker (in a thread) consuming django-cio's queue, delivering to the fake.
+    """A real Celery worker (in a thread) consuming django-cio's queues (every workspace's the
+    settings have when it starts), delivering to the fake.
 
     What is queued before it starts is delivered; what is left when it stops is purged. It
     does not relay the Outbox (tests run the relay themselves; worker processes do relay)."""
     settings.CUSTOMERIO = {**settings.CUSTOMERIO, "RELAY": False}
+    queues = [get_settings(name).queue for name in get_settings().workspace_names]
     with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False,
-                      queues=[get_settings().queue], loglevel="WARNING",
+                      queues=queues, loglevel="WARNING",
                       shutdown_timeout=30) as running:
         running.cio_fake = cio_fake
         yield running

@@ -30,7 +30,7 @@ def store(failed: list[tuple[Json, str, int | None]], attempts: int) -> None:
                           attempts=min(attempts, MAX_FAILURES))
         for op, reason, status in stored
     )
-    metrics.dead_letters(op.get("kind") for op, _, _ in stored)
+    metrics.dead_letters(op for op, _, _ in stored)
     logger.warning("customerio: %d op(s) dead-lettered (%s)", len(failed),
                    ", ".join(sorted({reason for _, reason, _ in failed}))[:200])
 

@@ -9,7 +9,10 @@ It speaks v1 and v2, checks Basic auth (401) and body sizes (413), refuses what 
 would refuse in strict mode (400, or 207 per batch item, naming the field), answers 429 with
 Retry-After above its token-bucket rate, and injects latency and errors on demand. Control
 and inspection live under ``/_fake/`` (``stats``, ``people``, ``events``, ``requests``,
-``config``, ``reset``) for processes that don't share its memory.
+``config``, ``reset``; ``?site=ID`` for another site than the first) for processes that don't
+share its memory. It serves one workspace, or several (``add_site``): the credentials of a
+request pick the site, with people, events, faults and limits of its own, and
+``GET /api/v1/accounts/region`` answers each site's region and workspace id.
 
 Built on the standard library's threading HTTP server with TCP_NODELAY and keep-alive: about
 3,000+ small requests/s on two cores (``bench/fakeserver.py``), no extra dependency.
@@ -27,12 +30,13 @@ import time
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from ..operations import MAX_BATCH_BYTES, MAX_V2_OP_BYTES, dumps
-from .faults import Config, Faults
-from .protocol import MAX_V1_BYTES, Reply, from_v1, v1_error
-from .store import Invalid, Json, Store, check
+from .faults import Config
+from .protocol import MAX_V1_BYTES, Reply, v1_error
+from .site import FakeSite
+from .store import Json
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -61,7 +65,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         body: Json = {}
         headers: dict[str, str] = {}
-        status, ops, parsed, raw = 500, 0, None, None
+        status, ops, parsed, raw, site = 500, 0, None, None, None
         try:
             raw = self._read_body(url.path)
             if url.path.startswith("/_fake/"):
@@ -69,13 +73,15 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, answer, {})
                 return
             parsed = self._json(raw)
-            status, body, ops = fake.track(self.command, url.path, self._authorized(), parsed)
+            site = fake.site_for(self._credentials())
+            status, body, ops = fake.track(self.command, url.path, site, parsed)
         except Reply as reply:
             status, body, headers = reply.status, reply.body, reply.headers
         except Exception as exc:  # a bug of the fake's: answer it, don't drop the connection
             status, body = 500, {"meta": {"error": f"fake server error: {type(exc).__name__}"}}
             self.close_connection = True
-        fake.store.record_request(self.command, url.path, parsed, status, ops, len(raw or b""))
+        store = site.store if site is not None else fake.store
+        store.record_request(self.command, url.path, parsed, status, ops, len(raw or b""))
         self._send(status, body, headers)
 
     def _read_body(self, path: str) -> bytes:
@@ -100,14 +106,15 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise v1_error("body is not valid JSON") from None
 
-    def _authorized(self) -> bool:
+    def _credentials(self) -> str | None:
+        """``site_id:api_key`` from the Basic auth header, if there is one."""
         header = self.headers.get("Authorization", "")
         scheme, _, encoded = header.partition(" ")
         try:
             given = base64.b64decode(encoded).decode()
         except ValueError:
-            return False
-        return scheme.lower() == "basic" and given == self.server.fake.credentials
+            return None
+        return given if scheme.lower() == "basic" else None
 
     def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
         payload = dumps(body)
@@ -140,14 +147,13 @@ class FakeTrackAPI:
         port: int = 0,
         site_id: str = "fake-site-id",
         api_key: str = "fake-api-key",
+        region: str = "us",
+        environment_id: int = 1,
         **config: Any,
     ) -> None:
-        self.site_id, self.api_key = site_id, api_key
-        self.credentials = f"{site_id}:{api_key}"
-        self.faults = Faults(**config)
-        self.store = Store()
-        self._lock = threading.Lock()
-        self.received = 0  # Track API requests that arrived, answered or not
+        # The first site; its store, faults and counters are the fake's own attributes.
+        self.primary = FakeSite(site_id, api_key, region, environment_id, **config)
+        self.sites = {site_id: self.primary}
         self._httpd = _Server((host, port), Handler)
         self._httpd.fake = self
         self._httpd.connections = set()
@@ -195,85 +201,59 @@ class FakeTrackAPI:
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
 
-    # -- behaviour --------------------------------------------------------------------------
+    # -- sites ----------------------------------------------------------------------------
+
+    def add_site(self, site_id: str, api_key: str, region: str = "us",
+                 environment_id: int | None = None, **config: Any) -> FakeSite:
+        """Serve another workspace too, with its own credentials, state and limits."""
+        if site_id in self.sites:
+            raise ValueError(f"site {site_id!r} is served already")
+        environment_id = environment_id or max(s.environment_id for s in self.sites.values()) + 1
+        site = self.sites[site_id] = FakeSite(site_id, api_key, region, environment_id, **config)
+        return site
+
+    def site_for(self, credentials: str | None) -> FakeSite | None:
+        """The site these Basic auth credentials belong to, if any."""
+        site_id = (credentials or "").partition(":")[0]
+        site = self.sites.get(site_id)
+        return site if site is not None and site.credentials == credentials else None
+
+    # The first site's, as the fake's own (most tests serve one site).
+    site_id = property(lambda self: self.primary.site_id)
+    api_key = property(lambda self: self.primary.api_key)
+    credentials = property(lambda self: self.primary.credentials)
+    store = property(lambda self: self.primary.store)
+    faults = property(lambda self: self.primary.faults)
+    received = property(lambda self: self.primary.received)
 
     @property
     def config(self) -> Config:
-        return self.faults.config
+        return self.primary.config
 
     def configure(self, **changes: Any) -> None:
-        """Change latency, rate limit, error rate, strictness or queued failures at run time."""
-        self.faults.configure(**changes)
+        """Change the first site's latency, rate limit, error rate, strictness or failures."""
+        self.primary.configure(**changes)
 
     def fail_next(self, *statuses: int) -> None:
-        """Answer the next requests with these statuses (``503, 503``; ``0, 429``: the second)."""
-        self.faults.fail_next(*statuses)
+        """Answer the first site's next requests with these statuses (``503, 503``)."""
+        self.primary.fail_next(*statuses)
 
-    def track(self, method: str, path: str, authorized: bool, body: Any) -> tuple[int, Json, int]:
-        """Answer a Track API request: (status, body, ops applied)."""
-        with self._lock:
-            self.received += 1  # counted on arrival: tests can catch a client mid-request
-        if self.config.latency_ms:
-            time.sleep(self.config.latency_ms / 1000)
-        if not authorized:
+    def track(self, method: str, path: str, site: FakeSite | None,
+              body: Any) -> tuple[int, Json, int]:
+        """Answer a Track API request for ``site`` (None: unknown credentials, a 401)."""
+        (site or self.primary).arrived()
+        if site is None:
             raise Reply(401, {"meta": {"error": "unauthorized"}})
-        self.faults.gate()
-        if method == "POST" and path == "/api/v2/batch":
-            return self._batch(body)
-        if method == "POST" and path == "/api/v2/entity":
-            return self._entity(body)
-        if path.startswith("/api/v1/"):
-            parts = [unquote(part) for part in path[len("/api/v1/"):].split("/")]
-            op = from_v1(method, parts, body)
-            self._check(op, v1_error)
-            self.store.apply(op)
-            return 200, {}, 1
-        raise Reply(404, {"meta": {"error": "not found"}})
-
-    def _check(self, op: Json, error: Any) -> None:
-        if self.config.strict:
-            try:
-                check(op)
-            except Invalid as invalid:
-                raise error(f"{invalid.field}: {invalid.message}") from None
-
-    def _entity(self, op: Any) -> tuple[int, Json, int]:
-        def refuse(message: str) -> Reply:
-            return Reply(400, {"errors": [{"reason": "invalid", "message": message}]})
-
-        if not isinstance(op, dict):
-            raise refuse("body must be an object")
-        self._check(op, refuse)
-        self.store.apply(op)
-        return 200, {}, 1
-
-    def _batch(self, body: Any) -> tuple[int, Json, int]:
-        ops = body.get("batch") if isinstance(body, dict) else None
-        if not isinstance(ops, list) or not ops:
-            raise Reply(400, {"errors": [{"reason": "invalid", "field": "batch",
-                                          "message": "batch must be a non-empty list"}]})
-        errors = []
-        for index, op in enumerate(ops):
-            try:
-                if not isinstance(op, dict):
-                    raise Invalid("batch", "must be an object")
-                if len(dumps(op)) > MAX_V2_OP_BYTES:
-                    raise Invalid("batch", f"operation larger than {MAX_V2_OP_BYTES} bytes")
-                if self.config.strict:
-                    check(op)
-                identifiers = op.get("identifiers")
-                if isinstance(identifiers, dict) and identifiers.get("id") in self.config.refuse:
-                    raise Invalid("identifiers.id", "refused (fake server refuse list)")
-                self.store.apply(op)
-            except Invalid as invalid:
-                errors.append({"batch_index": index, "reason": "invalid",
-                               "field": invalid.field, "message": invalid.message})
-        return (207, {"errors": errors}, len(ops)) if errors else (200, {}, len(ops))
+        return site.track(method, path, body)
 
     # -- control and inspection -------------------------------------------------------------
 
     def control(self, method: str, what: str, query: dict[str, list[str]], raw: bytes) -> Any:
-        store = self.store
+        site_id = query.get("site", [self.site_id])[0]
+        if site_id not in self.sites:
+            raise Reply(404, {"error": "unknown site"})
+        site = self.sites[site_id]
+        store = site.store
         if method == "GET" and what == "stats":
             return store.stats()
         if method == "GET" and what == "people":
@@ -292,10 +272,10 @@ class FakeTrackAPI:
                 return list(store.requests)[len(store.requests) - limit:] if limit else []
         if method == "POST" and what == "config":
             try:
-                self.configure(**json.loads(raw or b"{}"))
+                site.configure(**json.loads(raw or b"{}"))
             except (ValueError, TypeError) as exc:
                 raise Reply(400, {"error": str(exc)}) from None
-            return asdict(self.config)
+            return asdict(site.config)
         if method == "POST" and what == "reset":
             store.reset()
             return {}

@@ -98,10 +98,13 @@ def test_status_reports_queue_outbox_and_dead_letters(letters, published, capsys
     capsys.readouterr()
     call_command("cio_status", "--json")
     status = json.loads(capsys.readouterr().out)
-    assert status["queue"]["messages"] == 1
-    assert status["outbox"]["messages"] == 1 and status["outbox"]["due"] == 1
-    assert status["dead_letters"] == {"total": 2, "by_reason": {"server error": 2}}
-    assert status["rate_limiter"]["shared"] is True
+    assert list(status["workspaces"]) == ["default"]
+    workspace = status["workspaces"]["default"]
+    assert workspace["queue"]["messages"] == 1
+    assert workspace["outbox"]["messages"] == 1 and workspace["outbox"]["due"] == 1
+    assert workspace["dead_letters"] == {"total": 2, "by_reason": {"server error": 2}}
+    assert workspace["rate_limiter"]["shared"] is True
+    assert (workspace["credentials_refused"], workspace["not_answering"]) == (None, False)
     assert set(status["dedup"]) <= {"hits", "misses"}
     call_command("cio_status")
     out = capsys.readouterr().out

@@ -1,5 +1,6 @@
 """The bundled fake Track API: strict limits, auth, sizes, control, and its command."""
 
+import json
 import os
 import signal
 import subprocess
@@ -183,3 +184,45 @@ def test_request_log_is_bounded(fake):
     limited = requests.get(f"{fake.url}/_fake/requests?limit=0", timeout=5).json()
     assert limited == []
     assert requests.get(f"{fake.url}/_fake/requests?limit=x", timeout=5).status_code == 400
+
+
+def test_several_sites_keep_their_own_people_limits_and_region(fake):
+    eu = fake.add_site("eu-site", "eu-key", region="eu")
+    as_eu = {"auth": ("eu-site", "eu-key"), "timeout": 5}
+    assert requests.get(fake.url + "/api/v1/accounts/region", **as_eu).json() == {
+        "url": "https://track-eu.customer.io", "region": "eu", "environment_id": 2}
+    assert call(fake, "GET", "/api/v1/accounts/region", None).json()["environment_id"] == 1
+    wrong = requests.get(fake.url + "/api/v1/accounts/region", auth=("eu-site", "fake-api-key"),
+                         timeout=5)
+    assert wrong.status_code == 401
+    eu.configure(rate_limit=1)
+    person = {"type": "person", "identifiers": {"id": "1"}, "action": "identify",
+              "attributes": {"a": 1}}
+    assert requests.post(fake.url + "/api/v2/entity", json=person, **as_eu).status_code == 200
+    assert requests.post(fake.url + "/api/v2/entity", json=person, **as_eu).status_code == 429
+    assert call(fake, "POST", "/api/v2/entity", person).status_code == 200  # its own limit
+    assert (list(eu.store.people), eu.received) == (["1"], 3)
+    assert list(fake.store.people) == ["1"]
+    assert fake.received == 3  # its region, the wrong key (counted on the first site), one op
+    stats = requests.get(fake.url + "/_fake/stats?site=eu-site", timeout=5).json()
+    assert stats["statuses"] == {"200": 2, "429": 1}
+    assert requests.get(fake.url + "/_fake/stats?site=nope", timeout=5).status_code == 404
+    with pytest.raises(ValueError, match="served already"):
+        fake.add_site("eu-site", "other")
+
+
+def test_the_command_serves_every_configured_workspace():
+    workspaces = {"eu": {"SITE_ID": "eu-s", "API_KEY": "eu-k", "REGION": "eu"}}
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": os.getcwd(),
+           "CIO_TEST_CUSTOMERIO": json.dumps({"WORKSPACES": workspaces})}
+    process = subprocess.Popen([sys.executable, "-m", "django", "cio_fakeserver", "--port", "0"],
+                               stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        banner = process.stdout.readline()
+        assert "'eu-s' (eu)" in banner
+        url = banner.split(" on ", 1)[1].split(" ", 1)[0]
+        answer = requests.get(f"{url}/api/v1/accounts/region", auth=("eu-s", "eu-k"), timeout=5)
+        assert answer.json()["region"] == "eu"
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0

@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def value(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    """A sample of the default workspace."""
+    return REGISTRY.get_sample_value(name, {"workspace": "default", **labels}) or 0.0
 
 
 def test_ops_requests_retries_dead_letters_dedup_and_lag_are_counted(worker, wait_for):

@@ -347,7 +347,8 @@ def test_the_whole_flow_with_failures_leaks_no_secret_and_no_value(
         # What operators look at.
         command(captured, "cio_status")
         command(captured, "check")
-        assert json.loads(command(captured, "cio_status", "--json"))["dead_letters"]["total"]
+        status = json.loads(command(captured, "cio_status", "--json"))
+        assert status["workspaces"]["default"]["dead_letters"]["total"]
         assert "Would replay" in command(captured, "cio_replay", "--all", "--dry-run")
         staff = Client()
         staff.force_login(admin)

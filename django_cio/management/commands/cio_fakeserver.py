@@ -9,8 +9,9 @@ from django_cio.fakeserver.cli import add_arguments, serve
 class Command(BaseCommand):
     help = (
         "Run a fake Customer.io Track API (v1 and v2) on this machine, for the demo, tests and "
-        "load tests. Basic auth is checked against CUSTOMERIO's SITE_ID/API_KEY unless "
-        "--site-id/--api-key are given. Point CUSTOMERIO['TRACK_URL'] at the URL it prints."
+        "load tests. It serves each workspace of CUSTOMERIO (SITE_ID/API_KEY, and those of "
+        "WORKSPACES) with state and limits of its own, unless --site-id/--api-key are given. "
+        "Point each workspace's TRACK_URL at the URL it prints."
     )
     requires_system_checks: list[str] = []
 
@@ -19,6 +20,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         config = get_settings()
-        options["site_id"] = options["site_id"] or config.site_id
-        options["api_key"] = options["api_key"] or config.api_key
+        if not options["site_id"]:
+            options.update(site_id=config.site_id, api_key=config.api_key, region=config.region)
+            options["site"] += [(named.site_id, named.api_key, named.region)
+                                for named in map(get_settings, config.workspaces)
+                                if named.site_id and named.api_key]
         serve(options, self.stdout)

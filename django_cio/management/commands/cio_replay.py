@@ -12,7 +12,7 @@ class Command(BaseCommand):
     help = (
         "Queue dead letters again with their original event ids, and delete them. A replayed "
         "op that fails again becomes a new dead letter. Choose which with --id, --reason, "
-        "--kind or --all."
+        "--kind, --workspace or --all."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -20,14 +20,17 @@ class Command(BaseCommand):
                             help="A dead letter's id (repeatable).")
         parser.add_argument("--reason", help="Dead letters whose reason contains this text.")
         parser.add_argument("--kind", help="Dead letters of this op kind (identify, event, ...).")
+        parser.add_argument("--workspace", help="Dead letters of this workspace (default, or a "
+                            "name in CUSTOMERIO['WORKSPACES']).")
         parser.add_argument("--all", action="store_true", help="Every dead letter.")
         parser.add_argument("--dry-run", action="store_true",
                             help="Only say how many would be replayed.")
 
     def handle(self, *args: Any, ids: list[int] | None, reason: str | None, kind: str | None,
-               all: bool, dry_run: bool, **options: Any) -> None:
-        if not (ids or reason or kind or all):
-            raise CommandError("Say which dead letters to replay: --id, --reason, --kind or --all.")
+               workspace: str | None, all: bool, dry_run: bool, **options: Any) -> None:
+        if not (ids or reason or kind or workspace or all):
+            raise CommandError("Say which dead letters to replay: --id, --reason, --kind, "
+                               "--workspace or --all.")
         letters = DeadLetter.objects.order_by("id")
         if ids:
             letters = letters.filter(pk__in=ids)
@@ -35,6 +38,8 @@ class Command(BaseCommand):
             letters = letters.filter(reason__icontains=reason)
         if kind:
             letters = letters.filter(kind=kind)
+        if workspace:
+            letters = letters.filter(workspace=workspace)
         if dry_run:
             self.stdout.write(f"Would replay {letters.count()} dead letter(s).")
             return

@@ -1,0 +1,104 @@
+"""Several workspaces on real parts: one fake serving two sites, a real worker, the broker,
+PostgreSQL, and the commands an operator runs."""
+
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import Client
+
+import django_cio
+from django_cio.broker.outbox import park
+from django_cio.broker.relay import relay
+from django_cio.conf import get_settings
+from django_cio.models import DeadLetter, Outbox
+from django_cio.operations import Event, Identify
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def eu(settings, cio_fake):
+    """A second workspace, "eu", served by the same fake as a site of its own."""
+    site = cio_fake.add_site("eu-site", "eu-key-never-shown", region="eu")
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "WORKSPACES": {"eu": {
+        "SITE_ID": site.site_id, "API_KEY": site.api_key, "REGION": "eu",
+        "TRACK_URL": cio_fake.url}}}
+    return site
+
+
+def test_each_workspace_gets_its_own_ops_through_its_own_queue(eu, published, worker,
+                                                               cio_fake, wait_for):
+    with django_cio.batch():  # one request's ops: one message per workspace
+        django_cio.identify("us-1", plan="pro")
+        django_cio.workspace("eu").identify("eu-1", plan="pro")
+        django_cio.workspace("eu").track("eu-1", "upgraded")
+    queues = [detail["routing_key"] for detail in published.details]
+    assert queues == [get_settings().queue, get_settings("eu").queue]
+    wait_for(lambda: cio_fake.store.people and eu.store.events)
+    assert list(cio_fake.store.people) == ["us-1"] and not cio_fake.store.events
+    assert list(eu.store.people) == ["eu-1"]
+    assert [event["name"] for event in eu.store.events] == ["upgraded"]
+
+
+def test_the_outbox_and_dead_letters_keep_the_workspace(eu, published):
+    park([Event("eu-1", "upgraded", {}, workspace="eu").to_dict()])
+    assert Outbox.objects.get().workspace == "eu"
+    assert relay() == 1
+    assert published.details[-1]["routing_key"] == get_settings("eu").queue
+
+    for workspace in ("default", "eu"):
+        op = Identify(f"{workspace}-1", {}, workspace=workspace).to_dict()
+        DeadLetter.for_op(op, reason="server error").save()
+    assert sorted(DeadLetter.objects.values_list("workspace", flat=True)) == ["default", "eu"]
+    call_command("cio_replay", "--workspace", "eu")
+    assert list(DeadLetter.objects.values_list("workspace", flat=True)) == ["default"]
+    assert published.details[-1]["routing_key"] == get_settings("eu").queue
+    assert published[-1] == [Identify("eu-1", {}, workspace="eu").to_dict()]
+
+
+def test_status_has_a_section_per_workspace(eu, capsys):
+    park([Event("eu-1", "upgraded", {}, workspace="eu").to_dict()])
+    call_command("cio_status", "--json")
+    status = json.loads(capsys.readouterr().out)
+    assert list(status["workspaces"]) == ["default", "eu"]
+    assert status["workspaces"]["eu"]["outbox"]["messages"] == 1
+    assert status["workspaces"]["default"]["outbox"]["messages"] == 0
+    assert status["workspaces"]["eu"]["queue"]["name"] == get_settings("eu").queue
+    call_command("cio_status")
+    out = capsys.readouterr().out
+    assert "Workspace 'eu'" in out and "eu-key-never-shown" not in out
+
+
+def test_the_region_check_passes_for_good_settings(eu, capsys):
+    call_command("cio_status", "--check")
+    out = capsys.readouterr().out
+    assert "Workspace 'default': credentials accepted, region us, Customer.io workspace 1" in out
+    assert "Workspace 'eu': credentials accepted, region eu, Customer.io workspace 2" in out
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"REGION": "us"}, "its credentials belong to region 'eu', not REGION 'us'"),
+    ({"API_KEY": "wrong"}, "Customer.io refuses its credentials (HTTP 401)"),
+    ({"SITE_ID": "fake-site-id", "API_KEY": "fake-api-key", "REGION": "us"},
+     "the same Customer.io workspace as 'default'"),
+])
+def test_the_region_check_names_each_problem_and_exits_1(eu, settings, capsys, change,
+                                                        problem):
+    workspaces = settings.CUSTOMERIO["WORKSPACES"]
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO,
+                           "WORKSPACES": {"eu": {**workspaces["eu"], **change}}}
+    with pytest.raises(CommandError, match="1 workspace") as failed:
+        call_command("cio_status", "--check")
+    assert failed.value.returncode == 1
+    err = capsys.readouterr().err
+    assert f"Workspace 'eu': {problem}" in err and "wrong" not in err
+
+
+def test_the_admin_filters_dead_letters_by_workspace(eu, admin_client: Client):
+    for person, workspace in (("us-1", None), ("eu-1", "eu")):
+        op = Identify(person, {}, workspace=workspace).to_dict()
+        DeadLetter.for_op(op, reason="server error").save()
+    page = admin_client.get("/admin/django_cio/deadletter/?workspace=eu")
+    assert page.status_code == 200 and b"eu-1" in page.content and b"us-1" not in page.content
+    assert admin_client.get("/admin/django_cio/outbox/?workspace=eu").status_code == 200
