@@ -15,7 +15,7 @@ from ._version import __version__
 from .backends.locmem import outbox
 from .producer import batch
 from .registry import Customer, identify_many, register, register_event
-from .workspaces import Workspace, workspace
+from .workspaces import Workspace, move, workspace
 
 # The verbs, for the workspace routing picks: explicit ops name one with workspace("eu").
 _routed = Workspace()
@@ -32,6 +32,6 @@ merge = _routed.merge
 
 __all__ = [
     "Customer", "Workspace", "__version__", "add_device", "batch", "delete", "delete_device",
-    "identify", "identify_many", "merge", "outbox", "page", "register", "register_event",
+    "identify", "identify_many", "merge", "move", "outbox", "page", "register", "register_event",
     "suppress", "track", "track_anonymous", "unsuppress", "workspace",
 ]

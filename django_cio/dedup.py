@@ -60,7 +60,7 @@ HITS_KEY = "django_cio:dedup:hits"
 MISSES_KEY = "django_cio:dedup:misses"
 _ANONYMOUS_ID = "anonymous_id"
 # Ops after which Customer.io no longer holds what an identify sent.
-_FORGETTING = ("delete", "suppress", "merge")
+_FORGETTING = ("delete", "move", "suppress", "merge")
 # Where an op keeps its claim between drop_seen/forget and remember (not a dataclass field:
 # it never reaches the broker, and an op built again from a message claims again).
 _CLAIM_ATTR = "_dedup_claim"

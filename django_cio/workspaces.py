@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .conf import get_settings
+from .exceptions import ValidationError
 from .operations import (
     AddDevice,
     AnonymousEvent,
@@ -20,6 +21,7 @@ from .operations import (
     Event,
     Identify,
     Merge,
+    Move,
     Page,
     Suppress,
     Unsuppress,
@@ -85,3 +87,14 @@ def workspace(name: str) -> Workspace:
     """The verbs for workspace ``name`` (``"default"`` or a key of ``WORKSPACES``); raises
     ``ConfigurationError`` for a name the settings do not have."""
     return Workspace(name)
+
+
+def move(person_id: str | int, old: str, new: str, /, **attributes: Any) -> None:
+    """Move a person from workspace ``old`` to ``new`` (their data region changed): deleted in
+    ``old`` and, once Customer.io has taken the delete, identified in ``new`` with these
+    attributes (for a registered model, ``registry.attributes_for(instance)``)."""
+    if old == new:
+        raise ValidationError("move", "to", "is the workspace the person is in")
+    get_settings(new)  # an unknown name fails here
+    enqueue(Move(person_id, to=new, attributes=attributes,  # type: ignore[arg-type]
+                 workspace=old))

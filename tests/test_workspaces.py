@@ -13,7 +13,7 @@ from django_cio.broker.publish import split
 from django_cio.checks import check_settings
 from django_cio.conf import find_problems, get_settings
 from django_cio.delivery.engine import deliver_messages
-from django_cio.exceptions import ConfigurationError
+from django_cio.exceptions import ConfigurationError, ValidationError
 from django_cio.operations import Event, Identify, Operation
 from django_cio.signals import pre_send
 
@@ -183,3 +183,22 @@ def test_a_transaction_of_two_workspaces_ops_commits_both(two_workspaces):
         assert two_workspaces == []
     assert [(op.person_id, op.workspace) for op in two_workspaces] == [
         ("1", "default"), ("2", "eu")]
+
+
+def test_a_moved_person_is_deleted_in_the_old_workspace_then_identified_in_the_new(
+        two_workspaces):
+    django_cio.move("1", "default", "eu", plan="pro")
+    (move, arrival) = two_workspaces
+    assert (move.kind, move.workspace, move.to) == ("move", "default", "eu")
+    assert move.v2()["action"] == "delete"
+    assert (arrival.kind, arrival.workspace, arrival.attributes) == ("identify", "eu",
+                                                                     {"plan": "pro"})
+    assert arrival.timestamp == move.timestamp  # the time of the move, however late it lands
+
+
+def test_a_move_names_two_known_workspaces(two_workspaces):
+    with pytest.raises(ValidationError, match="move: to"):
+        django_cio.move("1", "eu", "eu")
+    with pytest.raises(ConfigurationError, match="'mars'"):
+        django_cio.move("1", "default", "mars")
+    assert two_workspaces == []

@@ -15,6 +15,7 @@ from .. import credentials, dedup, metrics, outage
 from ..backends import BaseBackend, backend_class, get_backend
 from ..broker.drain import drain, settle
 from ..broker.messages import Message, redelivered
+from ..broker.publish import split
 from ..conf import DEFAULT_WORKSPACE, CIOSettings, get_settings
 from ..exceptions import (
     APIError,
@@ -23,7 +24,7 @@ from ..exceptions import (
     RateLimited,
     ValidationError,
 )
-from ..operations import Identify, Json, Operation
+from ..operations import Identify, Json, Move, Operation
 from ..packing import collapse, pack
 from ..ratelimit import Throttled, get_limiter
 from ..routing import by_workspace, one_workspace
@@ -137,6 +138,7 @@ class Delivery:
     results: list[OpResult] = field(default_factory=list)
     pending: list[Operation] = field(default_factory=list)
     error: APIError | None = None
+    arrived: set[int] = field(default_factory=set)  # moves whose arrival is queued
 
     def run(self) -> None:
         config, backend = get_settings(self.workspace), get_backend(self.workspace)
@@ -144,6 +146,7 @@ class Delivery:
             self.ops = self.parse()
         pre_send.send(sender=type(backend), ops=self.ops)
         self.send(backend, self.ops, config)
+        self.follow_moves(backend)
         if self.pending:
             self.retry_later(config)
         failed = [result for result in self.results if result.status == "failed"]
@@ -160,7 +163,22 @@ class Delivery:
         if self.ops is None:
             return self.raw
         done = {id(result.op) for result in self.results if result.status in ("sent", "retrying")}
+        done -= {id(op) for op in self.ops if isinstance(op, Move) and id(op) not in self.arrived}
         return [op.to_dict() for op in self.ops if id(op) not in done]
+
+    def follow_moves(self, backend: BaseBackend) -> None:
+        """Queue the arrival in its new workspace of each person whose move Customer.io took
+        (their delete here): after it, so no two workspaces message them at once. A crash
+        before that sends the move again (a delete twice is harmless)."""
+        moves = [r.op for r in self.results if r.status == "sent" and isinstance(r.op, Move)]
+        arrivals = [move.arrival().to_dict() for move in moves]
+        if backend.delivers_inline:
+            for workspace, raw in by_workspace(arrivals).items():
+                Delivery(raw, workspace=workspace).run()
+        else:
+            for message in split(arrivals):
+                schedule(message, 0, 0)  # on the broker, else in the Outbox; else raises
+        self.arrived.update(id(move) for move in moves)
 
     def parse(self) -> list[Operation]:
         """The ops of the message; a malformed one becomes a dead letter, not a crash loop."""

@@ -288,6 +288,30 @@ class Delete(_PersonOp):
 
 
 @dataclass(frozen=True, repr=False)
+class Move(Delete):
+    """Move a person to workspace ``to`` (their data region changed): a delete in this one and,
+    once Customer.io has taken it, an identify with ``attributes`` in ``to`` (``arrival``)."""
+
+    kind = "move"
+    to: str = ""
+    attributes: Json = field(default_factory=dict)
+    timestamp: int | None = field(default_factory=now_seconds)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.to, str) or not self.to:
+            raise ValidationError(self.kind, "to", "must be a workspace name")
+        self._set("attributes", check_attributes(self.kind, self.attributes))
+        if self.timestamp is not None:
+            self._set("timestamp", check_timestamp(self.kind, "timestamp", self.timestamp))
+
+    def arrival(self) -> Identify:
+        """The identify in the new workspace, timed when the move was made."""
+        return Identify(self.person_id, self.attributes, timestamp=self.timestamp,
+                        workspace=self.to)
+
+
+@dataclass(frozen=True, repr=False)
 class Suppress(_PersonOp):
     """Delete a person and refuse any later data for that id."""
 
@@ -410,7 +434,7 @@ class Merge(Operation):
 
 OPERATIONS: dict[str, type[Operation]] = {
     cls.kind: cls
-    for cls in (Identify, Event, Page, AnonymousEvent, Delete, Suppress, Unsuppress,
+    for cls in (Identify, Event, Page, AnonymousEvent, Delete, Move, Suppress, Unsuppress,
                 AddDevice, DeleteDevice, Merge)
 }
 

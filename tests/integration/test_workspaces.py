@@ -102,3 +102,16 @@ def test_the_admin_filters_dead_letters_by_workspace(eu, admin_client: Client):
     page = admin_client.get("/admin/django_cio/deadletter/?workspace=eu")
     assert page.status_code == 200 and b"eu-1" in page.content and b"us-1" not in page.content
     assert admin_client.get("/admin/django_cio/outbox/?workspace=eu").status_code == 200
+
+
+def test_a_move_identifies_in_the_new_workspace_only_once_the_old_one_deleted(
+        eu, worker, cio_fake, wait_for):
+    django_cio.identify("p1", plan="pro")
+    wait_for(lambda: cio_fake.store.people)
+    cio_fake.configure(error_rate=1.0)  # the old workspace cannot take the delete yet
+    django_cio.move("p1", "default", "eu", plan="pro")
+    wait_for(lambda: cio_fake.received >= 3)  # the move failed and was tried again
+    assert eu.store.people == {}
+    cio_fake.configure(error_rate=0.0)
+    wait_for(lambda: eu.store.people, timeout=60)
+    assert cio_fake.store.people == {} and eu.store.people["p1"]["plan"] == "pro"
