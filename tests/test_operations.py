@@ -25,6 +25,7 @@ from django_cio.operations import (
     Event,
     Identify,
     Merge,
+    Move,
     Operation,
     Page,
     Suppress,
@@ -44,6 +45,7 @@ def one_of_each() -> list[Operation]:
         Page("42", "https://shop.example/cart"),
         AnonymousEvent("anon-1", "viewed"),
         Delete("42"),
+        Move("42", to="eu", attributes={"email": SECRET}, timestamp=1_700_000_000),
         Suppress("42"),
         Unsuppress("42"),
         AddDevice("42", "tok", "ios", last_used=1_700_000_000, attributes={"app": "1.0"}),
@@ -269,6 +271,7 @@ def test_v1_requests():
             "name": "viewed", "data": {}, "id": anonymous.id, "timestamp": anonymous.timestamp,
             "anonymous_id": "anon-1"}),
         "delete": ("DELETE", "/api/v1/customers/42", {}),
+        "move": ("DELETE", "/api/v1/customers/42", {}),  # then an identify elsewhere
         "suppress": ("POST", "/api/v1/customers/42/suppress", {}),
         "unsuppress": ("POST", "/api/v1/customers/42/unsuppress", {}),
         "add_device": ("PUT", "/api/v1/customers/42/devices", {"device": {
@@ -292,6 +295,7 @@ def test_v2_items():
         "page": {**person, "action": "page", "name": "https://shop.example/cart",
                  "id": page.id, "timestamp": page.timestamp, "attributes": {}},
         "delete": {**person, "action": "delete"},
+        "move": {**person, "action": "delete"},
         "suppress": {**person, "action": "suppress"},
         "unsuppress": {**person, "action": "unsuppress"},
         "add_device": {**person, "action": "add_device", "device": {
