@@ -145,7 +145,7 @@ DEFAULT_WORKSPACE = "default"
 WORKSPACE_KEYS = ("SITE_ID", "API_KEY", "REGION", "TRACK_URL", "RATE_LIMIT",
                   "RATE_LIMIT_WORKERS", "QUEUE", "BATCH", "TIMEOUT")
 _OWN = {"site_id": None, "api_key": None, "region": OPTIONS["REGION"].default, "track_url": None}
-_WORKSPACE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+WORKSPACE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 _DOTTED = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+")
 DEFAULTS: dict[str, Any] = {key: option.default for key, option in OPTIONS.items()}
 NOT_A_DICT, UNKNOWN_KEYS, WORKSPACE_ID = "E001", "E009", "E028"
@@ -279,7 +279,7 @@ def _workspace_problems(user: dict[str, Any]) -> list[Problem]:
     for name, values in user["WORKSPACES"].items():
         where = f"CUSTOMERIO['WORKSPACES'][{name!r}]"
         if name == DEFAULT_WORKSPACE or not (isinstance(name, str)
-                                             and _WORKSPACE_NAME.fullmatch(name)):
+                                             and WORKSPACE_NAME.fullmatch(name)):
             problems.append(Problem(WORKSPACE_ID, f"{where}: a workspace name must be lowercase "
                                     "letters, digits, '-' or '_' (at most 40), and not "
                                     f"{DEFAULT_WORKSPACE!r} (the flat keys are that one)"))

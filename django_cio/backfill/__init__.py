@@ -20,11 +20,12 @@ from .runs import (
     since_field,
     start,
     stop,
+    workspace_of,
 )
 from .workers import deliver_page, queue, ranges
 
 __all__ = [
     "DEFAULT_OPTIONS", "LEASE", "Backfill", "Plan", "alive", "busy", "count_ids", "deliver_page",
     "new_run", "plan", "queryset", "queue", "ranges", "read_ids", "registered_labels",
-    "resolve_model", "resume", "since_field", "start", "stop",
+    "resolve_model", "resume", "since_field", "start", "stop", "workspace_of",
 ]

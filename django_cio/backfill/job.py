@@ -30,6 +30,7 @@ from ..operations import Operation
 from ..privacy import safe_reason
 from ..ratelimit import RateLimiter, get_limiter
 from ..registry import identify_op
+from ..routing import route
 from ..signals import OpResult
 from .runs import DEFAULT_OPTIONS, queryset, read_ids, resolve_model
 
@@ -81,8 +82,9 @@ class Backfill:
         self.run = run
         options = {**DEFAULT_OPTIONS, **run.options}
         self.batch_size, self.dedup = options["batch_size"], options["dedup"]
+        self.workspace = options["workspace"]
         self.model = resolve_model(run.model)
-        self.limiter = ShareOfLimit(get_limiter(), options["rate_share"], patient)
+        self.limiter = ShareOfLimit(get_limiter(self.workspace), options["rate_share"], patient)
         self.stop = threading.Event()
 
     def rows(self, after: Any = None, upto: Any = None) -> list[Any]:
@@ -114,13 +116,16 @@ class Backfill:
             yield RowPage(list(rows.filter(pk__in=chunk)), len(chunk), done)
 
     def build(self, rows: list[Any]) -> tuple[list[tuple[int, Operation]], list[int]]:
-        """The rows' identifies, each with its row's position, and the positions of rows that
-        could not become one (logged by pk, with the field at fault and never its value)."""
+        """The identifies of the rows whose person lives in the run's workspace (routed as live
+        traffic is), each with its row's position, and the positions of rows that could not
+        become one (logged by pk, with the field at fault and never its value)."""
         built: list[tuple[int, Operation]] = []
         invalid: list[int] = []
         for position, row in enumerate(rows):
             try:
                 op = identify_op(row, created=False)
+                if op is not None and route(op).workspace != self.workspace:
+                    continue  # another workspace's row: its own run sends it
             except Exception as exc:
                 invalid.append(position)
                 logger.error("customerio: backfill %s row pk=%s not sent (%s)",
@@ -139,8 +144,8 @@ class Backfill:
         results: list[OpResult] = []
         deadline = time.monotonic() + max_hold  # for all the waits together (a 429 storm)
         while ops:
-            delivery = Delivery([], failures, ops=ops, dedup=self.dedup, limiter=self.limiter,
-                                hold_retries=True)
+            delivery = Delivery([], failures, workspace=self.workspace, ops=ops,
+                                dedup=self.dedup, limiter=self.limiter, hold_retries=True)
             delivery.run()
             results += [r for r in delivery.results if r.status != "retrying"]
             if delivery.retry is None:

@@ -15,13 +15,14 @@ from django.apps import apps
 from django.db import models
 from django.utils import timezone
 
-from ..conf import get_settings
+from ..conf import DEFAULT_WORKSPACE, get_settings
 from ..exceptions import ConfigurationError
 from ..models import BackfillRun
 from ..operations import Identify
 from ..registry import identify_op, registry
 
-DEFAULT_OPTIONS = {"batch_size": 1000, "rate_share": 1.0, "dedup": False}
+DEFAULT_OPTIONS = {"batch_size": 1000, "rate_share": 1.0, "dedup": False,
+                   "workspace": DEFAULT_WORKSPACE}
 # A run untouched (by its process's heartbeat or a page) for LEASE seconds is taken for dead,
 # and --resume may pick it up.
 LEASE = 60
@@ -175,11 +176,17 @@ class Plan:
     seconds: float
 
 
+def workspace_of(run: BackfillRun) -> str:
+    """The workspace a run fills (runs from before there were several: the default one)."""
+    return str({**DEFAULT_OPTIONS, **run.options}["workspace"])
+
+
 def plan(run: BackfillRun) -> Plan:
     rows = queryset(resolve_model(run.model), run.filters)[:3]
     options = {**DEFAULT_OPTIONS, **run.options}
     requests = max(1, -(-run.total // options["batch_size"]))
-    seconds = requests / (get_settings().rate.per_second * options["rate_share"])
+    rate = get_settings(workspace_of(run)).rate.per_second
+    seconds = requests / (rate * options["rate_share"])
     return Plan([identify_op(row, created=False) for row in rows], requests, seconds)
 
 

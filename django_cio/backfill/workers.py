@@ -18,11 +18,11 @@ from django.utils import timezone
 
 from ..broker.messages import redelivered
 from ..broker.publish import BACKFILL_PAGE, publish_task
-from ..conf import get_settings
+from ..conf import DEFAULT_WORKSPACE, get_settings
 from ..delivery.retry import MAX_COUNTDOWN, backoff, too_many_deliveries
 from ..models import BackfillRun
 from .job import MAX_HOLD, Backfill, RowPage, json_pk, tally
-from .runs import queryset, resolve_model
+from .runs import queryset, resolve_model, workspace_of
 
 logger = logging.getLogger("django_cio")
 
@@ -57,7 +57,7 @@ def queue(run: BackfillRun, parts: int) -> int:
     try:
         for index, (after, upto) in enumerate(run.ranges):
             if after != upto:
-                publish_task(BACKFILL_PAGE, (run.pk, index))
+                publish_task(BACKFILL_PAGE, (run.pk, index), workspace=workspace_of(run))
     except Exception:
         run.status = BackfillRun.STOPPED
         run.save(update_fields=["status"])
@@ -78,7 +78,7 @@ def send_range_page(run_id: int, index: int, failures: int) -> tuple[int, float]
         return None
     BackfillRun.objects.using(alias).filter(pk=run_id).update(updated_at=timezone.now())
     job = Backfill(run, patient=False)
-    config = get_settings()
+    config = get_settings(job.workspace)
     if not config.batch:  # a request per row: no more rows than the limit sends in MAX_HOLD
         job.batch_size = min(job.batch_size, max(1, int(config.rate.per_second * MAX_HOLD)))
     rows = job.rows(after, upto)
@@ -128,7 +128,9 @@ def deliver_page(request: Any, run_id: int, index: int, failures: int = 0) -> No
         logger.error("customerio: backfill #%s failed; continue with: manage.py "
                      "cio_backfill --resume %s", run_id, run_id)
 
-    config = get_settings()
+    run = BackfillRun.objects.filter(pk=run_id).first()
+    workspace = workspace_of(run) if run is not None else DEFAULT_WORKSPACE
+    config = get_settings(workspace)
     if redelivered(request) and too_many_deliveries(request.id):
         give_up()  # a page that kills its worker
         return
@@ -143,7 +145,7 @@ def deliver_page(request: Any, run_id: int, index: int, failures: int = 0) -> No
     if again is None:
         return
     try:
-        publish_task(BACKFILL_PAGE, (run_id, index, again[0]),
+        publish_task(BACKFILL_PAGE, (run_id, index, again[0]), workspace=workspace,
                      countdown=min(again[1], MAX_COUNTDOWN) or None)
     except Exception as exc:  # the broker down: this message again, later; nothing is lost
         raise Reject(type(exc).__name__, requeue=True) from None

@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 from urllib.parse import quote
 
+from ..conf import WORKSPACE_NAME
 from ..exceptions import ValidationError
 from ..privacy import person_hash, safe_label, shown_id
 from .limits import (
@@ -60,13 +61,18 @@ class Operation:
     # Where it goes (``CUSTOMERIO["WORKSPACES"]``); None until ``routing.route`` picks one.
     workspace: str | None = field(default=None, kw_only=True, compare=False)
 
+    def __post_init__(self) -> None:
+        if self.workspace is not None:
+            self.route_to(self.workspace)
+
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
 
     def route_to(self, workspace: str) -> None:
         """Send this op to ``workspace`` (set once, before it is queued)."""
-        if not isinstance(workspace, str) or not workspace:
-            raise ValidationError(self.kind, "workspace", "must be a workspace name")
+        if not isinstance(workspace, str) or not WORKSPACE_NAME.fullmatch(workspace):
+            raise ValidationError(self.kind, "workspace", "must be a workspace name (lowercase "
+                                  "letters, digits, '-' or '_')")
         self._set("workspace", workspace)
 
     if TYPE_CHECKING:
@@ -123,9 +129,6 @@ class Operation:
             raise ValidationError("operation", "kind", "is not a known operation kind")
         if cls is Identify:  # queued before identifies carried the time of the change
             fields.setdefault("timestamp", None)
-        workspace = fields.get("workspace")
-        if workspace is not None and not (isinstance(workspace, str) and workspace):
-            raise ValidationError(cls.kind, "workspace", "must be a workspace name")
         try:
             return cls(**fields)
         except TypeError:
@@ -147,6 +150,7 @@ class _PersonOp(Operation):
     person_id: str
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._set("person_id", check_id(self.kind, "person_id", self.person_id))
 
     def v2(self) -> Json:
@@ -170,6 +174,7 @@ class Identify(Operation):
     timestamp: int | None = field(default_factory=now_seconds)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._set("person_id", check_id(self.kind, "person_id", self.person_id))
         self._set("attributes", check_attributes(self.kind, self.attributes))
         if self.timestamp is not None:
@@ -217,6 +222,7 @@ class Event(Operation):
     timestamp: int = field(default_factory=now_seconds)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._set("person_id", check_id(self.kind, "person_id", self.person_id))
         _check_event_fields(self, self.name_limit)
 
@@ -258,6 +264,7 @@ class AnonymousEvent(Operation):
     type: str = "event"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._set("anonymous_id", check_id(self.kind, "anonymous_id", self.anonymous_id))
         if self.type not in ("event", "page"):
             raise ValidationError(self.kind, "type", "must be 'event' or 'page'")
@@ -299,7 +306,7 @@ class Move(Delete):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.to, str) or not self.to:
+        if not isinstance(self.to, str) or not WORKSPACE_NAME.fullmatch(self.to):
             raise ValidationError(self.kind, "to", "must be a workspace name")
         self._set("attributes", check_attributes(self.kind, self.attributes))
         if self.timestamp is not None:
@@ -344,6 +351,7 @@ class AddDevice(Operation):
     attributes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._set("person_id", check_id(self.kind, "person_id", self.person_id))
         self._set("token", check_id(self.kind, "token", self.token, MAX_DEVICE_TOKEN_BYTES))
         if self.platform not in PLATFORMS:
@@ -388,6 +396,7 @@ class DeleteDevice(Operation):
     token: str
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._set("person_id", check_id(self.kind, "person_id", self.person_id))
         self._set("token", check_id(self.kind, "token", self.token, MAX_DEVICE_TOKEN_BYTES))
 
@@ -412,6 +421,7 @@ class Merge(Operation):
         return (self.primary, self.secondary)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._set("primary", check_id(self.kind, "primary", self.primary))
         self._set("secondary", check_id(self.kind, "secondary", self.secondary))
         if self.primary == self.secondary:

@@ -4,6 +4,7 @@ PostgreSQL, and the commands an operator runs."""
 import json
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.test import Client
 
@@ -11,7 +12,7 @@ import django_cio
 from django_cio.broker.outbox import park
 from django_cio.broker.relay import relay
 from django_cio.conf import get_settings
-from django_cio.models import DeadLetter, Outbox
+from django_cio.models import BackfillRun, DeadLetter, Outbox
 from django_cio.operations import Event, Identify
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -115,3 +116,39 @@ def test_a_move_identifies_in_the_new_workspace_only_once_the_old_one_deleted(
     cio_fake.configure(error_rate=0.0)
     wait_for(lambda: eu.store.people, timeout=60)
     assert cio_fake.store.people == {} and eu.store.people["p1"]["plan"] == "pro"
+
+
+@pytest.fixture
+def regional_users(eu, registrations):
+    @django_cio.register(User)
+    class UserCustomer(django_cio.Customer):
+        fields = ["username"]
+
+        def workspace(self, user):
+            return "eu" if user.last_name == "eu" else None
+
+    User.objects.bulk_create(User(username=f"u{n}", last_name="eu" if n % 3 == 0 else "")
+                             for n in range(30))
+
+
+@pytest.mark.parametrize("where", ["process", "workers"])
+def test_a_backfill_fills_one_workspace_at_a_time(regional_users, eu, cio_fake, where,
+                                                  worker, wait_for):
+    more = ["--async"] if where == "workers" else ["--quiet"]
+    call_command("cio_backfill", "auth.User", "--workspace", "eu", *more)
+    wait_for(lambda: len(eu.store.people) == 10)
+    assert cio_fake.store.people == {}
+    eu.store.reset()
+    call_command("cio_backfill", "auth.User", *more)  # a run per workspace
+    wait_for(lambda: len(cio_fake.store.people) == 20 and len(eu.store.people) == 10)
+    assert not set(eu.store.people) & set(cio_fake.store.people)
+    wait_for(lambda: BackfillRun.objects.filter(status="done").count() == 3)
+    runs = BackfillRun.objects.order_by("pk")
+    assert [(run.options["workspace"], run.sent, run.skipped) for run in runs] == [
+        ("eu", 10, 20), ("default", 20, 10), ("eu", 10, 20)]
+
+
+def test_a_backfill_of_an_unknown_workspace_is_a_usage_error(regional_users):
+    with pytest.raises(CommandError, match="'mars'") as failed:
+        call_command("cio_backfill", "auth.User", "--workspace", "mars")
+    assert failed.value.returncode == 2

@@ -339,6 +339,7 @@ def test_an_operation_built_from_any_fields_is_valid_or_refused_naming_the_field
         "token": TOKENS, "platform": PLATFORMS, "name": EVENT_NAMES if cls is not Page else URLS,
         "attributes": mappings, "data": mappings, "id": event_ids, "timestamp": timestamps,
         "last_used": timestamps, "type": st.sampled_from(["event", "page", "screen", "", None]),
+        "workspace": st.one_of(st.none(), STRINGS, INTS), "to": st.one_of(STRINGS, INTS),
     }
     moments = st.one_of(st.integers(0, 10**11 - 1), st.datetimes(
         min_value=datetime(1970, 1, 2), max_value=datetime(5000, 1, 1)))
@@ -349,6 +350,7 @@ def test_an_operation_built_from_any_fields_is_valid_or_refused_naming_the_field
         "data": st.dictionaries(PLAIN, PLAIN | st.integers() | st.floats(), max_size=3),
         "id": st.builds(lambda: Event("1", "x").id), "timestamp": moments, "last_used": moments,
         "type": st.sampled_from(["event", "page"]),
+        "workspace": st.sampled_from([None, "default", "eu"]), "to": st.sampled_from(["eu"]),
     }
     # Mostly plausible values, so that both sides are explored: each field is wild a third
     # of the time; the required fields are left out now and then.

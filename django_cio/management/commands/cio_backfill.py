@@ -54,6 +54,10 @@ class Command(BaseCommand):
                             help="Pages sent at once while one thread reads (default 1); "
                             "raise it when Customer.io answers slowly. With --async: the "
                             "number of pk ranges sent in parallel (default 4).")
+        parser.add_argument("--workspace", metavar="NAME",
+                            help="Only the rows of this workspace (routed as live traffic is: "
+                            "the registration's workspace(), else ROUTER, else default). "
+                            "Default: a run per configured workspace.")
         parser.add_argument("--dedup", action="store_true", default=None,
                             help="Skip identifies Customer.io already has (default: send all).")
         parser.add_argument("--async", action="store_true", dest="in_workers",
@@ -117,6 +121,10 @@ class Command(BaseCommand):
             raise ValueError("--async sends pk ranges: not with --ids-from")
         given = {key: options[key] for key in ("batch_size", "rate_share", "dedup")
                  if options[key] is not None}
+        workspaces = get_settings().workspace_names
+        if options["workspace"] is not None:
+            get_settings(options["workspace"])  # an unknown name is a usage error
+            workspaces = (options["workspace"],)
         if options["resume"]:
             wanted = None if options["resume"] == "last" else _run_id(options["resume"])
             return [backfill.resume(wanted, in_workers=options["in_workers"],
@@ -129,8 +137,9 @@ class Command(BaseCommand):
             raise ValueError("name a model (app_label.Model), --all, or --resume a run")
         filters = dict(_pair(where) for where in options["where"])
         since = _moment(options["since"]) if options["since"] else None
-        return [backfill.new_run(label, filters, since, options["ids_from"], **given)
-                for label in labels]  # saved when they start
+        return [backfill.new_run(label, filters, since, options["ids_from"], workspace=workspace,
+                                 **given)
+                for label in labels for workspace in workspaces]  # saved when they start
 
     def stop_run(self, pk: int) -> None:
         backfill.stop(pk)
@@ -147,7 +156,8 @@ class Command(BaseCommand):
                                f"{run.pk}", returncode=1) from None
         self.stdout.write(
             f"Backfill #{run.pk} of {run.model}: {run.total:,} row(s) queued in "
-            f"{ranges} range(s) on {get_settings().queue!r}. Follow it with "
+            f"{ranges} range(s) on {get_settings(backfill.workspace_of(run)).queue!r}. "
+            "Follow it with "
             f"manage.py cio_status or the admin; stop it with manage.py cio_backfill --stop "
             f"{run.pk}.")
 
