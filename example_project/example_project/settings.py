@@ -71,6 +71,14 @@ CUSTOMERIO = {
     "PAGE_VIEWS": True,
     # Identify dedup keeps its memory in Redis (atomic scripts): off with the cache in files.
     "DEDUP_TTL": 300 if REDIS_URL else 0,
+    # The shop's European customers live in a workspace of their own, in the EU region (see
+    # shop/customerio.py for who goes there). Its queue is "customerio.eu".
+    "WORKSPACES": {"eu": {
+        "SITE_ID": os.environ.get("CUSTOMERIO_EU_SITE_ID", "demo-eu-site"),
+        "API_KEY": os.environ.get("CUSTOMERIO_EU_API_KEY", "demo-eu-key"),
+        "REGION": "eu",
+        "TRACK_URL": os.environ.get("CUSTOMERIO_EU_TRACK_URL"),
+    }},
 }
 
 for folder in (STATE_DIR, STATE_DIR / "broker", STATE_DIR / "cache"):

@@ -23,7 +23,11 @@ def test_the_demo_runs_end_to_end_with_no_services(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "people:   3" in out and "order_placed x2" in out and "login x1" in out
+    us, eu = out.split("What Customer.io's US workspace")[1].split("What Customer.io's EU")
+    assert "people:   3" in us and "order_placed x2" in us and "login x1" in us
+    assert "marie" not in us  # a customer in France lands in the EU workspace only
+    assert "people:   1" in eu and "@example.fr" in eu
+    assert "login x1" in eu and "order_placed x1" in eu
     assert "retries:  1 request(s)" in out
     assert "dedup:    off (no Redis cache)" in out  # a cache in files: dedup needs Redis
     assert "duplicate event ids: 0" in out and "Demo OK." in out

@@ -26,9 +26,9 @@ from django_cio.fakeserver import FakeTrackAPI
 class Command(BaseCommand):
     help = (
         "Run the example shop end to end: migrate, start the bundled fake Customer.io Track "
-        "API and a Celery worker, sign up users, log one in, place orders and browse pages, "
-        "wait for delivery, print what Customer.io received, and stop everything it started. "
-        "Exit status 0 when every expected op arrived."
+        "API (a US and an EU workspace) and a Celery worker, sign up users, log them in, place "
+        "orders and browse pages, wait for delivery, print what each workspace received, and "
+        "stop everything it started. Exit status 0 when every expected op arrived."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -42,7 +42,10 @@ class Command(BaseCommand):
         cio = get_settings()
         with FakeTrackAPI(site_id=cio.site_id or "", api_key=cio.api_key or "",
                           latency_ms=20) as fake:
-            self.stdout.write(f"Fake Customer.io Track API on {fake.url}")
+            eu = get_settings("eu")
+            fake.add_site(eu.site_id or "", eu.api_key or "", region="eu", latency_ms=20)
+            self.stdout.write(f"Fake Customer.io Track API on {fake.url}, serving a US and an "
+                              "EU workspace")
             # Stopped like Ctrl-C, so the worker is stopped too (and not left running).
             signal.signal(signal.SIGTERM, signal.default_int_handler)
             worker = _start_worker(fake.url)
@@ -70,6 +73,12 @@ class Command(BaseCommand):
         for name in ("grace", "linus"):
             Client().post("/signup/", {"email": f"{name}-{run}@example.com",
                                        "first_name": name.title(), "password": "pw-12345"})
+        self.stdout.write("Marie, in France, signs up, logs in and orders: her data goes to "
+                          "the EU workspace.")
+        marie, european = f"marie-{run}@example.fr", Client()
+        european.post("/signup/", {"email": marie, "first_name": "Marie", "password": "pw-12345"})
+        european.post("/login/", {"email": marie, "password": "pw-12345"})
+        european.post("/orders/", {"total": "12.00"})
         self.stdout.write("Ada's row is saved twice more, unchanged: dedup drops what "
                           "Customer.io already has." if dedup.enabled() else
                           "Ada's row is saved twice more, unchanged (identify dedup needs a "
@@ -77,53 +86,67 @@ class Command(BaseCommand):
         for _ in range(2):
             time.sleep(1.5)  # the previous identify has been delivered (and remembered)
             get_user_model().objects.get(username=ada).save()
-        return {"order_placed": 2, "login": 1, "viewed_pricing": 1}
+        # The events that must arrive, per workspace (its site id).
+        return {get_settings().site_id: {"order_placed": 2, "login": 1, "viewed_pricing": 1},
+                get_settings("eu").site_id: {"order_placed": 1, "login": 1}}
 
-    def wait(self, fake: FakeTrackAPI, expected: dict[str, int], timeout: float) -> None:
+    def wait(self, fake: FakeTrackAPI, expected: dict[str, dict[str, int]],
+             timeout: float) -> None:
         deadline = time.monotonic() + timeout
         last, still_since = None, time.monotonic()
         while time.monotonic() < deadline:
-            names = Counter(event["name"] for event in fake.store.events)
-            stats = fake.store.stats()
-            snapshot = (stats["requests"], stats["ops_total"])
+            sites = [fake.sites[site_id].store for site_id in expected]
+            snapshot = [(store.stats()["requests"], store.stats()["ops_total"]) for store in sites]
             if snapshot != last:
                 last, still_since = snapshot, time.monotonic()
-            done = all(names[name] >= count for name, count in expected.items())
+            done = all(_names(fake.sites[site_id].store)[name] >= count
+                       for site_id, names in expected.items() for name, count in names.items())
             if done and time.monotonic() - still_since > 2:
                 return
             time.sleep(0.2)
-        raise CommandError(f"not everything arrived within {timeout:.0f} s: "
-                           f"{dict(Counter(e['name'] for e in fake.store.events))}; "
+        arrived = {site_id: dict(_names(site.store)) for site_id, site in fake.sites.items()}
+        raise CommandError(f"not everything arrived within {timeout:.0f} s: {arrived}; "
                            f"see {settings.STATE_DIR / 'worker.log'}")
 
     def report(self, fake: FakeTrackAPI) -> None:
-        stats = fake.store.stats()
         out = self.stdout.write
-        out("\nWhat Customer.io received:")
-        out(f"  people:   {stats['people']}")
-        for person, attributes in fake.store.people.items():
-            out(f"    {person:>4}  {attributes.get('email', '')}")
-        names = Counter(event["name"] for event in fake.store.events)
-        out(f"  events:   {stats['events']}  "
-            f"({', '.join(f'{name} x{count}' for name, count in names.items())})")
-        out(f"  ops:      {stats['ops_total']}  {stats['ops']}")
-        out(f"  requests: {stats['requests']}  statuses {stats['statuses']}  "
-            f"ops per request {stats['ops_per_request']}")
-        retries = sum(count for status, count in stats["statuses"].items() if int(status) >= 500)
+        for site in fake.sites.values():
+            self.report_site(site.store, f"{site.region.upper()} workspace ({site.site_id})")
+        stats = [site.store.stats() for site in fake.sites.values()]
+        retries = sum(count for site in stats for status, count in site["statuses"].items()
+                      if int(status) >= 500)
         now, before = dedup.counters(), self.dedup_before
         dropped = now.get("hits", 0) - before.get("hits", 0)
         sent = now.get("misses", 0) - before.get("misses", 0)
+        out("\nBoth workspaces:")
         out(f"  retries:  {retries} request(s) failed and were retried")
         out(f"  dedup:    {dropped} unchanged identify(s) dropped, {sent} sent" if dedup.enabled()
             else "  dedup:    off (no Redis cache), every identify sent")
-        out(f"  duplicate event ids: {stats['duplicate_event_ids']}")
+        duplicates = sum(site["duplicate_event_ids"] for site in stats)
+        out(f"  duplicate event ids: {duplicates}")
         self.stdout.write(self.style.SUCCESS("\nDemo OK."))
+
+    def report_site(self, store: Any, title: str) -> None:
+        stats, out = store.stats(), self.stdout.write
+        out(f"\nWhat Customer.io's {title} received:")
+        out(f"  people:   {stats['people']}")
+        for person, attributes in store.people.items():
+            out(f"    {person:>4}  {attributes.get('email', '')}")
+        out(f"  events:   {stats['events']}  "
+            f"({', '.join(f'{name} x{count}' for name, count in _names(store).items())})")
+        out(f"  ops:      {stats['ops_total']}  {stats['ops']}")
+        out(f"  requests: {stats['requests']}  statuses {stats['statuses']}  "
+            f"ops per request {stats['ops_per_request']}")
+
+
+def _names(store: Any) -> Counter[str]:
+    return Counter(event["name"] for event in store.events)
 
 
 def _start_worker(track_url: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CUSTOMERIO_TRACK_URL": track_url}
+    env = {**os.environ, "CUSTOMERIO_TRACK_URL": track_url, "CUSTOMERIO_EU_TRACK_URL": track_url}
     command = [sys.executable, "-m", "celery", "-A", "example_project", "worker",
-               "-Q", get_settings().queue, "-c", "2", "-l", "WARNING",
+               "-Q", ",".join(_queues()), "-c", "2", "-l", "WARNING",
                "--without-gossip", "--without-mingle", "--without-heartbeat"]
     with (settings.STATE_DIR / "worker.log").open("wb") as log:
         # A session of its own: the worker and its pool processes are stopped as one group.
@@ -147,4 +170,11 @@ def _purge_queue() -> None:
     from example_project.celery import app
 
     with contextlib.suppress(Exception), app.connection_for_write() as connection:
-        connection.default_channel.queue_purge(get_settings().queue)  # if it exists yet
+        for queue in _queues():
+            with contextlib.suppress(Exception):
+                connection.default_channel.queue_purge(queue)  # if it exists yet
+
+
+def _queues() -> list[str]:
+    """Every workspace's queue: this worker serves them all."""
+    return [get_settings(name).queue for name in get_settings().workspace_names]
