@@ -1,8 +1,9 @@
 """The Kubernetes manifests in ``deploy/k8s`` agree with each other and with django-cio.
 
-Structural checks on the parsed YAML always run. If ``kubeconform`` is on PATH, it validates
-the manifests against the Kubernetes schemas too; if ``kubectl`` (or ``kustomize``) is, the
-kustomization must build. Neither is required: without them the structural checks still run.
+Every object is validated against the Kubernetes schemas (kubernetes-validate, strict: an
+unknown field fails); KEDA's ScaledObject, a custom resource with no schema there, is checked
+field by field below. The kustomization is built (``kustomize build``, or ``kubectl
+kustomize``) to check what each workspace's overlay makes of the base.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -35,10 +37,14 @@ def load(name: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
 
 
+def files() -> list[str]:
+    """The YAML files of deploy/k8s, as paths relative to it."""
+    return sorted(str(path.relative_to(K8S)) for path in K8S.rglob("*.yaml"))
+
+
 def manifests() -> list[dict[str, Any]]:
-    """Every Kubernetes object in deploy/k8s (the kustomization is not one)."""
-    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in load(path.name)
-            if doc.get("kind") != "Kustomization"]
+    """Every Kubernetes object in deploy/k8s's files (kustomizations are not objects)."""
+    return [doc for name in files() for doc in load(name) if doc.get("kind") != "Kustomization"]
 
 
 def find(kind: str, name: str | None = None) -> dict[str, Any]:
@@ -74,10 +80,21 @@ def worker_command() -> list[str]:
     return [str(word) for word in container(deployment("worker"))["command"]]
 
 
+def queue_of(manifest: dict[str, Any]) -> str | None:
+    """The queue a worker Deployment consumes: its ``-Q``, with ``$(VAR)`` taken from its env
+    as Kubernetes expands it."""
+    spec = container(manifest)
+    queue = option([str(word) for word in spec["command"]], "-Q", "--queues")
+    env = {variable["name"]: variable.get("value") for variable in spec.get("env", [])}
+    if queue and queue.startswith("$(") and queue.endswith(")"):
+        return env.get(queue[2:-1])
+    return queue
+
+
 def test_every_file_holds_named_objects_with_unique_names():
-    names = {path.name for path in K8S.glob("*.yaml")}
-    assert {"configmap.yaml", "secret.example.yaml", "worker.yaml",
-            "keda-scaledobject.yaml", "hpa.yaml", "kustomization.yaml"} <= names
+    assert {"configmap.yaml", "secret.example.yaml", "kustomization.yaml",
+            "worker/worker.yaml", "worker/keda-scaledobject.yaml", "worker/hpa.yaml",
+            "worker/kustomization.yaml", "workspaces/eu/kustomization.yaml"} <= set(files())
     seen = [(doc["kind"], doc["metadata"]["name"]) for doc in manifests()]
     assert all(doc.get("apiVersion") for doc in manifests())
     assert len(seen) == len(set(seen)), seen
@@ -99,7 +116,7 @@ def test_every_deployment_selects_exactly_its_own_pods():
 def test_worker_consumes_only_the_delivery_queue_one_message_at_a_time():
     command = worker_command()
     assert command[:4] == ["celery", "-A", "proj", "worker"]
-    assert option(command, "-Q", "--queues") == QUEUE == "customerio"
+    assert queue_of(deployment("worker")) == QUEUE == "customerio"
     assert option(command, "--prefetch-multiplier") == "1"
     concurrency = int(option(command, "-c", "--concurrency") or 0)
     assert 1 <= concurrency <= 8  # sized for the 2 cores the pod may use
@@ -183,7 +200,7 @@ def test_keda_scales_on_the_delivery_queue_list():
     assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (MIN_PODS, MAX_PODS)
     triggers = {trigger["type"]: trigger for trigger in spec["triggers"]}
     redis = triggers["redis"]["metadata"]
-    assert redis["listName"] == QUEUE == option(worker_command(), "-Q", "--queues")
+    assert redis["listName"] == QUEUE == queue_of(deployment("worker"))
     assert int(redis["listLength"]) == MESSAGES_PER_POD
     assert triggers["cpu"]["metricType"] == "Utilization"
     assert int(triggers["cpu"]["metadata"]["value"]) == CPU_PERCENT
@@ -218,42 +235,59 @@ def test_keda_behaviour_is_the_hpa_behaviour():
     assert behavior_of(keda) == BEHAVIOR
 
 
-def test_kustomization_lists_one_autoscaler_and_no_secret():
-    (kustomization,) = load("kustomization.yaml")
-    resources = kustomization["resources"]
-    assert all((K8S / name).is_file() for name in resources)
-    assert {"configmap.yaml", "worker.yaml"} <= set(resources)
-    assert len({"keda-scaledobject.yaml", "hpa.yaml"} & set(resources)) == 1
-    assert not any("secret" in name for name in resources)
+def test_kustomizations_list_one_autoscaler_no_secret_and_the_workspaces():
+    (top,) = load("kustomization.yaml")
+    assert top["resources"][:2] == ["configmap.yaml", "worker"]
+    assert all((K8S / name).exists() for name in top["resources"])
+    (worker,) = load("worker/kustomization.yaml")
+    assert len({"keda-scaledobject.yaml", "hpa.yaml"} & set(worker["resources"])) == 1
+    assert not any("secret" in name for name in top["resources"] + worker["resources"])
+    (eu,) = load("workspaces/eu/kustomization.yaml")
+    assert eu["resources"] == ["../../worker"] and eu["nameSuffix"] == "-eu"
 
 
-def run(command: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+@pytest.mark.parametrize("name", [name for name in files() if "kustomization" not in name])
+def test_every_object_is_valid_against_the_kubernetes_schemas(name):
+    for doc in load(name):
+        if doc["kind"] == "ScaledObject":  # a custom resource: checked field by field here
+            continue
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
 
 
-def test_external_validators_when_installed():
-    """kubeconform and kustomize when present; the structural check below always runs."""
-    files = sorted(str(path) for path in K8S.glob("*.yaml") if path.name != "kustomization.yaml")
-    kubeconform = shutil.which("kubeconform")
-    if kubeconform:  # the KEDA CRD has no schema in kubeconform's default set
-        result = run([kubeconform, "-strict", "-summary", "-ignore-missing-schemas", *files])
-        assert result.returncode == 0, result.stdout + result.stderr
+def build() -> list[dict[str, Any]]:
+    """The objects ``kubectl apply -k deploy/k8s`` would apply."""
     kustomize = ([shutil.which("kustomize"), "build"] if shutil.which("kustomize") else
                  [shutil.which("kubectl"), "kustomize"] if shutil.which("kubectl") else None)
-    (kustomization,) = load("kustomization.yaml")
-    expected = sorted((doc["kind"], doc["metadata"]["name"])
-                      for name in kustomization["resources"] for doc in load(name))
-    if kustomize:
-        result = run([*kustomize, str(K8S)])
-        assert result.returncode == 0, result.stderr
-        built = sorted((doc["kind"], doc["metadata"]["name"])
-                       for doc in yaml.safe_load_all(result.stdout) if doc)
-        assert built == expected
-    assert ("Deployment", "django-cio-worker") in expected
+    assert kustomize, "kustomize or kubectl must be on PATH to build deploy/k8s"
+    result = subprocess.run([*kustomize, str(K8S)], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-@pytest.mark.parametrize("name", ["configmap.yaml", "secret.example.yaml", "worker.yaml",
-                                  "keda-scaledobject.yaml", "hpa.yaml"])
+def test_each_workspace_gets_workers_on_its_own_queue_scaled_on_its_length():
+    built = build()
+    workers = {doc["metadata"]["name"]: doc for doc in built if doc["kind"] == "Deployment"}
+    scalers = [doc for doc in built if doc["kind"] == "ScaledObject"]
+    assert {name: queue_of(doc) for name, doc in workers.items()} == {
+        "django-cio-worker": QUEUE, "django-cio-worker-eu": f"{QUEUE}.eu"}
+    for scaler in scalers:  # each scales its own workspace's workers on its own queue
+        target = workers[scaler["spec"]["scaleTargetRef"]["name"]]
+        (redis,) = [t["metadata"] for t in scaler["spec"]["triggers"] if t["type"] == "redis"]
+        assert redis["listName"] == queue_of(target)
+    assert len(scalers) == len(workers)
+    for manifest in workers.values():  # no Deployment selects another's pods
+        selector = manifest["spec"]["selector"]["matchLabels"]
+        for other in workers.values():
+            labels = other["spec"]["template"]["metadata"]["labels"]
+            assert (selector.items() <= labels.items()) == (other is manifest)
+    for doc in built:
+        if doc["kind"] != "ScaledObject":
+            kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+@pytest.mark.parametrize("name", ["configmap.yaml", "secret.example.yaml", "worker/worker.yaml",
+                                  "worker/keda-scaledobject.yaml", "worker/hpa.yaml"])
 def test_each_object_carries_the_app_label(name):
     for doc in load(name):
         assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "django-cio"
