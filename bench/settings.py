@@ -1,5 +1,6 @@
 """Django settings of the benchmark workers, from the environment the benchmark sets."""
 
+import json
 import os
 
 import dj_database_url
@@ -22,5 +23,7 @@ CUSTOMERIO = {
     "TRACK_URL": os.environ.get("CUSTOMERIO_TRACK_URL"),
     "QUEUE": os.environ.get("CIO_BENCH_QUEUE", "customerio"),
     "RATE_LIMIT": os.environ.get("CIO_BENCH_RATE", "80/s"),
+    # bench/workspaces.py: more workspaces (JSON).
+    "WORKSPACES": json.loads(os.environ.get("CIO_BENCH_WORKSPACES", "{}")),
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
