@@ -26,6 +26,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from . import metrics
@@ -119,6 +120,19 @@ def parse_retry_after(value: str | None) -> float | None:
             when = when.replace(tzinfo=timezone.utc)
         seconds = (when - datetime.now(timezone.utc)).total_seconds()
     return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a requests error comes from a timeout somewhere in its causes."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # a short chain: requests wraps urllib3, which wraps the socket's
+        if seen is None:
+            break
+        if isinstance(seen, (TimeoutError, urllib3.exceptions.TimeoutError)):
+            return True
+        wrapped = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        seen = seen.__cause__ or wrapped or seen.__context__
+    return False
 
 
 class TrackClient:
@@ -286,7 +300,9 @@ class TrackClient:
         except requests.Timeout:
             failure = "timeout"
         except requests.RequestException as exc:
-            failure = f"network error ({type(exc).__name__})"
+            # A body that stalls after the headers times out as a ConnectionError.
+            failure = ("timeout" if _timed_out(exc) else
+                       f"network error ({type(exc).__name__})")
         seconds = time.perf_counter() - started
         if failure:
             metrics.request(self.workspace, "error", seconds)

@@ -24,7 +24,7 @@ from typing import Any
 from django.db import connections
 from django.utils import timezone
 
-from ..delivery.engine import MAX_LIMITER_WAIT, Delivery
+from ..delivery.engine import Delivery
 from ..models import BackfillRun
 from ..operations import Operation
 from ..privacy import safe_reason
@@ -40,7 +40,7 @@ logger = logging.getLogger("django_cio")
 HEARTBEAT = 10
 # Longest an --async task waits for a retry inside the worker; longer, the page goes back to
 # the broker with a countdown.
-MAX_HOLD = MAX_LIMITER_WAIT
+MAX_HOLD = 5
 
 
 class ShareOfLimit:

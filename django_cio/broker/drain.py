@@ -28,6 +28,8 @@ def drain(queue: str, max_messages: int, max_ops: int) -> list[Message]:
     taking = Taking(queue_binding(queue), max_messages, max_ops)
     try:
         (redis if redis.on_redis(taking.bound.channel) else amqp).drain(taking)
+        for message in taking.messages:
+            message.queue = queue
     except Exception:
         # What was taken and not acknowledged returns to the queue with the connection: none
         # of it is ours to deliver now (delivered too, it would arrive twice).
@@ -42,7 +44,7 @@ def settle(messages: Sequence[Message]) -> None:
     try:
         for message in queued:  # first: an AMQP ack of many covers every earlier tag
             if message.error is not None:
-                _requeue(message.queued)
+                _requeue(message)
         done = [message.queued for message in queued if message.error is None]
         if done:
             (redis if redis.on_redis(done[0].channel) else amqp).ack(done)
@@ -50,28 +52,32 @@ def settle(messages: Sequence[Message]) -> None:
         reconnect()
 
 
-def _requeue(queued: Any) -> None:
+def _requeue(message: Message) -> None:
     """Return a message whose ops could not be handled, marked as back from a failure."""
+    queued = message.queued
     if redis.on_redis(queued.channel):
         # One MULTI/EXEC moving it from unacked to the queue, marked redelivered; Redis has
         # no delivery limit.
         queued.reject(requeue=True)
     else:
-        amqp.republish(queued, _local.name, mark=True)
+        amqp.republish(queued, str(message.queue), mark=True)
 
 
 _local = threading.local()
 
 
 def queue_binding(name: str) -> Any:
-    """This thread's queue binding on its own broker connection (made once)."""
-    if getattr(_local, "pid", None) != os.getpid() or getattr(_local, "name", None) != name:
+    """This thread's binding of queue ``name`` on its own broker connection (one connection
+    per thread, whichever workspaces' queues a worker drains)."""
+    if getattr(_local, "pid", None) != os.getpid() or _local.connection is None:
         from celery import current_app
 
         _local.connection = current_app.connection_for_read()
-        _local.pid, _local.name = os.getpid(), name
-        _local.queue = kombu.Queue(name, no_declare=True)(_local.connection.default_channel)
-    return _local.queue
+        _local.pid, _local.bindings = os.getpid(), {}
+    if name not in _local.bindings:
+        _local.bindings[name] = kombu.Queue(name, no_declare=True)(
+            _local.connection.default_channel)
+    return _local.bindings[name]
 
 
 def reconnect() -> None:

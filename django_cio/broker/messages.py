@@ -20,6 +20,7 @@ class Message:
     failures: int = 0
     error: BaseException | None = None  # set when its ops must go back to the broker
     queued: Any = None  # the kombu message, for drained ones (to acknowledge it)
+    queue: str | None = None  # the queue a drained one came from (to hand it back there)
 
     @classmethod
     def of(cls, ops: Any, failures: Any, queued: Any = None) -> Message:

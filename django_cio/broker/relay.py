@@ -26,6 +26,7 @@ from django.db import DatabaseError, connections, router, transaction
 from django.utils import timezone
 
 from ..conf import get_settings
+from ..exceptions import ConfigurationError
 from ..models import Outbox
 from .publish import publish_ops
 
@@ -63,12 +64,16 @@ def relay_locked(alias: str, limit: int) -> int:
             Outbox.objects.using(alias).select_for_update(skip_locked=True)
             .filter(not_before__lte=timezone.now()).order_by("id")[:limit]
         )
-        done = []
+        done: list[int] = []
+        unknown: list[int] = []
         for row in rows:
-            if not _publish(row):
-                break  # the broker is down: the rest waits for the next relay
-            done.append(row.pk)
+            outcome = _publish(row)
+            if outcome is BROKER_DOWN:
+                break  # the rest waits for the next relay
+            (done if outcome is PUBLISHED else unknown).append(row.pk)
         Outbox.objects.using(alias).filter(pk__in=done).delete()
+        Outbox.objects.using(alias).filter(pk__in=unknown).update(
+            not_before=timezone.now() + ROW_LEASE)  # others' rows first, this one later
     return len(done)
 
 
@@ -84,21 +89,33 @@ def relay_leased(alias: str, limit: int) -> int:
         if not rows.update(not_before=timezone.now() + ROW_LEASE):
             continue  # another relay took it
         row = Outbox.objects.using(alias).get(pk=pk)
-        if not _publish(row):
+        outcome = _publish(row)
+        if outcome is BROKER_DOWN:
             Outbox.objects.using(alias).filter(pk=pk).update(not_before=not_before)  # give back
             break
-        row.delete()
-        published += 1
+        if outcome is PUBLISHED:  # else leased for ROW_LEASE: others' rows first
+            row.delete()
+            published += 1
     return published
 
 
-def _publish(row: Outbox) -> bool:
+PUBLISHED, BROKER_DOWN, UNKNOWN_WORKSPACE = "published", "broker down", "unknown workspace"
+
+
+def _publish(row: Outbox) -> str:
+    """Publish a row's message: ``PUBLISHED``; ``BROKER_DOWN`` (it stays, and so do the rows
+    after it); or ``UNKNOWN_WORKSPACE``: its workspace is not in these settings (removed, or
+    added by a deploy this worker has not got yet), so it stays for a relay that knows it and
+    the others' rows go on."""
     try:
         publish_ops(row.ops, failures=row.failures)
+    except ConfigurationError as exc:
+        logger.error("customerio: outbox message #%s kept: %s", row.pk, exc)
+        return UNKNOWN_WORKSPACE
     except Exception as exc:  # the row stays for the next relay
         logger.warning("customerio: outbox relay cannot reach the broker (%s)", type(exc).__name__)
-        return False
-    return True
+        return BROKER_DOWN
+    return PUBLISHED
 
 
 class OutboxRelay(bootsteps.StartStopStep):

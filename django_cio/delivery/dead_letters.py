@@ -13,6 +13,7 @@ from .. import metrics
 from ..broker.messages import MAX_FAILURES
 from ..broker.outbox import publish_or_park
 from ..broker.publish import split
+from ..conf import get_settings
 from ..models import DeadLetter
 from ..operations import Json
 
@@ -53,8 +54,10 @@ def _storable(raw: Any) -> Json:
 
 def replay(letters: QuerySet[DeadLetter]) -> int:
     """Queue these letters' ops again (with their original event ids) and delete the letters
-    that the broker (or, if it is down, the Outbox) took; return how many it took."""
-    by_op = {id(letter.op): letter for letter in letters}
+    that the broker (or, if it is down, the Outbox) took; return how many it took. Letters of
+    a workspace the settings no longer have are kept."""
+    known = get_settings().workspace_names
+    by_op = {id(letter.op): letter for letter in letters.filter(workspace__in=known)}
     replayed = []
     for chunk in split([letter.op for letter in by_op.values()]):
         if publish_or_park(chunk, using=letters.db):  # kept until the message is safe

@@ -38,9 +38,10 @@ logger = logging.getLogger("django_cio")
 # worth of small ops, taken in a few milliseconds.
 MAX_DRAINED_MESSAGES = 500
 MAX_DRAINED_OPS = 2000
-# Longest a worker sleeps for the shared rate limit before handing the ops back to the broker
-# (a backlog larger than this many seconds of the limit waits in the queue, not in workers).
-MAX_LIMITER_WAIT = 5
+# Longest a delivery sleeps for the shared rate limit, over all its requests, before handing
+# the rest back to the broker: a backlog larger than this many seconds of the limit waits in
+# the queue, not in workers that other workspaces' queues need too.
+MAX_LIMITER_WAIT = 2
 # Longest a deliver task runs before it hands what is left to a new message: a Celery time
 # limit must never be what ends a delivery (a hard limit kills the process mid-request). A task
 # with a time limit of its own stops at 80% of it.
@@ -133,6 +134,7 @@ class Delivery:
     retry: tuple[int, float] | None = None  # held retry: (failure count, seconds to wait)
     throttled_for: float | None = None  # the limiter had no slot for this long
     held: str = "throttled"  # why ops were handed back without a request (no retry counted)
+    probing: bool = False  # trying an API marked as not answering (its timeouts count no retry)
     deadline: float = float("inf")  # time.monotonic() by which the rest is handed over
     ops: list[Operation] | None = None  # parsed (or given), as pre_send left them
     results: list[OpResult] = field(default_factory=list)
@@ -208,6 +210,7 @@ class Delivery:
                 self.throttled_for, self.held = outage.probe_every(config), "not answering"
                 self.pending = list(ops)
                 return
+            self.probing = silent
             limiter = self.limiter or get_limiter(self.workspace)
             fresh = collapse(ops)
             if self.dedup:
@@ -218,6 +221,7 @@ class Delivery:
             ops = fresh
             dedup.forget(ops)
         requests = list(pack(ops, batch=config.batch))
+        waited = 0.0  # on the limiter, over this delivery's requests
         for number, request in enumerate(requests):
             left = self.deadline - time.monotonic()
             if number and left < config.timeout:  # a request now could outlast the task's time
@@ -225,12 +229,15 @@ class Delivery:
                 self.pending = [op for later in requests[number:] for op in later.ops]
                 break
             if limiter is not None:
+                began = time.monotonic()
+                budget = min(MAX_LIMITER_WAIT - waited, left - config.timeout)
                 try:
-                    limiter.acquire(max_wait=max(0.0, min(MAX_LIMITER_WAIT, left - config.timeout)))
+                    limiter.acquire(max_wait=max(0.0, budget))
                 except Throttled as throttled:  # our own limit: come back when it has room
                     self.throttled_for = throttled.wait
                     self.pending = [op for later in requests[number:] for op in later.ops]
                     break
+                waited += time.monotonic() - began
             try:
                 if request.batch:
                     refused = backend.send_batch(request.ops)
@@ -286,6 +293,8 @@ class Delivery:
             wait = min(wait, config.retry_after_max)
         elif isinstance(error, PermanentError):  # credentials refused: nor is a bad key
             failures, wait = self.failures, credentials.HOLD_FOR
+        elif self.probing and error.reason == "timeout":  # nor an API known to be down
+            failures, wait = self.failures, outage.probe_every(config)
         else:
             failures = self.failures + 1
             if failures > config.max_retries:

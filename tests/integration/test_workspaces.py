@@ -10,8 +10,10 @@ from django.test import Client
 
 import django_cio
 from django_cio.broker.outbox import park
+from django_cio.broker.publish import DELIVER, publish_task
 from django_cio.broker.relay import relay
 from django_cio.conf import get_settings
+from django_cio.delivery import retry
 from django_cio.models import BackfillRun, DeadLetter, Outbox
 from django_cio.operations import Event, Identify
 
@@ -152,3 +154,67 @@ def test_a_backfill_of_an_unknown_workspace_is_a_usage_error(regional_users):
     with pytest.raises(CommandError, match="'mars'") as failed:
         call_command("cio_backfill", "auth.User", "--workspace", "mars")
     assert failed.value.returncode == 2
+
+
+def test_same_identify_in_two_workspaces_is_sent_to_both(eu, worker, cio_fake, wait_for):
+    django_cio.identify("1", email="a@example.com", plan="pro")
+    wait_for(lambda: "1" in cio_fake.store.people)
+    django_cio.workspace("eu").identify("1", email="a@example.com", plan="pro")
+    wait_for(lambda: "1" in eu.store.people, timeout=15)
+    assert eu.store.people["1"] == {"email": "a@example.com", "plan": "pro"}
+
+
+def test_move_back_and_forth_lands_each_time(eu, worker, cio_fake, wait_for):
+    django_cio.identify("2", plan="pro")
+    wait_for(lambda: "2" in cio_fake.store.people)
+    django_cio.move("2", "default", "eu", plan="pro")
+    wait_for(lambda: "2" in eu.store.people and "2" not in cio_fake.store.people)
+    django_cio.move("2", "eu", "default", plan="pro")
+    wait_for(lambda: "2" in cio_fake.store.people and "2" not in eu.store.people)
+    django_cio.move("2", "default", "eu", plan="pro")
+    wait_for(lambda: "2" in eu.store.people and "2" not in cio_fake.store.people)
+
+
+def test_move_arrival_parked_when_the_broker_refuses_it(eu, worker, cio_fake, wait_for,
+                                                       monkeypatch):
+    """The old workspace took the delete, then the broker refuses the arrival's publish (a
+    fault injected at the publish, to hit that moment exactly): the arrival waits in the
+    Outbox for eu, and the relay delivers it to eu only."""
+
+    real = retry.publish_ops
+    failed = []
+
+    def refuse_eu(ops, **kwargs):
+        if any(op.get("workspace") == "eu" for op in ops) and not failed:
+            failed.append(ops)
+            raise ConnectionError("broker down")
+        return real(ops, **kwargs)
+
+    monkeypatch.setattr(retry, "publish_ops", refuse_eu)
+    django_cio.identify("3", plan="pro")
+    wait_for(lambda: "3" in cio_fake.store.people)
+    django_cio.move("3", "default", "eu", plan="pro", region="eu")
+    wait_for(lambda: Outbox.objects.exists() and "3" not in cio_fake.store.people)
+    assert Outbox.objects.get().workspace == "eu"
+    assert "3" not in eu.store.people
+    relay()
+    wait_for(lambda: "3" in eu.store.people)
+    assert eu.store.people["3"] == {"plan": "pro", "region": "eu"}
+    assert "3" not in cio_fake.store.people and not DeadLetter.objects.exists()
+
+
+def test_a_hand_published_mixed_message_and_retries_keep_workspaces(eu, worker, cio_fake,
+                                                                   wait_for):
+    eu.fail_next(503, 503)
+    ops = [Event("d-1", "tick", {"n": 1}).to_dict(),
+           Event("e-1", "tick", {"n": 2}, workspace="eu").to_dict(),
+           Identify("d-2", {"plan": "x"}).to_dict(),
+           Identify("e-2", {"plan": "y"}, workspace="eu").to_dict()]
+    publish_task(DELIVER, (ops,))  # all on the default queue
+    publish_task(DELIVER, (list(reversed(ops)),), workspace="eu")  # and on eu's
+    wait_for(lambda: len(eu.store.events) == 1 and "e-2" in eu.store.people, timeout=30)
+    wait_for(lambda: len(cio_fake.store.events) == 1 and "d-2" in cio_fake.store.people)
+    assert set(cio_fake.store.people) == {"d-2"} and set(eu.store.people) == {"e-2"}
+    assert cio_fake.store.events[0]["person"] == "d-1"
+    assert eu.store.events[0]["person"] == "e-1"
+    assert not DeadLetter.objects.exists()

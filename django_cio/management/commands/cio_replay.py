@@ -46,6 +46,7 @@ class Command(BaseCommand):
         total = letters.count()
         count = replay(letters)
         if count < total:
-            raise CommandError(f"Replayed {count} of {total} dead letter(s); the others are kept "
-                               "(neither the broker nor the Outbox took them). Try again later.")
+            raise CommandError(f"Replayed {count} of {total} dead letter(s); the others are kept: "
+                               "their workspace is not in CUSTOMERIO['WORKSPACES'], or neither "
+                               "the broker nor the Outbox took them (try again later).")
         self.stdout.write(self.style.SUCCESS(f"Replayed {count} dead letter(s)."))
