@@ -25,12 +25,13 @@ class FakeView:
     """What a fake Track API (``/_fake/``) received; ``connect`` gives ``None`` for others."""
 
     url: str
+    site: str | None = None  # the site (workspace) to read, if it serves several
 
     @classmethod
-    def connect(cls, url: str) -> FakeView | None:
+    def connect(cls, url: str, site: str | None = None) -> FakeView | None:
         if not is_loopback(url):
             return None  # not asked: a real host gets no stray requests
-        view = cls(url.rstrip("/"))
+        view = cls(url.rstrip("/"), site)
         try:
             view.stats()
         except Exception:
@@ -40,7 +41,8 @@ class FakeView:
     def _get(self, what: str) -> Any:
         import requests
 
-        response = requests.get(f"{self.url}/_fake/{what}", timeout=30)
+        params = {"site": self.site} if self.site else None
+        response = requests.get(f"{self.url}/_fake/{what}", params=params, timeout=30)
         response.raise_for_status()
         return response.json()
 

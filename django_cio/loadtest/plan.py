@@ -112,6 +112,7 @@ class Plan:
     workers: int = 2  # Celery worker processes started; 0: the project's own workers deliver
     celery_app: str = ""
     track_url: str | None = None  # None: the bundled fake server
+    workspace: str = "default"  # where the load test's people and events go
     fake_latency_ms: float = 50
     fake_rate_limit: float | None = 100
     drain_timeout: float = 60

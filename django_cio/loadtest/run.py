@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -27,6 +27,39 @@ _WORKER = "import sys; from django_cio.loadtest.run import worker_main as m; m(s
 # The CUSTOMERIO settings the run's processes use in place of the project's (JSON), passed in
 # the environment: never on a command line, where ``ps`` shows it to every user.
 SETTINGS_ENV = "CIO_LOADTEST_CUSTOMERIO"
+# The workspace the load test's ops go to (``--workspace``), read by ``route``, the ROUTER of
+# the run's processes.
+WORKSPACE_ENV = "CIO_LOADTEST_WORKSPACE"
+ROUTER = "django_cio.loadtest.run.route"
+
+
+def route(op: Any) -> str | None:
+    """The ROUTER of a load test's processes: ops no call or registration routed go to the
+    workspace the run names."""
+    return os.environ.get(WORKSPACE_ENV) or None
+
+
+def _pointed(values: dict[str, Any] | None, site_id: str | None, track_url: str,
+             queue: str) -> dict[str, Any]:
+    """A workspace's settings for the run: the run's Track API (its fake site, if it runs
+    one) and queue."""
+    pointed = {**(values or {}), "TRACK_URL": track_url, "QUEUE": queue}
+    if site_id is not None:
+        pointed |= {"SITE_ID": site_id, "API_KEY": "loadtest-key"}
+    return pointed
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _use_run_settings() -> None:
@@ -73,43 +106,57 @@ class LoadTest:
         from django.conf import settings
         from django.test.utils import override_settings
 
-        from ..conf import get_settings
+        from ..conf import DEFAULT_WORKSPACE, get_settings
         from ..fakeserver import FakeTrackAPI
 
         plan = self.plan
         plan.out.mkdir(parents=True, exist_ok=True)
         config = get_settings()
         with contextlib.ExitStack() as stack:
-            changes: dict[str, Any] = {"BACKEND": "django_cio.backends.http.TrackAPIBackend"}
+            changes: dict[str, Any] = {"BACKEND": "django_cio.backends.http.TrackAPIBackend",
+                                       "ROUTER": ROUTER}
             track_url = plan.track_url
+            sites: dict[str, str | None] = dict.fromkeys(config.workspace_names)  # fake sites
             if track_url is None:
                 # Entered first, so stopped last: the workers finish delivering to it. Never
                 # the project's credentials: the fake needs none, and the limiter's key (from
-                # SITE_ID) must not be the real workspace's.
-                fake = stack.enter_context(FakeTrackAPI(
-                    site_id=f"{plan.prefix}site", api_key="loadtest-key",
-                    latency_ms=plan.fake_latency_ms, rate_limit=plan.fake_rate_limit))
-                track_url = fake.url
-                changes |= {"SITE_ID": fake.site_id, "API_KEY": fake.api_key}
+                # SITE_ID) must not be the real workspace's. A site per workspace.
                 rate = plan.fake_rate_limit
+                faults: dict[str, Any] = {"latency_ms": plan.fake_latency_ms, "rate_limit": rate}
+                fake = stack.enter_context(FakeTrackAPI(
+                    site_id=f"{plan.prefix}site", api_key="loadtest-key", **faults))
+                for name in config.workspaces:
+                    fake.add_site(f"{plan.prefix}site-{name}", "loadtest-key", **faults)
+                sites = {name: f"{plan.prefix}site" + ("" if name == DEFAULT_WORKSPACE
+                                                        else f"-{name}") for name in sites}
+                track_url = fake.url
                 cap = f"429 above {rate:g} req/s" if rate else "no rate cap"
                 self.say(f"Fake Customer.io Track API on {track_url} "
-                         f"({plan.fake_latency_ms:g} ms an answer, {cap})")
-            self.fake = FakeView.connect(track_url)
-            changes["TRACK_URL"] = track_url
-            if plan.workers and not plan.host:
-                # A queue of the run's own: a worker of yours that is running takes none of
-                # its messages, and what a timeout leaves behind reaches no real workspace.
-                changes["QUEUE"] = f"{config.queue}-{plan.prefix.rstrip('-')}"
+                         f"({plan.fake_latency_ms:g} ms an answer, {cap}); the load test's "
+                         f"people go to workspace {plan.workspace!r}")
+            self.fake = FakeView.connect(track_url, sites[plan.workspace])
+            # Every workspace points at the run's Track API, and has a queue of the run's own:
+            # a worker of yours that is running takes none of its messages, and what a
+            # timeout leaves behind reaches no real workspace.
+            own_queues = bool(plan.workers and not plan.host)
+            queue = f"{config.queue}-{plan.prefix.rstrip('-')}" if own_queues else config.queue
+            changes |= _pointed(None, sites[DEFAULT_WORKSPACE], track_url, queue)
+            changes["WORKSPACES"] = {
+                name: _pointed(values, sites[name], track_url,
+                               f"{queue}.{name}" if own_queues else get_settings(name).queue)
+                for name, values in config.workspaces.items()}
             # This process (warm-up, cleanup), gunicorn and the workers, all alike.
             project = getattr(settings, "CUSTOMERIO", {})
             stack.enter_context(override_settings(CUSTOMERIO={**project, **changes}))
             processes = stack.enter_context(Processes(plan.out))
             processes.env[SETTINGS_ENV] = json.dumps(changes)
+            processes.env[WORKSPACE_ENV] = plan.workspace
+            stack.enter_context(_environ(WORKSPACE_ENV, plan.workspace))  # this process's ops
+            queues = [get_settings(name).queue for name in config.workspace_names]
             if plan.workers:
                 processes.start("worker", [
                     sys.executable, "-c", _WORKER, "-A", plan.celery_app,
-                    "worker", "-Q", get_settings().queue, "-c", str(plan.workers), "-l", "WARNING",
+                    "worker", "-Q", ",".join(queues), "-c", str(plan.workers), "-l", "WARNING",
                     "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
                     "--without-heartbeat"])
                 self.say(f"{plan.workers} Celery worker process(es) of {plan.celery_app!r} "

@@ -27,18 +27,21 @@ def run_loadtest(tmp_path: Path, *options: str, timeout: float = 240, **env_vars
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_short_ramp_through_the_example_project_delivers_everything(tmp_path, private_redis):
+@pytest.mark.parametrize("workspace", ["default", "eu"])
+def test_a_short_ramp_through_the_example_project_delivers_everything(tmp_path, private_redis,
+                                                                      workspace):
     # On a Redis of its own: the example's embedded file broker (kombu's filesystem transport)
     # now and then hands a consumer a message file its producer has not written yet, and that
     # message is lost; delivered == expected would then fail for a reason not under test.
     # Limits far above what a loaded 2-core machine takes: this test is about the path.
     result = run_loadtest(tmp_path, "--stages", "5:3,10:3", "--workers", "1", "--cleanup",
-                          "--p95-ms", "5000", "--p99-ms", "10000",
+                          "--p95-ms", "5000", "--p99-ms", "10000", "--workspace", workspace,
                           CELERY_BROKER_URL=private_redis.url,
                           REDIS_URL=private_redis.url.replace("/0", "/1"))
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
+    assert f"the load test's people go to workspace {workspace!r}" in out
     assert re.search(r"app latency p95\s+[\d.,]+ ms\s+< 5000 ms\s+ok", out), out
     assert re.search(r"enqueue-to-delivered p95\s+[\d.,]+ ms", out), out
     delivered, expected = re.search(

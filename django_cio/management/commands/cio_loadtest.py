@@ -10,6 +10,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.urls import Resolver404, resolve
 
 from django_cio import loadtest
+from django_cio.conf import get_settings
+from django_cio.exceptions import ConfigurationError
 
 
 class Command(BaseCommand):
@@ -49,6 +51,10 @@ class Command(BaseCommand):
                             help="Let --host name a server that is not on this machine.")
         parser.add_argument("--allow-real-customerio", action="store_true",
                             help="Allow a --track-url that is not on this machine.")
+        parser.add_argument("--workspace", default="default", metavar="NAME",
+                            help="The workspace the load test's people and events go to "
+                            "(default: default). Every workspace is pointed at the run's Track "
+                            "API, each a site of the fake server.")
         parser.add_argument("--fake-latency-ms", type=float, default=50,
                             help="The bundled fake server's answer time (default 50).")
         parser.add_argument("--fake-rate-limit", type=float, default=100,
@@ -125,7 +131,8 @@ class Command(BaseCommand):
             host=options["host"], web_workers=options["web_workers"],
             workers=0 if options["no_workers"] else options["workers"],
             celery_app=options["celery_app"] or settings_module.partition(".")[0],
-            track_url=options["track_url"], fake_latency_ms=options["fake_latency_ms"],
+            track_url=options["track_url"], workspace=_workspace(options["workspace"]),
+            fake_latency_ms=options["fake_latency_ms"],
             fake_rate_limit=options["fake_rate_limit"] or None,
             drain_timeout=options["drain_timeout"], cleanup=options["cleanup"],
             out=Path(options["out"]), limits=limits,
@@ -138,3 +145,11 @@ def _has_example_views() -> bool:
             loadtest.EXAMPLE_FIRST, *loadtest.EXAMPLE_PATHS))
     except Resolver404:
         return False
+
+
+def _workspace(name: str) -> str:
+    try:
+        get_settings(name)
+    except ConfigurationError as exc:
+        raise loadtest.UsageError(f"--workspace: {exc}") from None
+    return name
