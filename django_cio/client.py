@@ -128,6 +128,8 @@ def _timed_out(exc: BaseException) -> bool:
     for _ in range(10):  # a short chain: requests wraps urllib3, which wraps the socket's
         if seen is None:
             break
+        if isinstance(seen, urllib3.exceptions.NewConnectionError):
+            return False  # refused (urllib3 files it under its connect timeouts)
         if isinstance(seen, (TimeoutError, urllib3.exceptions.TimeoutError)):
             return True
         wrapped = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None

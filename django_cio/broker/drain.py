@@ -67,13 +67,16 @@ _local = threading.local()
 
 
 def queue_binding(name: str) -> Any:
-    """This thread's binding of queue ``name`` on its own broker connection (one connection
-    per thread, whichever workspaces' queues a worker drains)."""
-    if getattr(_local, "pid", None) != os.getpid() or _local.connection is None:
-        from celery import current_app
+    """This thread's binding of queue ``name`` on its own connection to the app's broker (one
+    connection per thread, whichever workspaces' queues a worker drains)."""
+    from celery import current_app
 
+    broker = current_app.conf.broker_url
+    if getattr(_local, "pid", None) != os.getpid() or _local.broker != broker:
+        if getattr(_local, "pid", None) == os.getpid():
+            reconnect()  # the app moved to another broker (a forked child never closes)
         _local.connection = current_app.connection_for_read()
-        _local.pid, _local.bindings = os.getpid(), {}
+        _local.pid, _local.broker, _local.bindings = os.getpid(), broker, {}
     if name not in _local.bindings:
         _local.bindings[name] = kombu.Queue(name, no_declare=True)(
             _local.connection.default_channel)
