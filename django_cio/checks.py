@@ -34,6 +34,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     # A backend that delivers inline (locmem, console, null) never talks to Customer.io.
     if backend is not None and not getattr(backend, "delivers_inline", False):
         messages += _missing_credentials(config)
+    if isinstance(config["ROUTER"], str) and _imported(config["ROUTER"]) is None:
+        messages.append(Error(f"CUSTOMERIO['ROUTER'] {config['ROUTER']!r} cannot be imported",
+                              id="django_cio.E029"))
     return messages + _check_cache(config)
 
 
@@ -58,8 +61,12 @@ def _missing_credentials(config: dict[str, Any]) -> list[CheckMessage]:
 
 def _backend(config: dict[str, Any]) -> Any:
     """The configured backend class, or None if it cannot be imported (E007)."""
+    return _imported(config["BACKEND"])
+
+
+def _imported(path: Any) -> Any:
     try:
-        return import_string(config["BACKEND"])
+        return import_string(path)
     except (ImportError, TypeError):
         return None
 

@@ -317,8 +317,8 @@ def get_settings(workspace: str = DEFAULT_WORKSPACE) -> CIOSettings:
         config = get_settings()
         if workspace not in config.workspaces:
             raise ConfigurationError(
-                f"Unknown Customer.io workspace {workspace!r}: CUSTOMERIO['WORKSPACES'] has "
-                f"{', '.join(map(repr, config.workspace_names))}")
+                f"Unknown Customer.io workspace {workspace!r}: the settings have "
+                f"{', '.join(map(repr, config.workspace_names))} (CUSTOMERIO['WORKSPACES'])")
         own: dict[str, Any] = {**_OWN, "queue": _default_queue(merged_settings(), workspace)}
         own.update((key.lower(), value) for key, value in config.workspaces[workspace].items())
         return dataclasses.replace(config, workspace=workspace, **own)

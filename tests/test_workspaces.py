@@ -143,6 +143,13 @@ def to_mars(op: Operation) -> str:
     return "mars"
 
 
+def test_a_router_that_cannot_be_imported_is_a_check_error(settings):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "ROUTER": "tests.nowhere.route"}
+    assert [m.id for m in check_settings()] == ["django_cio.E029"]
+    with pytest.raises(ConfigurationError, match="cannot be imported"):
+        django_cio.track("1", "signed_up")
+
+
 def test_an_op_carries_its_workspace_through_the_queue(two_workspaces):
     op = Event("1", "signed_up", {}, workspace="eu")
     assert Operation.from_dict(op.to_dict()).workspace == "eu"
