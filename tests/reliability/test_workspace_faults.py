@@ -86,13 +86,11 @@ def test_an_api_that_stops_answering_is_marked_after_the_first_timeout(
     request.addfinalizer(api.close)
     settings.CUSTOMERIO = {**settings.CUSTOMERIO, "WORKSPACES": {"eu": {
         "SITE_ID": "eu-site", "API_KEY": "eu-key", "TRACK_URL": api.url, "TIMEOUT": 1}}}
-    worker = request.getfixturevalue("worker")
-    assert worker
+    request.getfixturevalue("worker")
     django_cio.workspace("eu").track("eu-1", "tick")
     wait_for(lambda: api.requests >= 1, timeout=20)
-    time.sleep(2)  # past the request's TIMEOUT (1 s)
-    assert outage.not_answering(get_settings("eu")), (
-        f"API answering {mode!r}: its request timed out but the workspace is not marked")
+    # Its request times out after 1 s; then the mark must come, however loaded the machine.
+    wait_for(lambda: outage.not_answering(get_settings("eu")), timeout=20)
 
 
 def test_the_mark_clears_soon_after_the_api_answers_again(settings, cio_fake, wait_for,
