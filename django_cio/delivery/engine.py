@@ -103,6 +103,10 @@ def deliver_messages(messages: list[Message], deadline: float = float("inf")) ->
             group_ops += ops
             group.append(message)
     for (workspace, failures), (ops, group) in groups.items():
+        if workspace not in get_settings().workspace_names:  # a hand-made or stale message
+            dead_letters.store([(raw, f"unknown workspace {workspace!r}", None) for raw in ops],
+                               failures + 1)
+            continue
         delivery = Delivery(ops, failures, workspace=workspace, deadline=deadline)
         try:
             delivery.run()

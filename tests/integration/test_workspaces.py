@@ -218,3 +218,17 @@ def test_a_hand_published_mixed_message_and_retries_keep_workspaces(eu, worker, 
     assert cio_fake.store.events[0]["person"] == "d-1"
     assert eu.store.events[0]["person"] == "e-1"
     assert not DeadLetter.objects.exists()
+
+
+def test_an_op_of_an_unknown_workspace_is_a_dead_letter_and_the_rest_goes_out(
+        eu, worker, cio_fake, wait_for):
+    """A stale or hand-made message naming a workspace the settings do not have: its op is
+    kept as a dead letter (replayable once the workspace is back), the others are delivered;
+    before, the whole message went back to the queue again and again."""
+    ops = [Event("d-1", "tick", {}).to_dict(),
+           {**Event("a-1", "tick", {}).to_dict(), "workspace": "acme"}]
+    publish_task(DELIVER, (ops,))
+    wait_for(lambda: cio_fake.store.events and DeadLetter.objects.exists())
+    letter = DeadLetter.objects.get()
+    assert (letter.workspace, letter.reason) == ("acme", "unknown workspace 'acme'")
+    assert [event["person"] for event in cio_fake.store.events] == ["d-1"]
