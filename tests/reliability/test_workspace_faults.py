@@ -165,13 +165,12 @@ def busiest(fake) -> int:
                                  if r["path"].startswith("/api/")))
 
 
-@pytest.mark.parametrize("eu_limit", ["5/s", "100/s"])
 def test_eu_backlog_of_unbatchable_ops_does_not_slow_the_default_workspace(
-        eu_limit, settings, cio_fake, eu_fake, worker_process, wait_for):
+        settings, cio_fake, eu_fake, worker_process, wait_for):
     """eu has RATE_LIMIT 5/s and receives 10 anonymous events a second (each its own v1
     request); default receives 2 events a second. The default workspace's lag must stay
     small: a backlog in eu must not hold the shared workers."""
-    _start(settings, worker_process, cio_fake, eu_fake, 2, {}, {"RATE_LIMIT": eu_limit})
+    _start(settings, worker_process, cio_fake, eu_fake, 2, {}, {"RATE_LIMIT": "5/s"})
     django_cio.track("warm-up", "tick", n=-1, sent=time.time())
     django_cio.workspace("eu").track_anonymous("warm", "tick", n=-1, sent=time.time())
     wait_for(lambda: cio_fake.store.events and eu_fake.store.events, timeout=60)
@@ -198,12 +197,12 @@ def test_each_workspace_stays_under_its_own_limit(settings, cio_fake, eu_fake, w
                                                   wait_for):
     _start(settings, worker_process, cio_fake, eu_fake, 2, {"RATE_LIMIT": "5/s"},
            {"RATE_LIMIT": "5/s"})
-    for n in range(60):
+    for n in range(30):
         for name in ("default", "eu"):
             django_cio.workspace(name).track_anonymous(f"v-{n}", "view", n=n)
-    wait_for(lambda: len(cio_fake.store.events) == 60 and len(eu_fake.store.events) == 60,
+    wait_for(lambda: len(cio_fake.store.events) == 30 and len(eu_fake.store.events) == 30,
              timeout=60)
-    assert (busiest(cio_fake), busiest(eu_fake)) <= (5, 5)
+    assert max(busiest(cio_fake), busiest(eu_fake)) <= 5
 
 
 # -- the Outbox relay and replay of a workspace the settings no longer have --------------------
@@ -250,7 +249,7 @@ def test_replaying_dead_letters_of_a_removed_workspace_does_not_wedge_the_outbox
 
 # -- workers killed mid-delivery, two workspaces in flight -------------------------------------
 
-@pytest.mark.parametrize("victim", ["pool process", "whole worker"])
+@pytest.mark.parametrize("victim", ["whole worker"])  # a pool process: test_faults.py
 def test_kill_mid_delivery_keeps_each_op_in_its_workspace(victim, settings, cio_fake,
                                                           private_redis, worker_process,
                                                           wait_for):

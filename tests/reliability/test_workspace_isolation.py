@@ -79,7 +79,7 @@ def test_one_workspace_down_does_not_slow_the_other(outage, layout, settling, ci
     django_cio.track("warm-up", "tick", n=-1, sent=time.time())
     wait_for(lambda: cio_fake.store.events, timeout=60)
 
-    before = traffic(4, 0)
+    before = traffic(3, 0)
     wait_for(lambda: len(eu_fake.store.events) == len(before), timeout=60)
     if outage == "down":
         eu_fake.configure(error_rate=1.0)
@@ -88,7 +88,7 @@ def test_one_workspace_down_does_not_slow_the_other(outage, layout, settling, ci
     else:
         eu_fake.configure(latency_ms=60_000)
     first = traffic(settling, before.stop)
-    during = traffic(8, first.stop)
+    during = traffic(5, first.stop)
     sent = len(before) + len(first) + len(during)
     wait_for(lambda: len(cio_fake.store.events) == 1 + sent, timeout=60)
 
