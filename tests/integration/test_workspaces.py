@@ -50,14 +50,15 @@ def test_the_outbox_and_dead_letters_keep_the_workspace(eu, published):
     assert relay() == 1
     assert published.details[-1]["routing_key"] == get_settings("eu").queue
 
-    for workspace in ("default", "eu"):
-        op = Identify(f"{workspace}-1", {}, workspace=workspace).to_dict()
+    letters = {workspace: Identify(f"{workspace}-1", {}, workspace=workspace).to_dict()
+               for workspace in ("default", "eu")}
+    for op in letters.values():
         DeadLetter.for_op(op, reason="server error").save()
     assert sorted(DeadLetter.objects.values_list("workspace", flat=True)) == ["default", "eu"]
     call_command("cio_replay", "--workspace", "eu")
     assert list(DeadLetter.objects.values_list("workspace", flat=True)) == ["default"]
     assert published.details[-1]["routing_key"] == get_settings("eu").queue
-    assert published[-1] == [Identify("eu-1", {}, workspace="eu").to_dict()]
+    assert published[-1] == [letters["eu"]]
 
 
 def test_status_has_a_section_per_workspace(eu, capsys):
