@@ -36,14 +36,14 @@ def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any)
                 attributes["anonymous_id"] = tracker.known_anonymous_id
                 tracker.forget_anonymous_id = True
             workspace = workspace_for(user)
-            enqueue(Identify(person, attributes, workspace=workspace))
-            enqueue(Event(person, "login", _client(request), workspace=workspace))
+            enqueue(Identify(person, attributes, workspace=workspace))  # type: ignore[arg-type]
+            enqueue(Event(person, "login", _client(request), workspace=workspace))  # type: ignore[arg-type]
 
 
 def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
     if _tracked(user):
         with _never_failing("logout"):
-            enqueue(Event(person_id_for(user), "logout", _client(request),
+            enqueue(Event(person_id_for(user), "logout", _client(request),  # type: ignore[arg-type]
                           workspace=workspace_for(user)))
 
 

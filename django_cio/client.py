@@ -179,8 +179,9 @@ class TrackClient:
     # -- one op per request (v1) ------------------------------------------------------------
 
     def send(self, op: Operation) -> None:
-        """Send one op as a v1 request; raises an ``APIError`` unless Customer.io took it."""
-        method, path, body = op.v1()
+        """Send one op alone (``Operation.single``: v1, or v2's ``/entity`` where v1 would
+        misread it); raises an ``APIError`` unless Customer.io took it."""
+        method, path, body = op.single()
         self._request(method, path, dumps(body), op.kind, 1)
 
     def identify(self, person_id: str, /, **attributes: Any) -> None:

@@ -83,14 +83,28 @@ local function entry(key, field)
 end
 """
 
-# KEYS: a person per identify. ARGV: ttl, owner, then per key: mode ("d" dedup, "n" no
-# timestamp), ts, n, n x (field, value hash).
-# Returns {now, {indexes of the fields Customer.io has} per key}.
-_CLAIM = _LUA_COMMON + """
+# Person keys carry their workspace's epoch (see ``_epoch``): KEYS[1..m] are the epochs, ARGV[3]
+# is m and ARGV[4..3+m] the epochs the keys were made with.
+_LUA_EPOCHS = """
+local m = tonumber(ARGV[3] or '0')
+local function epoch_moved()
+  for i = 1, m do
+    if (redis.call('GET', KEYS[i]) or '0') ~= ARGV[3 + i] then return true end
+  end
+  return false
+end
+"""
+
+# KEYS: epochs (see _LUA_COMMON), then a person per identify. ARGV: ttl, owner, m, epochs,
+# then per person: mode ("d" dedup, "n" no timestamp), ts, n, n x (field, value hash).
+# Returns {now, {indexes of the fields Customer.io has} per person}, or {"moved"}.
+_CLAIM = _LUA_COMMON + _LUA_EPOCHS + """
+if epoch_moved() then return {'moved'} end
 local owner = ARGV[2]
 local result = {now}
-local a = 3
-for _, key in ipairs(KEYS) do
+local a = 4 + m
+for i = m + 1, #KEYS do
+  local key = KEYS[i]
   local mode, tsraw, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   local ts = tonumber(tsraw)
   a = a + 3
@@ -158,9 +172,12 @@ for _, key in ipairs(KEYS) do
 end
 """
 
-# KEYS: people about to be deleted, suppressed or merged. ARGV: ttl, owner.
-_FORGET = _LUA_COMMON + """
-for _, key in ipairs(KEYS) do
+# KEYS: epochs, then people about to be deleted, suppressed or merged. ARGV: ttl, owner, m,
+# epochs. Returns "moved" if an epoch moved.
+_FORGET = _LUA_COMMON + _LUA_EPOCHS + """
+if epoch_moved() then return 'moved' end
+for i = m + 1, #KEYS do
+  local key = KEYS[i]
   redis.call('DEL', key)
   redis.call('HSET', key, '!', '! 0 - ' .. now .. ' ' .. ARGV[2])
   redis.call('EXPIRE', key, ttl)
@@ -184,12 +201,12 @@ def drop_seen(ops: Sequence[Operation]) -> list[Operation]:
     identify left with none is dropped), the rest claimed for ``remember``."""
     config = get_settings()
     identifies = [op for op in ops if isinstance(op, Identify)]
-    if not config.dedup_ttl or not identifies:
-        return list(ops)
+    if not config.dedup_ttl or not identifies or any(map(_moves_epoch, ops)):
+        return list(ops)  # an op naming people by email could change anyone's attributes
     todo: list[Identify] = []
     forgotten: set[str] = set()
     for op in ops:  # after a delete in this delivery, nothing of a person is "there"
-        if isinstance(op, Identify) and op.person_id not in forgotten:
+        if isinstance(op, Identify) and op.person not in forgotten:
             todo.append(op)
         if op.kind in _FORGETTING:
             forgotten.update(op.people)
@@ -209,13 +226,21 @@ def forget(ops: Iterable[Operation]) -> None:
     in flight meanwhile is then not remembered), and the memory of people whose identifies
     ``drop_seen`` did not claim (a backfill that opts out of dedup: hashing and claiming a
     million rows' attributes would cost more than the requests it saves), so that nothing
-    remembered from before can hide a later change."""
+    remembered from before can hide a later change.
+
+    Memory knows people by id only. An identify, delete, suppress or merge naming someone by
+    email or cio_id may concern any of them: it moves its workspace's epoch, which every key of
+    memory carries, so that all of it is forgotten at once."""
     if not get_settings().dedup_ttl:
         return
     ops = list(ops)
-    forgetting = [op for op in ops if op.kind in _FORGETTING]
-    unclaimed = [op for op in ops if isinstance(op, Identify) and not hasattr(op, _CLAIM_ATTR)]
+    moved = {op.workspace for op in ops if _moves_epoch(op)}
+    forgetting = [op for op in ops if op.kind in _FORGETTING and not _moves_epoch(op)]
+    unclaimed = [op for op in ops if isinstance(op, Identify) and not hasattr(op, _CLAIM_ATTR)
+                 and not _moves_epoch(op)]
     try:
+        if moved:
+            _move_epochs(moved)
         if forgetting:
             _mark_forgetting(forgetting)
         if unclaimed:
@@ -232,13 +257,19 @@ def remember(sent: Iterable[Operation]) -> None:
         return
     keys: list[str] = []
     args: list[Any] = [_ttl()]
+    epochs: dict[str | None, str] = {}
     for op in sent:
+        if _moves_epoch(op):
+            continue  # nothing remembered of people named by email or cio_id
         if isinstance(op, Identify):
             claim = getattr(op, _CLAIM_ATTR, None)
             if claim is _WIPED:  # nothing to remember, nothing stale left
                 continue
             if claim is None:  # sent without a claim: what memory had may be stale
-                claim = _Claim(_key(op.person_id, op.workspace), "", "", fingerprint(op))
+                if op.workspace not in epochs:
+                    epochs[op.workspace] = _epoch(op.workspace)
+                claim = _Claim(_key(op.person, op.workspace, epochs[op.workspace]), "", "",
+                               fingerprint(op))
                 keys.append(claim.key)
                 args += ["x", len(claim.fields), *claim.fields]
             elif claim.fields:
@@ -246,9 +277,9 @@ def remember(sent: Iterable[Operation]) -> None:
                 args += ["c", claim.born, claim.owner, claim.ts, len(claim.fields)]
                 args += [item for pair in claim.fields.items() for item in pair]
         elif op.kind in _FORGETTING:
-            owner = getattr(op, _CLAIM_ATTR, "")
-            for person in op.people:
-                keys.append(_key(person, op.workspace))
+            owner, marked = getattr(op, _CLAIM_ATTR, ("", ()))
+            for key in marked:  # unmarked (the cache failed): memory expires within the TTL
+                keys.append(key)
                 args += ["d", owner]
     if not keys:
         return
@@ -291,15 +322,22 @@ def _claim(identifies: list[Identify]) -> dict[int, Identify | None]:
     if client is None:
         return {}
     owner = os.urandom(8).hex()
-    claims = [_Claim(_key(op.person_id, op.workspace), owner,
-                     str(op.timestamp) if op.timestamp is not None else _NO_TIME,
-                     fingerprint(op)) for op in identifies]
-    args: list[Any] = [_ttl(), owner]
-    for op, claim in zip(identifies, claims, strict=True):
-        mode = "n" if op.timestamp is None else "d"
-        args += [mode, claim.ts, len(claim.fields)]
-        args += [item for pair in claim.fields.items() for item in pair]
-    now, *seen = client.register_script(_CLAIM)(keys=[c.key for c in claims], args=args)
+    for _attempt in range(3):
+        epochs = {workspace: _epoch(workspace) for workspace in {op.workspace for op in identifies}}
+        claims = [_Claim(_key(op.person, op.workspace, epochs[op.workspace]), owner,
+                         str(op.timestamp) if op.timestamp is not None else _NO_TIME,
+                         fingerprint(op)) for op in identifies]
+        args: list[Any] = [_ttl(), owner, len(epochs), *epochs.values()]
+        for op, claim in zip(identifies, claims, strict=True):
+            mode = "n" if op.timestamp is None else "d"
+            args += [mode, claim.ts, len(claim.fields)]
+            args += [item for pair in claim.fields.items() for item in pair]
+        keys = [*map(_epoch_key, epochs), *(c.key for c in claims)]
+        now, *seen = client.register_script(_CLAIM)(keys=keys, args=args)
+        if now != b"moved":
+            break
+    else:  # memory keeps being forgotten under our feet: send everything, claim nothing
+        return {}
     result: dict[int, Identify | None] = {}
     for op, claim, indexes in zip(identifies, claims, seen, strict=True):
         claim.born = str(now)
@@ -325,7 +363,8 @@ def _without(op: Identify, claim: _Claim, seen: set[int]) -> Identify | None:
     attributes = {name: value for name, value in op.attributes.items() if name not in dropped}
     if not attributes:
         return None
-    return Identify(op.person_id, attributes, timestamp=op.timestamp, workspace=op.workspace)
+    return Identify(op.person_id, attributes, timestamp=op.timestamp, workspace=op.workspace,
+                    id_type=op.id_type)
 
 
 def _wipe(identifies: list[Identify]) -> None:
@@ -333,7 +372,9 @@ def _wipe(identifies: list[Identify]) -> None:
     client = _client()
     if client is None:
         return
-    keys = list(dict.fromkeys(_key(op.person_id, op.workspace) for op in identifies))
+    epochs = {workspace: _epoch(workspace) for workspace in {op.workspace for op in identifies}}
+    keys = list(dict.fromkeys(_key(op.person, op.workspace, epochs[op.workspace])
+                              for op in identifies))
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start:start + 1000])
     for op in identifies:
@@ -345,10 +386,44 @@ def _mark_forgetting(ops: list[Operation]) -> None:
     if client is None:
         return
     owner = os.urandom(8).hex()
-    keys = [_key(person, op.workspace) for op in ops for person in op.people]
-    client.register_script(_FORGET)(keys=keys, args=[_ttl(), owner])
-    for op in ops:
-        object.__setattr__(op, _CLAIM_ATTR, owner)
+    for _attempt in range(3):
+        epochs = {workspace: _epoch(workspace) for workspace in {op.workspace for op in ops}}
+        marked = [[_key(person, op.workspace, epochs[op.workspace]) for person in op.people]
+                  for op in ops]
+        keys = [*map(_epoch_key, epochs), *(key for op_keys in marked for key in op_keys)]
+        if client.register_script(_FORGET)(keys=keys, args=[_ttl(), owner, len(epochs),
+                                                            *epochs.values()]) != b"moved":
+            break
+    else:
+        return  # unmarked: what memory holds of them expires within DEDUP_TTL
+    for op, op_keys in zip(ops, marked, strict=True):
+        object.__setattr__(op, _CLAIM_ATTR, (owner, op_keys))
+
+
+def _moves_epoch(op: Operation) -> bool:
+    """Whether ``op`` may change what Customer.io holds of people memory cannot name."""
+    return op.id_types != {"id"} and (isinstance(op, Identify) or op.kind in _FORGETTING)
+
+
+def _move_epochs(workspaces: Iterable[str | None]) -> None:
+    client = _client()
+    if client is not None:
+        with client.pipeline(transaction=False) as pipe:
+            for workspace in workspaces:
+                pipe.incr(_epoch_key(workspace))
+                pipe.expire(_epoch_key(workspace), 30 * 86_400)  # idle workspaces: gone
+            pipe.execute()
+
+
+def _epoch(workspace: str | None) -> str:
+    """The workspace's memory epoch: it moves when memory must forget everyone at once."""
+    client = _client()
+    raw = client.get(_epoch_key(workspace)) if client is not None else None
+    return raw.decode() if raw else "0"
+
+
+def _epoch_key(workspace: str | None) -> str:
+    return _cache_key(f"django_cio:identify-epoch:{_site_hash(workspace)}")
 
 
 _warned_no_redis = False
@@ -386,11 +461,19 @@ def _hash(kind: str, text: str) -> str:
     return hmac.new(secret, f"{kind}\x00{text}".encode(), hashlib.sha256).hexdigest()[:16]
 
 
-def _key(person_id: str, workspace: str | None) -> str:
-    """Per Customer.io workspace (its site id) and person, with the cache's key prefix and
-    version: each workspace remembers what it has, whoever shares the cache."""
+def _key(person: str, workspace: str | None, epoch: str) -> str:
+    """Per Customer.io workspace (its site id), epoch and person, with the cache's key prefix
+    and version: each workspace remembers what it has, whoever shares the cache."""
     secret = str(settings.SECRET_KEY).encode()
     site_id = get_settings(workspace or DEFAULT_WORKSPACE).site_id
-    person = f"{site_id}\x00{person_id}".encode()
-    name = f"django_cio:identify:{hmac.new(secret, person, hashlib.sha256).hexdigest()}"
+    digest = hmac.new(secret, f"{site_id}\x00{person}".encode(), hashlib.sha256).hexdigest()
+    return _cache_key(f"django_cio:identify:{digest}:{epoch}")
+
+
+def _site_hash(workspace: str | None) -> str:
+    site_id = get_settings(workspace or DEFAULT_WORKSPACE).site_id
+    return _hash("s", str(site_id))
+
+
+def _cache_key(name: str) -> str:
     return str(caches[get_settings().cache].make_key(name))

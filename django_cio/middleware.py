@@ -22,7 +22,7 @@ from django.utils.functional import SimpleLazyObject, empty
 
 from .conf import get_settings
 from .exceptions import ValidationError
-from .operations import AnonymousEvent, Event, Identify, Page
+from .operations import AnonymousEvent, Event, Identify, Page, Person
 from .privacy import safe_reason
 from .producer import batch, collect, enqueue, flush
 from .registry import person_id_for, workspace_for
@@ -55,7 +55,7 @@ class RequestTracker:
         return user if user is not None and user.is_authenticated else None
 
     @property
-    def person_id(self) -> str | None:
+    def person_id(self) -> str | Person | None:
         """The logged-in user's Customer.io id, or ``None`` for a visitor."""
         user = self.user
         return person_id_for(user) if user is not None else None
@@ -76,7 +76,7 @@ class RequestTracker:
     def track(self, name: str, /, **data: Any) -> None:
         user = self.user
         if user is not None:
-            enqueue(Event(person_id_for(user), name, data, workspace=workspace_for(user)))
+            enqueue(Event(person_id_for(user), name, data, workspace=workspace_for(user)))  # type: ignore[arg-type]
         else:
             enqueue(AnonymousEvent(self.anonymous_id, name, data))
 
@@ -86,7 +86,7 @@ class RequestTracker:
         url = url or data.pop("url", None) or self.request.build_absolute_uri(self.request.path)
         user = self.user
         if user is not None:
-            enqueue(Page(person_id_for(user), url, data, workspace=workspace_for(user)))
+            enqueue(Page(person_id_for(user), url, data, workspace=workspace_for(user)))  # type: ignore[arg-type]
         else:
             enqueue(AnonymousEvent(self.anonymous_id, url, data, type="page"))
 
@@ -95,7 +95,7 @@ class RequestTracker:
         if user is None:
             raise ValidationError("identify", "person_id",
                                   "is unknown: request.cio.identify() needs a logged-in user")
-        enqueue(Identify(person_id_for(user), attributes, workspace=workspace_for(user)))
+        enqueue(Identify(person_id_for(user), attributes, workspace=workspace_for(user)))  # type: ignore[arg-type]
 
 
 class CustomerIOMiddleware:

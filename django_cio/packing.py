@@ -52,9 +52,10 @@ def collapse(ops: Sequence[Operation]) -> list[Operation]:
     result: list[Operation] = []
     open_identify: dict[str, int] = {}  # person -> index in result of their latest identify
     visitor_events: dict[str, int] = {}  # anonymous id -> index in result of its last event
+    by_other: set[str] = set()  # open identifies naming their person by email or cio_id
     for op in ops:
-        if isinstance(op, Identify) and op.person_id in open_identify:
-            index = open_identify[op.person_id]
+        if isinstance(op, Identify) and op.person in open_identify:
+            index = open_identify[op.person]
             earlier = result[index]
             assert isinstance(earlier, Identify)
             merged = _merged(earlier, op, visitor_events, index)
@@ -63,8 +64,18 @@ def collapse(ops: Sequence[Operation]) -> list[Operation]:
                 continue
         for person in op.people:
             open_identify.pop(person, None)
+        # One person may be named by id in one op and by email in another: an op naming
+        # people otherwise than by id closes every open identify, and one by id those that do.
+        if op.id_types != {"id"}:
+            open_identify.clear()
+        elif by_other:
+            for person in by_other:
+                open_identify.pop(person, None)
+            by_other.clear()
         if isinstance(op, Identify):
-            open_identify[op.person_id] = len(result)
+            open_identify[op.person] = len(result)
+            if op.id_type != "id":
+                by_other.add(op.person)
         elif op.kind == "anonymous_event":
             visitor_events[op.person_id] = len(result)
         result.append(op)
@@ -93,6 +104,6 @@ def _merged(earlier: Identify, later: Identify, visitor_events: dict[str, int],
         attributes = dict(newer.attributes)
     try:
         return Identify(later.person_id, attributes, timestamp=newer.timestamp,
-                        workspace=later.workspace)
+                        workspace=later.workspace, id_type=later.id_type)
     except ValidationError:  # together they break a limit: send both
         return None

@@ -31,7 +31,7 @@ from django.utils import timezone
 from django.utils.module_loading import autodiscover_modules
 
 from .exceptions import ConfigurationError
-from .operations import Delete, Event, Identify, Operation
+from .operations import Delete, Event, Identify, Operation, Person
 from .privacy import safe_reason
 from .producer import batch, enqueue
 from .routing import route
@@ -46,8 +46,10 @@ class Customer:
     delete_on_model_delete: ClassVar[bool] = False
     since_field: ClassVar[str | None] = None  # what cio_backfill --since filters on
 
-    def person_id(self, instance: Any) -> str:
-        """The Customer.io id: the primary key as a string (an email field works too)."""
+    def person_id(self, instance: Any) -> str | Person:
+        """Who the row is in Customer.io: by id, the primary key as a string. Return
+        ``Person(email=instance.email)`` (or ``Person(cio_id=...)``) to name people by that
+        identifier instead."""
         return str(instance.pk)
 
     def get_attributes(self, instance: Any) -> dict[str, Any]:
@@ -211,7 +213,7 @@ def identify_many(queryset: Iterable[Any], chunk: int = 500) -> int:
     return queued
 
 
-def person_id_for(instance: Any) -> str:
+def person_id_for(instance: Any) -> str | Person:
     """The Customer.io id of a row: its registered ``Customer.person_id``, else its pk."""
     customer = registry.customer_for(instance.__class__)  # a lazy request.user too
     return customer.person_id(instance) if customer else str(instance.pk)
@@ -253,7 +255,7 @@ def _on_delete(sender: type[models.Model], instance: Any, using: str | None = No
                **kwargs: Any) -> None:
     customer = registry.customer_for(sender)
     if customer is not None and customer.delete_on_model_delete:
-        _enqueue(lambda: Delete(customer.person_id(instance),
+        _enqueue(lambda: Delete(customer.person_id(instance),  # type: ignore[arg-type]
                                 workspace=customer.workspace(instance)), using,
                  f"{sender._meta.label} delete ({type(customer).__name__})")
 
@@ -274,7 +276,7 @@ def identify_op(instance: Any, created: bool,
     attributes = customer.get_attributes(instance)
     if created:
         attributes.setdefault("created_at", timezone.now())
-    return Identify(customer.person_id(instance), attributes,
+    return Identify(customer.person_id(instance), attributes,  # type: ignore[arg-type]
                     workspace=customer.workspace(instance))
 
 

@@ -3,12 +3,20 @@ named in the call, in the spirit of Django's ``using()``::
 
     django_cio.workspace("eu").track(user.pk, "order_placed", total=order.total)
 
+A person is a plain id or a ``Person`` naming them by email or cio_id, and ``at(when)`` backdates
+what it sends (an import of past orders), in a call of its own so that no name is taken from
+the attributes and event data that the keyword arguments carry::
+
+    django_cio.track(Person(email=row.email), "order_placed", total=row.total)
+    django_cio.at(order.created).track(order.user_id, "order_placed", total=order.total)
+
 Each call validates at once (a ``ValidationError`` names the bad field) and queues the op to
 be sent after the current transaction commits, grouped with the transaction's other ops.
 """
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from typing import Any
 
 from .conf import get_settings
@@ -23,62 +31,96 @@ from .operations import (
     Merge,
     Move,
     Page,
+    Person,
+    Screen,
     Suppress,
     Unsuppress,
 )
+from .operations.values import check_timestamp
 from .producer import enqueue
+
+PersonRef = str | int | Person
 
 
 class Workspace:
-    """The verbs for one workspace, or (``name=None``) for whichever routing picks."""
+    """The verbs for one workspace, or (``name=None``) for whichever routing picks; with a
+    ``timestamp`` (see ``at``), identifies and events carry that time instead of now."""
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, timestamp: int | None = None) -> None:
         if name is not None:
             get_settings(name)  # an unknown name fails here, not in a worker
         self.name = name
+        self.timestamp = timestamp
 
     def __repr__(self) -> str:
-        return f"<Workspace {self.name or '(routed)'}>"
+        at = f" at {self.timestamp}" if self.timestamp is not None else ""
+        return f"<Workspace {self.name or '(routed)'}{at}>"
 
-    def identify(self, person_id: str | int, /, **attributes: Any) -> None:
+    def at(self, when: datetime | date | int) -> Workspace:
+        """These verbs, backdated: identifies and events sent with the time ``when`` (a
+        datetime, or Unix seconds), e.g. when importing history."""
+        return Workspace(self.name, check_timestamp("at", "when", when))
+
+    def _time(self) -> dict[str, Any]:
+        return {} if self.timestamp is None else {"timestamp": self.timestamp}
+
+    def identify(self, person_id: PersonRef, /, **attributes: Any) -> None:
         """Create or update a person with these attributes."""
-        enqueue(Identify(person_id, attributes, workspace=self.name))  # type: ignore[arg-type]
+        enqueue(Identify(person_id, attributes,  # type: ignore[arg-type]
+                         workspace=self.name, **self._time()))
 
-    def track(self, person_id: str | int, name: str, /, **data: Any) -> None:
-        """Record an event for a person; it gets its id and timestamp now."""
-        enqueue(Event(person_id, name, data, workspace=self.name))  # type: ignore[arg-type]
+    def track(self, person_id: PersonRef, name: str, /, **data: Any) -> None:
+        """Record an event for a person; it gets its id now, and its time (now, or ``at``)."""
+        enqueue(Event(person_id, name, data,  # type: ignore[arg-type]
+                      workspace=self.name, **self._time()))
 
     def track_anonymous(self, anonymous_id: str, name: str, /, **data: Any) -> None:
         """Record an event for a visitor not identified yet."""
-        enqueue(AnonymousEvent(anonymous_id, name, data, workspace=self.name))
+        enqueue(AnonymousEvent(anonymous_id, name, data, workspace=self.name, **self._time()))
 
-    def page(self, person_id: str | int, url: str, /, **data: Any) -> None:
+    def page(self, person_id: PersonRef, url: str, /, **data: Any) -> None:
         """Record a page view."""
-        enqueue(Page(person_id, url, data, workspace=self.name))  # type: ignore[arg-type]
+        enqueue(Page(person_id, url, data,  # type: ignore[arg-type]
+                     workspace=self.name, **self._time()))
 
-    def delete(self, person_id: str | int) -> None:
+    def page_anonymous(self, anonymous_id: str, url: str, /, **data: Any) -> None:
+        """Record a page view by a visitor not identified yet."""
+        enqueue(AnonymousEvent(anonymous_id, url, data, type="page", workspace=self.name,
+                               **self._time()))
+
+    def screen(self, person_id: PersonRef, name: str, /, **data: Any) -> None:
+        """Record a mobile app screen view."""
+        enqueue(Screen(person_id, name, data,  # type: ignore[arg-type]
+                       workspace=self.name, **self._time()))
+
+    def screen_anonymous(self, anonymous_id: str, name: str, /, **data: Any) -> None:
+        """Record a screen view by a visitor not identified yet."""
+        enqueue(AnonymousEvent(anonymous_id, name, data, type="screen", workspace=self.name,
+                               **self._time()))
+
+    def delete(self, person_id: PersonRef) -> None:
         """Delete a person and their data from Customer.io."""
         enqueue(Delete(person_id, workspace=self.name))  # type: ignore[arg-type]
 
-    def suppress(self, person_id: str | int) -> None:
+    def suppress(self, person_id: PersonRef) -> None:
         """Delete a person and keep them from being added again."""
         enqueue(Suppress(person_id, workspace=self.name))  # type: ignore[arg-type]
 
-    def unsuppress(self, person_id: str | int) -> None:
+    def unsuppress(self, person_id: PersonRef) -> None:
         """Allow a suppressed person to be added again."""
         enqueue(Unsuppress(person_id, workspace=self.name))  # type: ignore[arg-type]
 
-    def add_device(self, person_id: str | int, token: str, platform: str, /,
+    def add_device(self, person_id: PersonRef, token: str, platform: str, /,
                    **attributes: Any) -> None:
         """Add or update a push device (``platform`` is ``"ios"`` or ``"android"``)."""
         enqueue(AddDevice(person_id, token, platform,  # type: ignore[arg-type]
                           attributes=attributes, workspace=self.name))
 
-    def delete_device(self, person_id: str | int, token: str) -> None:
+    def delete_device(self, person_id: PersonRef, token: str) -> None:
         """Remove a push device."""
         enqueue(DeleteDevice(person_id, token, workspace=self.name))  # type: ignore[arg-type]
 
-    def merge(self, primary: str | int, secondary: str | int) -> None:
+    def merge(self, primary: PersonRef, secondary: PersonRef) -> None:
         """Merge ``secondary`` into ``primary``; ``secondary`` is deleted."""
         enqueue(Merge(primary, secondary, workspace=self.name))  # type: ignore[arg-type]
 
@@ -89,7 +131,7 @@ def workspace(name: str) -> Workspace:
     return Workspace(name)
 
 
-def move(person_id: str | int, old: str, new: str, /, **attributes: Any) -> None:
+def move(person_id: PersonRef, old: str, new: str, /, **attributes: Any) -> None:
     """Move a person from workspace ``old`` to ``new`` (their data region changed): deleted in
     ``old`` and, once Customer.io has taken the delete, identified in ``new`` with these
     attributes (for a registered model, ``registry.attributes_for(instance)``)."""

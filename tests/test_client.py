@@ -23,6 +23,9 @@ from django_cio.operations import MAX_BATCH_BYTES, AnonymousEvent, Event, Identi
 URL = "https://track.customer.io"
 KEY = "api-key-must-never-show"
 EMAIL = "ada@example.com"
+# A v1 path holds a plain id: an email-shaped one goes to /api/v2/entity (test_identifiers.py).
+PERSON = "ada lovelace/1+x"
+QUOTED = "ada%20lovelace%2F1%2Bx"
 
 
 @pytest.fixture
@@ -49,8 +52,8 @@ def test_repr_hides_the_key(track):
 
 
 def test_sends_basic_auth_json_and_quoted_path(mocked, track):
-    mocked.put(f"{URL}/api/v1/customers/{EMAIL.replace('@', '%40')}")
-    track.identify(EMAIL, first_name="Ada")
+    mocked.put(f"{URL}/api/v1/customers/{QUOTED}")
+    track.identify(PERSON, first_name="Ada")
     request = mocked.calls[0].request
     assert request.headers["Authorization"] == "Basic " + base64.b64encode(
         f"site:{KEY}".encode()).decode()
@@ -76,10 +79,10 @@ def test_sends_basic_auth_json_and_quoted_path(mocked, track):
     ],
 )
 def test_statuses_are_classified(mocked, track, status, error, reason):
-    mocked.delete(f"{URL}/api/v1/customers/{EMAIL.replace('@', '%40')}", status=status,
-                  json={"meta": {"error": f"bad {EMAIL}"}})
+    mocked.delete(f"{URL}/api/v1/customers/{QUOTED}", status=status,
+                  json={"meta": {"error": f"bad {EMAIL} {PERSON}"}})
     with pytest.raises(error) as raised:
-        track.delete(EMAIL)
+        track.delete(PERSON)
     assert not isinstance(raised.value, RateLimited)
     assert raised.value.status == status and raised.value.kind == "delete"
     assert reason in str(raised.value)
@@ -89,7 +92,7 @@ def test_statuses_are_classified(mocked, track, status, error, reason):
 def assert_clean(error: BaseException) -> None:
     """No key, no person id, no body, and no chained exception that could hold them."""
     text = str(error) + repr(error)
-    assert KEY not in text and EMAIL not in text and "ada%40" not in text
+    assert KEY not in text and EMAIL not in text and PERSON not in text and QUOTED not in text
     assert error.__cause__ is None
     assert error.__context__ is None or error.__suppress_context__
 
@@ -122,9 +125,9 @@ def test_retry_after_as_http_date():
       "network error (ConnectionError)")],
 )
 def test_network_errors_are_transient_and_clean(mocked, track, raised, reason):
-    mocked.put(f"{URL}/api/v1/customers/{EMAIL.replace('@', '%40')}", body=raised)
+    mocked.put(f"{URL}/api/v1/customers/{QUOTED}", body=raised)
     with pytest.raises(TransientError) as error:
-        track.identify(EMAIL, email=EMAIL)
+        track.identify(PERSON, email=EMAIL)
     assert error.value.status is None and reason in str(error.value)
     assert_clean(error.value)
 
@@ -198,10 +201,10 @@ def test_207_with_an_index_out_of_range_is_transient(mocked, track, index):
 
 
 def test_network_error_keeps_no_context(mocked, track):
-    mocked.put(f"{URL}/api/v1/customers/ada%40example.com",
+    mocked.put(f"{URL}/api/v1/customers/{QUOTED}",
                body=requests.ConnectionError(f"/customers/{EMAIL}"))
     with pytest.raises(TransientError) as error:
-        track.identify(EMAIL)
+        track.identify(PERSON)
     assert error.value.__context__ is None
 
 

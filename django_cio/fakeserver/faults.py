@@ -24,6 +24,9 @@ class Config:
     retry_after: float | None = 1  # seconds sent with 429s; None sends no header
     fail_next: list[int] = field(default_factory=list)  # statuses for the next requests
     refuse: list[str] = field(default_factory=list)  # person ids whose batch items get a 207
+    # The workspace identifies people by email or id, so a v1 path holding an email-shaped
+    # value means an email, as Customer.io reads it.
+    email_identifiers: bool = True
 
 
 class TokenBucket:

@@ -24,13 +24,24 @@ def v1_error(message: str) -> Reply:
     return Reply(400, {"meta": {"error": message}})
 
 
-def from_v1(method: str, parts: list[str], body: Any) -> Json:
+def v1_identifiers(value: str, email_identifiers: bool) -> Json:
+    """What a person in a v1 path means: Customer.io reads a ``cio_`` prefix as a cio_id and,
+    in workspaces that identify people by email, an email-shaped value as an email."""
+    if value.startswith("cio_"):
+        return {"cio_id": value[len("cio_"):]}
+    if email_identifiers and "@" in value:
+        return {"email": value}
+    return {"id": value}
+
+
+def from_v1(method: str, parts: list[str], body: Any, email_identifiers: bool = True) -> Json:
     """Turn a v1 request into the v2 item it means; ``Reply(404)`` if it means nothing."""
     if not isinstance(body, dict):
         raise v1_error("body must be a JSON object")
 
     def person(action: str, **extra: Any) -> Json:
-        return {"type": "person", "identifiers": {"id": parts[1]}, "action": action, **extra}
+        return {"type": "person", "identifiers": v1_identifiers(parts[1], email_identifiers),
+                "action": action, **extra}
 
     def event(**extra: Any) -> Json:
         kind = body.get("type", "event")
@@ -48,7 +59,7 @@ def from_v1(method: str, parts: list[str], body: Any) -> Json:
     if route == ("DELETE", "customers", 2, None):
         return person("delete")
     if route == ("POST", "customers", 3, "events"):
-        return event(identifiers={"id": parts[1]})
+        return event(identifiers=v1_identifiers(parts[1], email_identifiers))
     if route in (("POST", "customers", 3, "suppress"), ("POST", "customers", 3, "unsuppress")):
         return person(parts[2])
     if route == ("PUT", "customers", 3, "devices"):

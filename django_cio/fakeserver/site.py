@@ -64,7 +64,7 @@ class FakeSite:
                          "environment_id": self.environment_id}, 0
         if path.startswith("/api/v1/"):
             parts = [unquote(part) for part in path[len("/api/v1/"):].split("/")]
-            op = from_v1(method, parts, body)
+            op = from_v1(method, parts, body, self.config.email_identifiers)
             self._check(op, v1_error)
             self.store.apply(op)
             return 200, {}, 1

@@ -27,6 +27,7 @@ from ..operations.limits import (
 
 Json = dict[str, Any]
 _ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$", re.IGNORECASE)
+ID_TYPES = ("id", "email", "cio_id")
 ACTIONS = {"identify", "event", "page", "screen", "delete", "suppress", "unsuppress",
            "add_device", "delete_device", "merge"}
 
@@ -63,6 +64,17 @@ def _check_attributes(field: str, attributes: Any) -> None:
             raise Invalid(f"{field}.{name}", f"value longer than {MAX_ATTRIBUTE_VALUE_BYTES} bytes")
 
 
+def _check_identifiers(field: str, identifiers: Any) -> None:
+    if not isinstance(identifiers, dict) or len(identifiers) != 1:
+        raise Invalid(field, "must hold exactly one identifier")
+    (kind, value), = identifiers.items()
+    if kind not in ID_TYPES:
+        raise Invalid(field, f"must be one of {', '.join(ID_TYPES)}")
+    _check_id(f"{field}.{kind}", value)
+    if kind == "email" and "@" not in value:
+        raise Invalid(f"{field}.email", "is not an email address")
+
+
 def check(op: Json) -> None:
     """Raise ``Invalid`` if the real Track API would refuse this v2-form op."""
     action = op.get("action")
@@ -70,17 +82,12 @@ def check(op: Json) -> None:
         raise Invalid("action", "unknown type or action")
     if action == "merge":
         for side in ("primary", "secondary"):
-            if not isinstance(op.get(side), dict) or len(op[side]) != 1:
-                raise Invalid(side, "must hold exactly one identifier")
-            _check_id(side, next(iter(op[side].values())))
+            _check_identifiers(side, op.get(side))
         return
     if "anonymous_id" in op:
         _check_id("anonymous_id", op["anonymous_id"])
     else:
-        identifiers = op.get("identifiers")
-        if not isinstance(identifiers, dict) or len(identifiers) != 1:
-            raise Invalid("identifiers", "must hold exactly one identifier")
-        _check_id("identifiers", next(iter(identifiers.values())))
+        _check_identifiers("identifiers", op.get("identifiers"))
     if "timestamp" in op and not isinstance(op["timestamp"], int):
         raise Invalid("timestamp", "must be an integer")
     if action == "identify":
@@ -116,7 +123,10 @@ class Store:
 
     def reset(self) -> None:
         with self.lock:
+            # People by key: their id, or "email:<address>" for one known by email only.
             self.people: dict[str, Json] = {}
+            self.cio_ids: dict[str, str] = {}  # cio_id -> key, given to each new person
+            self.emails: dict[str, str] = {}  # email attribute -> key
             self.attribute_times: dict[str, dict[str, float]] = {}
             self.devices: dict[str, dict[str, Json]] = defaultdict(dict)
             self.suppressed: set[str] = set()
@@ -151,15 +161,20 @@ class Store:
         with self.lock:
             self.ops[action] += 1
             if action == "merge":
-                primary = next(iter(op["primary"].values()))
-                secondary = next(iter(op["secondary"].values()))
+                primary = self.person(op["primary"], create=True) or ""
+                secondary = self.person(op["secondary"], create=False) or ""
                 # The primary's own attributes win; the secondary fills the gaps, then goes.
                 merged = {**self.people.pop(secondary, {}), **self.people.get(primary, {})}
                 self.attribute_times.pop(secondary, None)
                 self.people[primary] = merged
                 self.merges.append((primary, secondary))
                 return
-            person: Any = next(iter(op["identifiers"].values())) if "identifiers" in op else None
+            person: Any = (self.person(op["identifiers"], create=action == "identify")
+                           if "identifiers" in op else None)
+            if person is None and "identifiers" in op:
+                if action not in ("event", "page", "screen"):
+                    return  # no one to delete, suppress or give a device
+                person = "{}:{}".format(*next(iter(op["identifiers"].items())))
             if action == "identify":
                 self.identify_op(person, op)
             elif action in ("event", "page", "screen"):
@@ -177,6 +192,25 @@ class Store:
             elif action == "delete_device":
                 self.devices[person].pop(op["device"]["token"], None)
 
+    def person(self, identifiers: Json, create: bool) -> str | None:
+        """The key of the person ``identifiers`` names, made if ``create`` (None: no one)."""
+        (kind, value), = identifiers.items()
+        if kind == "cio_id":
+            return self.cio_ids.get(value)
+        key = self.emails.get(value) if kind == "email" else value
+        if key is None and create:
+            key = f"email:{value}"
+            self.emails[value] = key
+        if key is not None and create and key not in self.people:
+            self.people[key] = {"email": value} if kind == "email" else {}
+            self.cio_ids[f"{len(self.cio_ids) + 1:012x}"] = key
+        return key
+
+    def cio_id(self, key: str) -> str | None:
+        """The cio_id the fake gave person ``key``."""
+        with self.lock:
+            return next((cio for cio, known in self.cio_ids.items() if known == key), None)
+
     def identify_op(self, person: str, op: Json) -> None:
         """Update attributes, each unless it was set by a newer identify (``timestamp``
         orders attribute updates; one without a timestamp counts as made now)."""
@@ -186,6 +220,8 @@ class Store:
         for name, value in op.get("attributes", {}).items():
             if when >= times.get(name, 0):
                 attributes[name], times[name] = value, when
+                if name == "email" and isinstance(value, str):
+                    self.emails[value] = person
 
     def _add_event(self, op: Json, person: str | None) -> None:
         event_id = op.get("id")

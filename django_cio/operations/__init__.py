@@ -2,6 +2,7 @@
 API's limits (``limits``). Each op is validated when it is built, so a bad call fails in the
 caller's code, not hours later in a worker."""
 
+from .identifiers import ID_TYPES, Person
 from .kinds import (
     OPERATIONS,
     AddDevice,
@@ -14,6 +15,7 @@ from .kinds import (
     Move,
     Operation,
     Page,
+    Screen,
     Suppress,
     Unsuppress,
     V1Request,
@@ -35,6 +37,7 @@ from .limits import (
 from .values import Json, dumps, event_id_time, new_event_id, unix_seconds
 
 __all__ = [
+    "ID_TYPES",
     "MAX_ATTRIBUTES",
     "MAX_ATTRIBUTE_NAME_BYTES",
     "MAX_ATTRIBUTE_VALUE_BYTES",
@@ -59,6 +62,8 @@ __all__ = [
     "Move",
     "Operation",
     "Page",
+    "Person",
+    "Screen",
     "Suppress",
     "Unsuppress",
     "V1Request",

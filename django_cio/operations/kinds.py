@@ -16,6 +16,7 @@ from urllib.parse import quote
 from ..conf import WORKSPACE_NAME
 from ..exceptions import ValidationError
 from ..privacy import person_hash, safe_label, shown_id
+from .identifiers import check_person, identifiers, person_key, v1_readable
 from .limits import (
     MAX_DEVICE_TOKEN_BYTES,
     MAX_EVENT_NAME_BYTES,
@@ -38,10 +39,11 @@ from .values import (
 
 
 class V1Request(NamedTuple):
+    """One HTTP request to the Track API: v1, or v2's ``/entity`` for one op."""
+
     method: str
     path: str
     body: Json
-
 
 
 def _path(*parts: str) -> str:
@@ -82,9 +84,28 @@ class Operation:
         def person_id(self) -> str: ...
 
     @property
+    def person(self) -> str:
+        """Who this op is about, as one key per identifier type and value (``person_key``)."""
+        return self.person_id
+
+    @property
     def people(self) -> tuple[str, ...]:
-        """The persons this op concerns (a merge: both)."""
-        return (self.person_id,)
+        """The persons this op concerns (a merge: both), as ``person`` keys."""
+        return (self.person,)
+
+    @property
+    def id_types(self) -> frozenset[str]:
+        """The identifier types this op names its people by."""
+        return frozenset(("id",))
+
+    def v1_safe(self) -> bool:
+        """Whether v1 reads this op as meant (see ``identifiers``)."""
+        return True
+
+    def single(self) -> V1Request:
+        """The request that sends this op alone: v1 where v1 cannot misread it, else v2's
+        ``/api/v2/entity``."""
+        return self.v1() if self.v1_safe() else V1Request("POST", "/api/v2/entity", self.v2())
 
     def v1(self) -> V1Request:
         raise NotImplementedError
@@ -92,9 +113,13 @@ class Operation:
     def v2(self) -> Json:
         raise NotImplementedError
 
-    def _person(self, **fields: Any) -> Json:
-        return {"type": "person", "identifiers": {"id": self.person_id},
-                "action": self.action, **fields}
+    def _v2_only_fits(self) -> None:
+        """An op v1 would misread must fit a v2 item (v1 takes bigger ones)."""
+        if not self.v1_safe() and len(self.v2_bytes) > MAX_V2_OP_BYTES:
+            raise ValidationError(self.kind, "attributes", f"make the op {len(self.v2_bytes)} "
+                                  f"bytes; one addressed by email or cio_id, or by an "
+                                  f"email-shaped id, goes through v2, whose limit is "
+                                  f"{MAX_V2_OP_BYTES}", f"{MAX_V2_OP_BYTES} bytes")
 
     @cached_property
     def v2_bytes(self) -> bytes:
@@ -115,6 +140,9 @@ class Operation:
         fields = dataclasses.asdict(self)
         if fields["workspace"] in (None, "default"):  # as queued before there were several
             del fields["workspace"]
+        for name in ("id_type", "primary_type", "secondary_type"):  # likewise
+            if fields.get(name) == "id":
+                del fields[name]
         return {"kind": self.kind, **fields}
 
     @staticmethod
@@ -145,20 +173,39 @@ class Operation:
 
 @dataclass(frozen=True, repr=False)
 class _PersonOp(Operation):
-    """An op about one person and nothing else (delete, suppress, unsuppress)."""
+    """An op about one person, named by ``person_id`` (a value, or a ``Person``) of identifier
+    type ``id_type``."""
 
     person_id: str
+    id_type: str = field(default="id", kw_only=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._set("person_id", check_id(self.kind, "person_id", self.person_id))
+        value, id_type = check_person(self.kind, "person_id", self.person_id, self.id_type)
+        self._set("person_id", value)
+        self._set("id_type", id_type)
+
+    @property
+    def person(self) -> str:
+        return person_key(self.person_id, self.id_type)
+
+    @property
+    def id_types(self) -> frozenset[str]:
+        return frozenset((self.id_type,))
+
+    def v1_safe(self) -> bool:
+        return v1_readable(self.person_id, self.id_type)
+
+    def _person(self, **fields: Any) -> Json:
+        return {"type": "person", "identifiers": identifiers(self.person_id, self.id_type),
+                "action": self.action, **fields}
 
     def v2(self) -> Json:
         return self._person()
 
 
 @dataclass(frozen=True, repr=False)
-class Identify(Operation):
+class Identify(_PersonOp):
     """Create or update a person (an upsert, safe to repeat).
 
     ``timestamp`` is when the app made the change (Unix seconds, fixed at creation). Customer.io
@@ -169,16 +216,15 @@ class Identify(Operation):
 
     kind = "identify"
     action = "identify"
-    person_id: str
     attributes: Json = field(default_factory=dict)
     timestamp: int | None = field(default_factory=now_seconds)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._set("person_id", check_id(self.kind, "person_id", self.person_id))
         self._set("attributes", check_attributes(self.kind, self.attributes))
         if self.timestamp is not None:
             self._set("timestamp", check_timestamp(self.kind, "timestamp", self.timestamp))
+        self._v2_only_fits()
 
     def v1(self) -> V1Request:
         body = dict(self.attributes)
@@ -208,14 +254,13 @@ def _v1_event_body(op: Event | AnonymousEvent, event_type: str | None) -> Json:
 
 
 @dataclass(frozen=True, repr=False)
-class Event(Operation):
+class Event(_PersonOp):
     """A named event for a person. ``id`` (a ULID) is fixed at creation and kept on retries."""
 
     kind = "event"
     action = "event"
     v1_type: ClassVar[str | None] = None
     name_limit: ClassVar[int] = MAX_EVENT_NAME_BYTES
-    person_id: str
     name: str
     data: Json = field(default_factory=dict)
     id: str = field(default_factory=new_event_id)
@@ -223,8 +268,8 @@ class Event(Operation):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._set("person_id", check_id(self.kind, "person_id", self.person_id))
         _check_event_fields(self, self.name_limit)
+        self._v2_only_fits()
 
     def v1(self) -> V1Request:
         return V1Request("POST", _path("customers", self.person_id, "events"),
@@ -250,8 +295,18 @@ class Page(Event):
 
 
 @dataclass(frozen=True, repr=False)
+class Screen(Event):
+    """A mobile app screen view by a person; ``name`` is the screen's name."""
+
+    kind = "screen"
+    action = "screen"
+    v1_type = "screen"
+
+
+@dataclass(frozen=True, repr=False)
 class AnonymousEvent(Operation):
-    """An event (or, with ``type="page"``, a page view) before the person is known."""
+    """An event (or, with ``type="page"`` or ``"screen"``, a view) before the person is
+    known."""
 
     kind = "anonymous_event"
     action = "event"
@@ -266,8 +321,8 @@ class AnonymousEvent(Operation):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._set("anonymous_id", check_id(self.kind, "anonymous_id", self.anonymous_id))
-        if self.type not in ("event", "page"):
-            raise ValidationError(self.kind, "type", "must be 'event' or 'page'")
+        if self.type not in ("event", "page", "screen"):
+            raise ValidationError(self.kind, "type", "must be 'event', 'page' or 'screen'")
         _check_event_fields(self, Page.name_limit if self.type == "page" else Event.name_limit)
 
     @property
@@ -315,7 +370,7 @@ class Move(Delete):
     def arrival(self) -> Identify:
         """The identify in the new workspace, timed when the move was made."""
         return Identify(self.person_id, self.attributes, timestamp=self.timestamp,
-                        workspace=self.to)
+                        workspace=self.to, id_type=self.id_type)
 
 
 @dataclass(frozen=True, repr=False)
@@ -339,12 +394,11 @@ class Unsuppress(_PersonOp):
 
 
 @dataclass(frozen=True, repr=False)
-class AddDevice(Operation):
+class AddDevice(_PersonOp):
     """Register a push device (``platform`` is ``"ios"`` or ``"android"``)."""
 
     kind = "add_device"
     action = "add_device"
-    person_id: str
     token: str
     platform: str
     last_used: int | None = None
@@ -352,7 +406,6 @@ class AddDevice(Operation):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._set("person_id", check_id(self.kind, "person_id", self.person_id))
         self._set("token", check_id(self.kind, "token", self.token, MAX_DEVICE_TOKEN_BYTES))
         if self.platform not in PLATFORMS:
             raise ValidationError(self.kind, "platform", f"must be one of {', '.join(PLATFORMS)}")
@@ -389,15 +442,13 @@ def _device_attributes(kind: str, attributes: Mapping[str, Any]) -> dict[str, st
 
 
 @dataclass(frozen=True, repr=False)
-class DeleteDevice(Operation):
+class DeleteDevice(_PersonOp):
     kind = "delete_device"
     action = "delete_device"
-    person_id: str
     token: str
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._set("person_id", check_id(self.kind, "person_id", self.person_id))
         self._set("token", check_id(self.kind, "token", self.token, MAX_DEVICE_TOKEN_BYTES))
 
     def v1(self) -> V1Request:
@@ -415,24 +466,39 @@ class Merge(Operation):
     action = "merge"
     primary: str
     secondary: str
+    primary_type: str = field(default="id", kw_only=True)
+    secondary_type: str = field(default="id", kw_only=True)
 
     @property
     def people(self) -> tuple[str, ...]:
-        return (self.primary, self.secondary)
+        return (person_key(self.primary, self.primary_type),
+                person_key(self.secondary, self.secondary_type))
+
+    @property
+    def id_types(self) -> frozenset[str]:
+        return frozenset((self.primary_type, self.secondary_type))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._set("primary", check_id(self.kind, "primary", self.primary))
-        self._set("secondary", check_id(self.kind, "secondary", self.secondary))
-        if self.primary == self.secondary:
+        for side in ("primary", "secondary"):
+            value, id_type = check_person(self.kind, side, getattr(self, side),
+                                          getattr(self, f"{side}_type"))
+            self._set(side, value)
+            self._set(f"{side}_type", id_type)
+        if self.people[0] == self.people[1]:
             raise ValidationError(self.kind, "secondary", "must differ from primary")
 
     @property
     def person_id(self) -> str:
         return self.primary
 
+    @property
+    def person(self) -> str:
+        return self.people[0]
+
     def _body(self) -> Json:
-        return {"primary": {"id": self.primary}, "secondary": {"id": self.secondary}}
+        return {"primary": identifiers(self.primary, self.primary_type),
+                "secondary": identifiers(self.secondary, self.secondary_type)}
 
     def v1(self) -> V1Request:
         return V1Request("POST", "/api/v1/merge_customers", self._body())
@@ -444,7 +510,7 @@ class Merge(Operation):
 
 OPERATIONS: dict[str, type[Operation]] = {
     cls.kind: cls
-    for cls in (Identify, Event, Page, AnonymousEvent, Delete, Move, Suppress, Unsuppress,
+    for cls in (Identify, Event, Page, Screen, AnonymousEvent, Delete, Move, Suppress, Unsuppress,
                 AddDevice, DeleteDevice, Merge)
 }
 

@@ -8,7 +8,7 @@ from django.core.cache import caches
 from django_redis import get_redis_connection
 
 from django_cio import dedup, packing
-from django_cio.operations import AnonymousEvent, Delete, Event, Identify, Merge
+from django_cio.operations import AnonymousEvent, Delete, Event, Identify, Merge, Person
 from tests.integration.test_tasks import deliver
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -374,3 +374,55 @@ def test_an_identify_carrying_an_anonymous_id_is_always_sent_and_then_remembered
     login = Identify("p", {"plan": "pro", "email": "p@example.com", "anonymous_id": "visitor-1"})
     sent(login)
     assert dedup.drop_seen([Identify("p", {"plan": "pro", "email": "p@example.com"})]) == []
+
+
+# people named by email or cio_id: memory knows people by id only
+
+
+def test_an_identify_by_email_makes_memory_forget_everyone():
+    sent(Identify("p", {"v": 1}))
+    sent(Identify(Person(email="p@example.com"), {"v": 2}))  # p's own email, maybe
+    again = Identify("p", {"v": 1})
+    assert dedup.drop_seen([again]) == [again]
+
+
+@pytest.mark.parametrize("forgetting", [Delete(Person(cio_id="c1")), Merge("q", Person(
+    email="p@example.com"))], ids=["delete", "merge"])
+def test_a_delete_or_merge_by_another_identifier_makes_memory_forget(forgetting):
+    sent(Identify("p", {"v": 1}))
+    sent(forgetting)
+    again = Identify("p", {"v": 1})
+    assert dedup.drop_seen([again]) == [again]
+
+
+def test_identifies_by_email_are_always_sent_and_so_is_their_delivery():
+    by_email = Identify(Person(email="p@example.com"), {"v": 1})
+    sent(by_email)
+    assert dedup.drop_seen([by_email]) == [by_email]
+    sent(Identify("p", {"v": 1}))
+    mixed = [Identify(Person(email="p@example.com"), {"v": 2}), Identify("p", {"v": 1})]
+    assert dedup.drop_seen(mixed) == mixed  # the first may change p: nothing is "there"
+
+
+def test_an_identify_in_flight_when_memory_forgets_is_not_remembered():
+    identify = in_flight(Identify("p", {"v": 1}))
+    sent(Identify(Person(email="p@example.com"), {"v": 2}))
+    dedup.remember(identify)
+    again = Identify("p", {"v": 1})
+    assert dedup.drop_seen([again]) == [again]
+
+
+def test_a_claim_made_as_memory_forgets_is_made_again(monkeypatch):
+    sent(Identify("p", {"v": 1}))
+    read = dedup._epoch
+    moved = []
+
+    def read_then_forget(workspace):
+        epoch = read(workspace)
+        if not moved:  # another worker's identify by email lands between read and claim
+            moved.append(dedup._move_epochs([workspace]))
+        return epoch
+
+    monkeypatch.setattr(dedup, "_epoch", read_then_forget)
+    again = Identify("p", {"v": 1})
+    assert dedup.drop_seen([again]) == [again] and moved
