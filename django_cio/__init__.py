@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from ._version import __version__
 from .backends.locmem import outbox
+from .objects import register_object
 from .operations import Person
 from .producer import batch
 from .registry import Customer, identify_many, register, register_event
+from .segments import register_segment
 from .workspaces import Workspace, move, workspace
 
 # The verbs, for the workspace routing picks: explicit ops name one with workspace("eu").
@@ -34,10 +36,18 @@ unsuppress = _routed.unsuppress
 add_device = _routed.add_device
 delete_device = _routed.delete_device
 merge = _routed.merge
+identify_object = _routed.identify_object
+delete_object = _routed.delete_object
+add_relationship = _routed.add_relationship
+delete_relationship = _routed.delete_relationship
+add_to_segment = _routed.add_to_segment
+remove_from_segment = _routed.remove_from_segment
 
 __all__ = [
-    "Customer", "Person", "Workspace", "__version__", "add_device", "at", "batch", "delete",
-    "delete_device", "identify", "identify_many", "merge", "move", "outbox", "page",
-    "page_anonymous", "register", "register_event", "screen", "screen_anonymous", "suppress",
+    "Customer", "Person", "Workspace", "__version__", "add_device", "add_relationship",
+    "add_to_segment", "at", "batch", "delete", "delete_device", "delete_object",
+    "delete_relationship", "identify", "identify_many", "identify_object", "merge", "move",
+    "outbox", "page", "page_anonymous", "register", "register_event", "register_object",
+    "register_segment", "remove_from_segment", "screen", "screen_anonymous", "suppress",
     "track", "track_anonymous", "unsuppress", "workspace",
 ]

@@ -17,7 +17,7 @@ class DjangoCIOConfig(AppConfig):
         # checks registers the system checks; tasks registers the Celery tasks with whatever
         # Celery app this process has (with or without autodiscover_tasks: a worker that did
         # not know ``deliver`` would drop its messages).
-        from . import auth, checks, conf, registry, tasks  # noqa: F401
+        from . import auth, checks, conf, objects, registry, tasks  # noqa: F401
         from .broker.redis import consume_atomically
         from .broker.relay import add_relay_step
         from .privacy import HIDE_PERSON_PATHS
@@ -26,6 +26,7 @@ class DjangoCIOConfig(AppConfig):
         # urllib3 logs each request's path at DEBUG, and a v1 path holds the person id.
         logging.getLogger("urllib3.connectionpool").addFilter(HIDE_PERSON_PATHS)
         registry.connect_signals()
+        objects.connect_signals()  # after the registry's: relationships follow identifies
         user_logged_in.connect(auth.on_login, dispatch_uid="django_cio.auth.login")
         user_logged_out.connect(auth.on_logout, dispatch_uid="django_cio.auth.logout")
         registry.autodiscover()

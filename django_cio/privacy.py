@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 
-from .exceptions import ValidationError
+from .exceptions import ConfigurationError, ValidationError
 
 _PLAIN_KEY = re.compile(r"[\w \-]{1,40}")  # fullmatch: "$" would let a final newline in
 
@@ -66,10 +66,11 @@ def redacted(value: Any) -> Any:
 
 
 def safe_reason(exc: BaseException) -> str:
-    """What may be logged or stored of an exception from user code or input: a
-    ``ValidationError``'s message (it names the op and field, never the value), the name a
-    missing attribute had, else the type alone (other messages may quote values)."""
-    if isinstance(exc, ValidationError):
+    """What may be logged or stored of an exception from user code or input: the message of
+    a ``ValidationError`` (it names the op and field, never the value) or of a
+    ``ConfigurationError`` (it names settings and registrations), the name a missing attribute
+    had, else the type alone (other messages may quote values)."""
+    if isinstance(exc, (ValidationError, ConfigurationError)):
         return str(exc)
     if isinstance(exc, AttributeError) and exc.name:
         return f"AttributeError: no attribute {exc.name!r}"

@@ -65,6 +65,13 @@ class Customer:
         e.g. from a ``data_region`` field); None leaves it to ``ROUTER``, else ``default``."""
         return None
 
+    def relationships(self, instance: Any) -> Iterable[Any]:
+        """The objects this person belongs to, sent as relationships after each identify:
+        rows of models registered with ``register_object``, or ``(row, {attributes})``
+        pairs. Saving sends what is there now; an ended one needs
+        ``django_cio.delete_relationship``."""
+        return ()
+
 
 def field_value(instance: Any, name: str) -> Any:
     """``instance.name`` as its model field's type: a row made with ``total="9.50"`` sends the
@@ -117,20 +124,20 @@ class Registry:
         self.events: dict[type[models.Model], list[ModelEvent]] = {}
 
     def add_customer(self, model: type[models.Model], customer: Customer) -> None:
-        _check_model(model)
+        check_model(model)
         if model in self.customers:
             raise ConfigurationError(
                 f"{model._meta.label} is registered with django_cio twice "
                 f"({type(self.customers[model]).__name__} and {type(customer).__name__})"
             )
-        unknown = [name for name in customer.fields if not _has_attribute(model, name)]
+        unknown = [name for name in customer.fields if not has_attribute(model, name)]
         if unknown:
             raise ConfigurationError(
                 f"{type(customer).__name__}.fields names what {model._meta.label} does not "
                 f"have: {', '.join(unknown)}"
             )
         self.customers[model] = customer
-        for sender in _with_proxies(model):
+        for sender in with_proxies(model):
             post_delete.connect(_on_delete, sender=sender,
                                 dispatch_uid=f"django_cio.delete.{sender._meta.label}")
 
@@ -138,7 +145,7 @@ class Registry:
         """Forget a model's person registration and events (tests, apps that override)."""
         self.customers.pop(model, None)
         self.events.pop(model, None)
-        for sender in _with_proxies(model):
+        for sender in with_proxies(model):
             post_delete.disconnect(sender=sender,
                                    dispatch_uid=f"django_cio.delete.{sender._meta.label}")
 
@@ -182,13 +189,13 @@ def register_event(
     """Send event ``name`` for ``person(instance)`` when a row is created (``on="create"``),
     updated (``"update"``) or whenever ``on(instance, created)`` says so; to the workspace
     ``workspace(instance)`` names (by default, ``ROUTER``'s choice)."""
-    _check_model(model)
+    check_model(model)
     if isinstance(data, str):
         raise ConfigurationError(f"register_event({model._meta.label}, name={name!r}): data "
                                  f"must be a list of field names or a callable, got a string")
     named = ([person] if isinstance(person, str) else []) + (
         list(data) if data is not None and not callable(data) else [])
-    unknown = [attribute for attribute in named if not _has_attribute(model, attribute)]
+    unknown = [attribute for attribute in named if not has_attribute(model, attribute)]
     if unknown:  # a typo fails at start-up, not at every save
         raise ConfigurationError(
             f"register_event({model._meta.label}, name={name!r}) names what the model does "
@@ -244,10 +251,10 @@ def _on_save(sender: type[models.Model], instance: Any, created: bool, raw: bool
         return
     customer = registry.customer_for(sender)
     if customer is not None and _touches(customer, update_fields):
-        _enqueue(lambda: identify_op(instance, created, customer), using,
+        enqueue_for_signal(lambda: identify_op(instance, created, customer), using,
                  f"{sender._meta.label} identify ({type(customer).__name__})")
     for event in registry.events_for(sender):
-        _enqueue(partial(_event_op, event, instance, created), using,
+        enqueue_for_signal(partial(_event_op, event, instance, created), using,
                  f"{sender._meta.label} {event.label}")
 
 
@@ -255,7 +262,7 @@ def _on_delete(sender: type[models.Model], instance: Any, using: str | None = No
                **kwargs: Any) -> None:
     customer = registry.customer_for(sender)
     if customer is not None and customer.delete_on_model_delete:
-        _enqueue(lambda: Delete(customer.person_id(instance),  # type: ignore[arg-type]
+        enqueue_for_signal(lambda: Delete(customer.person_id(instance),  # type: ignore[arg-type]
                                 workspace=customer.workspace(instance)), using,
                  f"{sender._meta.label} delete ({type(customer).__name__})")
 
@@ -284,7 +291,8 @@ def _event_op(event: ModelEvent, instance: Any, created: bool) -> Event | None:
     return event.op(instance) if event.fires(instance, created) else None
 
 
-def _enqueue(build: Callable[[], Operation | None], using: str | None, source: str) -> None:
+def enqueue_for_signal(build: Callable[[], Operation | None], using: str | None,
+                       source: str) -> None:
     """Build and queue an op for a signal; a bad one is logged with its ``source`` (model and
     registration) and a reason that holds no value, never raised into the save."""
     try:
@@ -306,7 +314,7 @@ def _touches(customer: Customer, update_fields: Any) -> bool:
     return not customer.fields or bool(set(update_fields) & set(customer.fields))
 
 
-def _check_model(model: Any) -> None:
+def check_model(model: Any) -> None:
     if not (isinstance(model, type) and issubclass(model, models.Model)):
         raise ConfigurationError(f"django_cio registers Django models, not {model!r}")
     if model._meta.abstract:
@@ -315,7 +323,7 @@ def _check_model(model: Any) -> None:
         )
 
 
-def _with_proxies(model: type[models.Model]) -> list[type[models.Model]]:
+def with_proxies(model: type[models.Model]) -> list[type[models.Model]]:
     from django.apps import apps
 
     if not apps.ready:  # registered from a models module: proxies fall back at save time
@@ -324,7 +332,7 @@ def _with_proxies(model: type[models.Model]) -> list[type[models.Model]]:
                      if other._meta.proxy and other._meta.concrete_model is model)]
 
 
-def _has_attribute(model: type[models.Model], name: str) -> bool:
+def has_attribute(model: type[models.Model], name: str) -> bool:
     try:
         model._meta.get_field(name)
         return True

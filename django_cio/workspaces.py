@@ -16,6 +16,8 @@ be sent after the current transaction commits, grouped with the transaction's ot
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from datetime import date, datetime
 from typing import Any
 
@@ -23,19 +25,26 @@ from .conf import get_settings
 from .exceptions import ValidationError
 from .operations import (
     AddDevice,
+    AddRelationship,
+    AddToSegment,
     AnonymousEvent,
     Delete,
     DeleteDevice,
+    DeleteObject,
+    DeleteRelationship,
     Event,
     Identify,
+    IdentifyObject,
     Merge,
     Move,
     Page,
     Person,
+    RemoveFromSegment,
     Screen,
     Suppress,
     Unsuppress,
 )
+from .operations.limits import MAX_SEGMENT_PEOPLE
 from .operations.values import check_timestamp
 from .producer import enqueue
 
@@ -123,6 +132,47 @@ class Workspace:
     def merge(self, primary: PersonRef, secondary: PersonRef) -> None:
         """Merge ``secondary`` into ``primary``; ``secondary`` is deleted."""
         enqueue(Merge(primary, secondary, workspace=self.name))  # type: ignore[arg-type]
+
+    def identify_object(self, object_type_id: int | str, object_id: str | int, /,
+                        **attributes: Any) -> None:
+        """Create or update an object (a company, an account) of this type with these
+        attributes."""
+        enqueue(IdentifyObject(object_type_id, object_id, attributes,  # type: ignore[arg-type]
+                               workspace=self.name))
+
+    def delete_object(self, object_type_id: int | str, object_id: str | int) -> None:
+        """Delete an object, and its relationships."""
+        enqueue(DeleteObject(object_type_id, object_id,  # type: ignore[arg-type]
+                             workspace=self.name))
+
+    def add_relationship(self, person_id: PersonRef, object_type_id: int | str,
+                         object_id: str | int, /, **attributes: Any) -> None:
+        """Relate a person to an object, with relationship attributes (a role, say)."""
+        enqueue(AddRelationship(person_id, object_type_id, object_id,  # type: ignore[arg-type]
+                                attributes, workspace=self.name))
+
+    def delete_relationship(self, person_id: PersonRef, object_type_id: int | str,
+                            object_id: str | int) -> None:
+        """End a person's relationship to an object."""
+        enqueue(DeleteRelationship(person_id, object_type_id, object_id,  # type: ignore
+                                   workspace=self.name))
+
+    def add_to_segment(self, segment_id: int, people: Iterable[PersonRef]) -> None:
+        """Add people (ids, or ``Person``s of one identifier type) to a manual segment, in
+        requests of up to 1,000."""
+        for chunk in _chunks(people):
+            enqueue(AddToSegment(segment_id, chunk, workspace=self.name))
+
+    def remove_from_segment(self, segment_id: int, people: Iterable[PersonRef]) -> None:
+        """Remove people from a manual segment."""
+        for chunk in _chunks(people):
+            enqueue(RemoveFromSegment(segment_id, chunk, workspace=self.name))
+
+
+def _chunks(people: Iterable[PersonRef]) -> Iterator[list[Any]]:
+    people = iter(people)
+    while chunk := list(itertools.islice(people, MAX_SEGMENT_PEOPLE)):
+        yield chunk
 
 
 def workspace(name: str) -> Workspace:

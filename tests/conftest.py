@@ -15,6 +15,7 @@ from celery.contrib.testing.worker import start_worker
 from celery.signals import after_task_publish
 from django.core.cache import caches
 
+from django_cio import objects, segments
 from django_cio.broker import publish
 from django_cio.client import TrackClient
 from django_cio.conf import get_settings
@@ -106,10 +107,15 @@ def _forget_dedup_memory():
 def registrations():
     """Register freely in a test; the registry is put back afterwards."""
     customers, events = dict(registry.customers), {k: list(v) for k, v in registry.events.items()}
+    object_models, relations = dict(objects.object_models), dict(segments.relations)
     yield registry
     for model in set(registry.customers) - set(customers):
         registry.unregister(model)  # and its delete signal
     registry.customers, registry.events = customers, events
+    for model in set(objects.object_models) - set(object_models):
+        objects.unregister_object(model)
+    for relation in set(segments.relations.values()) - set(relations.values()):
+        segments.unregister_segment(relation.model, relation.members)
 
 
 @pytest.fixture

@@ -33,3 +33,35 @@ class Note(Timestamped):
 
     def __str__(self):
         return f"Note {self.pk}"
+
+
+class Company(models.Model):
+    """An object (type 1) that people belong to."""
+
+    name = models.CharField(max_length=100)
+    plan = models.CharField(max_length=20, default="free")
+
+    def __str__(self):
+        return self.name
+
+
+class Employee(models.Model):
+    """A person who belongs to a company, in a role."""
+
+    email = models.EmailField()
+    company = models.ForeignKey(Company, null=True, on_delete=models.SET_NULL)
+    role = models.CharField(max_length=20, default="member")
+
+    def __str__(self):
+        return f"Employee {self.pk}"
+
+
+class Team(models.Model):
+    """A group whose members make up a manual segment."""
+
+    name = models.CharField(max_length=100)
+    segment_id = models.IntegerField(null=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="teams")
+
+    def __str__(self):
+        return self.name

@@ -28,7 +28,7 @@ def test_a_person_is_named_by_exactly_one_identifier():
             Person(**bad)
     with pytest.raises(ValidationError, match="identify: person_id is not an email"):
         Identify(Person(email="ada"), {})
-    with pytest.raises(ValidationError, match="identify: person_id_type must be one of"):
+    with pytest.raises(ValidationError, match="identify: id_type must be one of"):
         Identify("ada", {}, id_type="phone")
 
 

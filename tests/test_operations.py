@@ -19,15 +19,21 @@ from django_cio.operations import (
     MAX_ID_BYTES,
     OPERATIONS,
     AddDevice,
+    AddRelationship,
+    AddToSegment,
     AnonymousEvent,
     Delete,
     DeleteDevice,
+    DeleteObject,
+    DeleteRelationship,
     Event,
     Identify,
+    IdentifyObject,
     Merge,
     Move,
     Operation,
     Page,
+    RemoveFromSegment,
     Screen,
     Suppress,
     Unsuppress,
@@ -53,6 +59,12 @@ def one_of_each() -> list[Operation]:
         AddDevice("42", "tok", "ios", last_used=1_700_000_000, attributes={"app": "1.0"}),
         DeleteDevice("42", "tok"),
         Merge("42", "43"),
+        IdentifyObject(1, "acme", {"name": SECRET}),
+        DeleteObject(1, "acme"),
+        AddRelationship("42", 1, "acme", {"role": "admin"}),
+        DeleteRelationship("42", 1, "acme"),
+        AddToSegment(7, ["42", "43"]),
+        RemoveFromSegment(7, ["42"]),
     ]
 
 
@@ -258,7 +270,7 @@ def test_merge_needs_two_different_people():
 
 
 def test_v1_requests():
-    ops = {op.kind: op for op in one_of_each()}
+    ops = {op.kind: op for op in one_of_each() if op.v1_safe()}
     event, page, anonymous = ops["event"], ops["page"], ops["anonymous_event"]
     screen = ops["screen"]
     assert {kind: op.v1() for kind, op in ops.items()} == {
@@ -286,11 +298,15 @@ def test_v1_requests():
         "delete_device": ("DELETE", "/api/v1/customers/42/devices/tok", {}),
         "merge": ("POST", "/api/v1/merge_customers", {
             "primary": {"id": "42"}, "secondary": {"id": "43"}}),
+        "add_to_segment": ("POST", "/api/v1/segments/7/add_customers", {"ids": ["42", "43"]}),
+        "remove_from_segment": ("POST", "/api/v1/segments/7/remove_customers",
+                                {"ids": ["42"]}),
     }
 
 
 def test_v2_items():
     person = {"type": "person", "identifiers": {"id": "42"}}
+    acme = {"type": "object", "identifiers": {"object_type_id": "1", "object_id": "acme"}}
     ops = {op.kind: op for op in one_of_each() if op.batchable}
     event, page, screen = ops["event"], ops["page"], ops["screen"]
     assert {kind: op.v2() for kind, op in ops.items()} == {
@@ -312,6 +328,12 @@ def test_v2_items():
         "delete_device": {**person, "action": "delete_device", "device": {"token": "tok"}},
         "merge": {"type": "person", "action": "merge", "primary": {"id": "42"},
                   "secondary": {"id": "43"}},
+        "identify_object": {**acme, "action": "identify", "attributes": {"name": SECRET}},
+        "delete_object": {**acme, "action": "delete"},
+        "add_relationship": {**person, "action": "add_relationships", "cio_relationships": [
+            {"identifiers": acme["identifiers"], "relationship_attributes": {"role": "admin"}}]},
+        "delete_relationship": {**person, "action": "delete_relationships",
+                                "cio_relationships": [{"identifiers": acme["identifiers"]}]},
     }
 
 

@@ -21,6 +21,9 @@ class Config:
     rate_limit: float | None = None  # requests per second; None = no cap
     error_rate: float = 0.0  # share of requests answered 503
     strict: bool = True
+    # Strict mode also applies Customer.io's request schemas (spec.py): about 0.1 ms an op,
+    # which the benchmarks and the load test, after throughput, leave out.
+    schemas: bool = True
     retry_after: float | None = 1  # seconds sent with 429s; None sends no header
     fail_next: list[int] = field(default_factory=list)  # statuses for the next requests
     refuse: list[str] = field(default_factory=list)  # person ids whose batch items get a 207

@@ -34,8 +34,10 @@ def v1_identifiers(value: str, email_identifiers: bool) -> Json:
     return {"id": value}
 
 
-def from_v1(method: str, parts: list[str], body: Any, email_identifiers: bool = True) -> Json:
-    """Turn a v1 request into the v2 item it means; ``Reply(404)`` if it means nothing."""
+def from_v1(method: str, parts: list[str], body: Any, email_identifiers: bool = True,
+            query: dict[str, list[str]] | None = None) -> Json:
+    """Turn a v1 request into the v2 item it means (manual segments, which v2 lacks, into
+    the fake's own ``"type": "segment"`` item); ``Reply(404)`` if it means nothing."""
     if not isinstance(body, dict):
         raise v1_error("body must be a JSON object")
 
@@ -70,6 +72,10 @@ def from_v1(method: str, parts: list[str], body: Any, email_identifiers: bool = 
         return person("delete_device", device={"token": parts[3]})
     if route == ("POST", "events", 1, None):
         return event(anonymous_id=body.get("anonymous_id"))
+    if route[:3] == ("POST", "segments", 3) and route[3] in ("add_customers",
+                                                             "remove_customers"):
+        return {"type": "segment", "action": route[3], "segment_id": parts[1],
+                "ids": body.get("ids"), "id_type": (query or {}).get("id_type", ["id"])[0]}
     if route == ("POST", "merge_customers", 1, None):
         return {"type": "person", "action": "merge", "primary": body.get("primary"),
                 "secondary": body.get("secondary")}

@@ -74,7 +74,8 @@ class Handler(BaseHTTPRequestHandler):
                 return
             parsed = self._json(raw)
             site = fake.site_for(self._credentials())
-            status, body, ops = fake.track(self.command, url.path, site, parsed)
+            status, body, ops = fake.track(self.command, url.path, site, parsed,
+                                           parse_qs(url.query))
         except Reply as reply:
             status, body, headers = reply.status, reply.body, reply.headers
         except Exception as exc:  # a bug of the fake's: answer it, don't drop the connection
@@ -238,13 +239,13 @@ class FakeTrackAPI:
         """Answer the first site's next requests with these statuses (``503, 503``)."""
         self.primary.fail_next(*statuses)
 
-    def track(self, method: str, path: str, site: FakeSite | None,
-              body: Any) -> tuple[int, Json, int]:
+    def track(self, method: str, path: str, site: FakeSite | None, body: Any,
+              query: dict[str, list[str]] | None = None) -> tuple[int, Json, int]:
         """Answer a Track API request for ``site`` (None: unknown credentials, a 401)."""
         (site or self.primary).arrived()
         if site is None:
             raise Reply(401, {"meta": {"error": "unauthorized"}})
-        return site.track(method, path, body)
+        return site.track(method, path, body, query or {})
 
     # -- control and inspection -------------------------------------------------------------
 
@@ -259,6 +260,14 @@ class FakeTrackAPI:
         if method == "GET" and what == "people":
             with store.lock:
                 return dict(store.people)
+        if method == "GET" and what == "objects":
+            with store.lock:
+                return {"objects": {f"{t}:{i}": attrs for (t, i), attrs in store.objects.items()},
+                        "relationships": [
+                            {"person": person, "object": f"{t}:{i}", "attributes": attrs}
+                            for (person, t, i), attrs in store.relationships.items()],
+                        "segments": {str(n): sorted(people)
+                                     for n, people in store.segments.items()}}
         if method == "GET" and what == "events":
             person = query.get("person", [None])[0]
             with store.lock:

@@ -11,6 +11,7 @@ from urllib.parse import unquote
 
 from ..conf import REGION_URLS
 from ..operations import MAX_V2_OP_BYTES, dumps
+from . import spec
 from .faults import Config, Faults
 from .protocol import Reply, from_v1, v1_error
 from .store import Invalid, Json, Store, check
@@ -52,7 +53,8 @@ class FakeSite:
         if self.config.latency_ms:
             time.sleep(self.config.latency_ms / 1000)
 
-    def track(self, method: str, path: str, body: Any) -> tuple[int, Json, int]:
+    def track(self, method: str, path: str, body: Any,
+              query: dict[str, list[str]] | None = None) -> tuple[int, Json, int]:
         """Answer an authorized Track API request: (status, body, ops applied)."""
         self.faults.gate()
         if method == "POST" and path == "/api/v2/batch":
@@ -63,19 +65,33 @@ class FakeSite:
             return 200, {"url": REGION_URLS[self.region], "region": self.region,
                          "environment_id": self.environment_id}, 0
         if path.startswith("/api/v1/"):
+            if self._schemas():
+                for field, message in spec.v1_problems(method, path, body)[:1]:
+                    raise v1_error(f"{field}: {message}")
             parts = [unquote(part) for part in path[len("/api/v1/"):].split("/")]
-            op = from_v1(method, parts, body, self.config.email_identifiers)
+            op = from_v1(method, parts, body, self.config.email_identifiers, query or {})
             self._check(op, v1_error)
             self.store.apply(op)
             return 200, {}, 1
         raise Reply(404, {"meta": {"error": "not found"}})
 
-    def _check(self, op: Json, error: Any) -> None:
+    def _schemas(self) -> bool:
+        return self.config.strict and self.config.schemas
+
+    def _check(self, op: Json, error: Any, v2: bool = False) -> None:
         if self.config.strict:
             try:
-                check(op)
+                self._check_item(op, v2)
             except Invalid as invalid:
                 raise error(f"{invalid.field}: {invalid.message}") from None
+
+    def _check_item(self, op: Json, v2: bool) -> None:
+        """What Customer.io checks of a v2 item (or a v1 request as its v2 item): its schema
+        (``v2``), then sizes and values."""
+        if v2 and self._schemas():
+            for field, message in spec.v2_problems(op)[:1]:
+                raise Invalid(field, message)
+        check(op)
 
     def _entity(self, op: Any) -> tuple[int, Json, int]:
         def refuse(message: str) -> Reply:
@@ -83,7 +99,7 @@ class FakeSite:
 
         if not isinstance(op, dict):
             raise refuse("body must be an object")
-        self._check(op, refuse)
+        self._check(op, refuse, v2=True)
         self.store.apply(op)
         return 200, {}, 1
 
@@ -100,7 +116,7 @@ class FakeSite:
                 if len(dumps(op)) > MAX_V2_OP_BYTES:
                     raise Invalid("batch", f"operation larger than {MAX_V2_OP_BYTES} bytes")
                 if self.config.strict:
-                    check(op)
+                    self._check_item(op, v2=True)
                 identifiers = op.get("identifiers")
                 if isinstance(identifiers, dict) and identifiers.get("id") in self.config.refuse:
                     raise Invalid("identifiers.id", "refused (fake server refuse list)")

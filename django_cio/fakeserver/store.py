@@ -21,7 +21,9 @@ from ..operations.limits import (
     MAX_EVENT_DATA_BYTES,
     MAX_EVENT_NAME_BYTES,
     MAX_ID_BYTES,
+    MAX_OBJECT_ATTRIBUTES_BYTES,
     MAX_PAGE_URL_BYTES,
+    MAX_SEGMENT_PEOPLE,
     PLATFORMS,
 )
 
@@ -29,7 +31,8 @@ Json = dict[str, Any]
 _ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$", re.IGNORECASE)
 ID_TYPES = ("id", "email", "cio_id")
 ACTIONS = {"identify", "event", "page", "screen", "delete", "suppress", "unsuppress",
-           "add_device", "delete_device", "merge"}
+           "add_device", "delete_device", "merge", "add_relationships", "delete_relationships"}
+OBJECT_ACTIONS = {"identify", "delete", "add_relationships", "delete_relationships"}
 
 
 class Invalid(Exception):
@@ -75,8 +78,63 @@ def _check_identifiers(field: str, identifiers: Any) -> None:
         raise Invalid(f"{field}.email", "is not an email address")
 
 
+def _check_object_identifiers(field: str, identifiers: Any) -> None:
+    if not isinstance(identifiers, dict) or set(identifiers) != {"object_type_id", "object_id"}:
+        raise Invalid(field, "must hold object_type_id and object_id")
+    type_id = identifiers["object_type_id"]
+    if not (isinstance(type_id, str) and type_id.isascii() and type_id.isdigit()):
+        raise Invalid(f"{field}.object_type_id", "must be a string of digits")
+    _check_id(f"{field}.object_id", identifiers["object_id"])
+
+
+def _check_object_attributes(field: str, attributes: Any) -> None:
+    _check_attributes(field, attributes)
+    if _size(attributes) > MAX_OBJECT_ATTRIBUTES_BYTES:
+        raise Invalid(field, f"larger than {MAX_OBJECT_ATTRIBUTES_BYTES} bytes in all")
+
+
+def _check_relationships(relationships: Any, to_objects: bool) -> None:
+    if not isinstance(relationships, list) or not relationships:
+        raise Invalid("cio_relationships", "must be a non-empty list")
+    for index, relationship in enumerate(relationships):
+        field = f"cio_relationships[{index}]"
+        if not isinstance(relationship, dict):
+            raise Invalid(field, "must be an object")
+        check_end = _check_object_identifiers if to_objects else _check_identifiers
+        check_end(f"{field}.identifiers", relationship.get("identifiers"))
+        _check_object_attributes(f"{field}.relationship_attributes",
+                                 relationship.get("relationship_attributes", {}))
+
+
+def _check_object(op: Json) -> None:
+    if op.get("action") not in OBJECT_ACTIONS:
+        raise Invalid("action", "unknown object action")
+    _check_object_identifiers("identifiers", op.get("identifiers"))
+    if op["action"] == "identify":
+        _check_object_attributes("attributes", op.get("attributes", {}))
+    elif op["action"] != "delete":
+        _check_relationships(op.get("cio_relationships"), to_objects=False)
+
+
+def _check_segment(op: Json) -> None:
+    if not str(op.get("segment_id")).isdigit():
+        raise Invalid("segment_id", "must be an integer")
+    ids = op.get("ids")
+    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_SEGMENT_PEOPLE:
+        raise Invalid("ids", f"must be a list of 1 to {MAX_SEGMENT_PEOPLE} ids")
+    for index, value in enumerate(ids):
+        _check_id(f"ids[{index}]", value)
+    if op.get("id_type") not in ID_TYPES:
+        raise Invalid("id_type", f"must be one of {', '.join(ID_TYPES)}")
+
+
 def check(op: Json) -> None:
-    """Raise ``Invalid`` if the real Track API would refuse this v2-form op."""
+    """Raise ``Invalid`` if the real Track API would refuse this v2-form op (sizes and
+    values; ``spec`` checks the shapes)."""
+    if op.get("type") == "object":
+        return _check_object(op)
+    if op.get("type") == "segment":
+        return _check_segment(op)
     action = op.get("action")
     if op.get("type") != "person" or action not in ACTIONS:
         raise Invalid("action", "unknown type or action")
@@ -92,6 +150,8 @@ def check(op: Json) -> None:
         raise Invalid("timestamp", "must be an integer")
     if action == "identify":
         _check_attributes("attributes", op.get("attributes", {}))
+    elif action in ("add_relationships", "delete_relationships"):
+        _check_relationships(op.get("cio_relationships"), to_objects=True)
     elif action in ("event", "page", "screen"):
         limit = MAX_EVENT_NAME_BYTES if action == "event" else MAX_PAGE_URL_BYTES
         name = op.get("name")
@@ -127,6 +187,10 @@ class Store:
             self.people: dict[str, Json] = {}
             self.cio_ids: dict[str, str] = {}  # cio_id -> key, given to each new person
             self.emails: dict[str, str] = {}  # email attribute -> key
+            self.objects: dict[tuple[str, str], Json] = {}  # (type id, id) -> attributes
+            # (person key, object type id, object id) -> relationship attributes
+            self.relationships: dict[tuple[str, str, str], Json] = {}
+            self.segments: dict[int, set[str]] = defaultdict(set)  # id -> person keys
             self.attribute_times: dict[str, dict[str, float]] = {}
             self.devices: dict[str, dict[str, Json]] = defaultdict(dict)
             self.suppressed: set[str] = set()
@@ -159,6 +223,9 @@ class Store:
         """Apply one valid v2-form op."""
         action = op["action"]
         with self.lock:
+            if op["type"] != "person":
+                self.ops[f"{op['type']}_{action}"] += 1
+                return self._apply_other(op)
             self.ops[action] += 1
             if action == "merge":
                 primary = self.person(op["primary"], create=True) or ""
@@ -191,6 +258,41 @@ class Store:
                 self.devices[person][op["device"]["token"]] = op["device"]
             elif action == "delete_device":
                 self.devices[person].pop(op["device"]["token"], None)
+            elif action in ("add_relationships", "delete_relationships"):
+                for relationship in op["cio_relationships"]:
+                    end = relationship["identifiers"]
+                    self._relate(action, person, end["object_type_id"], end["object_id"],
+                                 relationship.get("relationship_attributes", {}))
+
+    def _apply_other(self, op: Json) -> None:
+        """Objects, their relationships, and manual segments (the fake's own item form)."""
+        action = op["action"]
+        if op["type"] == "segment":
+            people = [self.person({op["id_type"]: value}, create=False) for value in op["ids"]]
+            segment = self.segments[int(op["segment_id"])]
+            for person in filter(None, people):
+                (segment.add if action == "add_customers" else segment.discard)(person)
+            return
+        key = (op["identifiers"]["object_type_id"], op["identifiers"]["object_id"])
+        if action == "identify":
+            self.objects.setdefault(key, {}).update(op.get("attributes", {}))
+        elif action == "delete":
+            self.objects.pop(key, None)
+            for relationship in [r for r in self.relationships if r[1:] == key]:
+                del self.relationships[relationship]
+        else:
+            for relationship in op["cio_relationships"]:
+                related = self.person(relationship["identifiers"], create=False)
+                if related is not None:
+                    self._relate(action, related, *key,
+                                 relationship.get("relationship_attributes", {}))
+
+    def _relate(self, action: str, person: str, type_id: str, object_id: str,
+                attributes: Json) -> None:
+        if action == "add_relationships":
+            self.relationships[(person, type_id, object_id)] = attributes
+        else:
+            self.relationships.pop((person, type_id, object_id), None)
 
     def person(self, identifiers: Json, create: bool) -> str | None:
         """The key of the person ``identifiers`` names, made if ``create`` (None: no one)."""

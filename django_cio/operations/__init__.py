@@ -34,6 +34,8 @@ from .limits import (
     MAX_V2_OP_BYTES,
     PLATFORMS,
 )
+from .objects import AddRelationship, DeleteObject, DeleteRelationship, IdentifyObject
+from .segments import AddToSegment, RemoveFromSegment
 from .values import Json, dumps, event_id_time, new_event_id, unix_seconds
 
 __all__ = [
@@ -52,17 +54,23 @@ __all__ = [
     "OPERATIONS",
     "PLATFORMS",
     "AddDevice",
+    "AddRelationship",
+    "AddToSegment",
     "AnonymousEvent",
     "Delete",
     "DeleteDevice",
+    "DeleteObject",
+    "DeleteRelationship",
     "Event",
     "Identify",
+    "IdentifyObject",
     "Json",
     "Merge",
     "Move",
     "Operation",
     "Page",
     "Person",
+    "RemoveFromSegment",
     "Screen",
     "Suppress",
     "Unsuppress",

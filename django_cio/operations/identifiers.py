@@ -46,13 +46,14 @@ class Person:
         return f"<Person by {self.type}>"
 
 
-def check_person(kind: str, field: str, person: Any, id_type: str = "id") -> tuple[str, str]:
-    """(value, type) of a person given as a plain id or a ``Person``; ``ValidationError`` names
-    ``field``."""
+def check_person(kind: str, field: str, person: Any, id_type: Any = "id",
+                 type_field: str = "id_type") -> tuple[str, str]:
+    """(value, type) of a person given as a plain id (of type ``id_type``) or a ``Person``;
+    a ``ValidationError`` names ``field`` or ``type_field``."""
     if isinstance(person, Person):
         person, id_type = person.value, person.type
-    if id_type not in ID_TYPES:
-        raise ValidationError(kind, f"{field}_type", f"must be one of {', '.join(ID_TYPES)}")
+    if not isinstance(id_type, str) or id_type not in ID_TYPES:
+        raise ValidationError(kind, type_field, f"must be one of {', '.join(ID_TYPES)}")
     value = check_id(kind, field, person)
     if id_type == "email" and "@" not in value:
         raise ValidationError(kind, field, "is not an email address (no '@')")

@@ -46,6 +46,10 @@ class V1Request(NamedTuple):
     body: Json
 
 
+# Every op kind by name, for rebuilding queued ops (filled by Operation.__init_subclass__).
+OPERATIONS: dict[str, type[Operation]] = {}
+
+
 def _path(*parts: str) -> str:
     # Ids may hold '/', '+', '@' or spaces: quote everything, as Customer.io expects.
     return "/api/v1/" + "/".join(quote(part, safe="") for part in parts)
@@ -62,6 +66,11 @@ class Operation:
     batchable: ClassVar[bool] = True
     # Where it goes (``CUSTOMERIO["WORKSPACES"]``); None until ``routing.route`` picks one.
     workspace: str | None = field(default=None, kw_only=True, compare=False)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in vars(cls):
+            OPERATIONS[cls.kind] = cls
 
     def __post_init__(self) -> None:
         if self.workspace is not None:
@@ -172,7 +181,7 @@ class Operation:
 
 
 @dataclass(frozen=True, repr=False)
-class _PersonOp(Operation):
+class PersonOp(Operation):
     """An op about one person, named by ``person_id`` (a value, or a ``Person``) of identifier
     type ``id_type``."""
 
@@ -205,7 +214,7 @@ class _PersonOp(Operation):
 
 
 @dataclass(frozen=True, repr=False)
-class Identify(_PersonOp):
+class Identify(PersonOp):
     """Create or update a person (an upsert, safe to repeat).
 
     ``timestamp`` is when the app made the change (Unix seconds, fixed at creation). Customer.io
@@ -254,7 +263,7 @@ def _v1_event_body(op: Event | AnonymousEvent, event_type: str | None) -> Json:
 
 
 @dataclass(frozen=True, repr=False)
-class Event(_PersonOp):
+class Event(PersonOp):
     """A named event for a person. ``id`` (a ULID) is fixed at creation and kept on retries."""
 
     kind = "event"
@@ -339,7 +348,7 @@ class AnonymousEvent(Operation):
 
 
 @dataclass(frozen=True, repr=False)
-class Delete(_PersonOp):
+class Delete(PersonOp):
     """Delete a person and their data."""
 
     kind = "delete"
@@ -374,7 +383,7 @@ class Move(Delete):
 
 
 @dataclass(frozen=True, repr=False)
-class Suppress(_PersonOp):
+class Suppress(PersonOp):
     """Delete a person and refuse any later data for that id."""
 
     kind = "suppress"
@@ -385,7 +394,7 @@ class Suppress(_PersonOp):
 
 
 @dataclass(frozen=True, repr=False)
-class Unsuppress(_PersonOp):
+class Unsuppress(PersonOp):
     kind = "unsuppress"
     action = "unsuppress"
 
@@ -394,7 +403,7 @@ class Unsuppress(_PersonOp):
 
 
 @dataclass(frozen=True, repr=False)
-class AddDevice(_PersonOp):
+class AddDevice(PersonOp):
     """Register a push device (``platform`` is ``"ios"`` or ``"android"``)."""
 
     kind = "add_device"
@@ -442,7 +451,7 @@ def _device_attributes(kind: str, attributes: Mapping[str, Any]) -> dict[str, st
 
 
 @dataclass(frozen=True, repr=False)
-class DeleteDevice(_PersonOp):
+class DeleteDevice(PersonOp):
     kind = "delete_device"
     action = "delete_device"
     token: str
@@ -482,7 +491,7 @@ class Merge(Operation):
         super().__post_init__()
         for side in ("primary", "secondary"):
             value, id_type = check_person(self.kind, side, getattr(self, side),
-                                          getattr(self, f"{side}_type"))
+                                          getattr(self, f"{side}_type"), f"{side}_type")
             self._set(side, value)
             self._set(f"{side}_type", id_type)
         if self.people[0] == self.people[1]:
@@ -507,10 +516,4 @@ class Merge(Operation):
         # Merge is the one person action without "identifiers".
         return {"type": "person", "action": self.action, **self._body()}
 
-
-OPERATIONS: dict[str, type[Operation]] = {
-    cls.kind: cls
-    for cls in (Identify, Event, Page, Screen, AnonymousEvent, Delete, Move, Suppress, Unsuppress,
-                AddDevice, DeleteDevice, Merge)
-}
 

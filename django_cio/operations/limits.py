@@ -4,6 +4,10 @@ MAX_ID_BYTES = 150
 MAX_ATTRIBUTE_NAME_BYTES = 150
 MAX_ATTRIBUTE_VALUE_BYTES = 1000
 MAX_ATTRIBUTES = 300
+# People per manual segment request.
+MAX_SEGMENT_PEOPLE = 1000
+# An object's (or a relationship's) attributes together.
+MAX_OBJECT_ATTRIBUTES_BYTES = 100_000
 MAX_EVENT_NAME_BYTES = 100
 MAX_EVENT_DATA_BYTES = 100_000
 # A page view's name is its URL; the docs give no separate limit, so URLs get the value limit.

@@ -159,6 +159,15 @@ def check_id(kind: str, name: str, value: Any, limit: int = MAX_ID_BYTES) -> str
     return value
 
 
+def check_positive_int(kind: str, name: str, value: Any, what: str = "") -> int:
+    """A positive integer, or a string of its digits (ids Customer.io numbers)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < MAX_INT:
+        raise ValidationError(kind, name, f"must be a positive integer{what}")
+    return value
+
+
 def check_name(kind: str, name: str, value: Any, limit: int) -> str:
     if not isinstance(value, (str, Promise)) or not str(value).strip():
         raise ValidationError(kind, name, "must be a non-blank string")
