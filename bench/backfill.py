@@ -76,7 +76,7 @@ def run(args: argparse.Namespace, env: dict[str, str], url: str) -> None:
             "FROM generate_series(1, %s) AS n", (args.rows,))
         db.execute("ANALYZE auth_user")
 
-    with FakeTrackAPI(site_id=env["CUSTOMERIO_SITE_ID"], latency_ms=args.latency_ms,
+    with FakeTrackAPI(schemas=False, site_id=env["CUSTOMERIO_SITE_ID"], latency_ms=args.latency_ms,
                       rate_limit=args.cap) as fake:
         env = {**env, "CUSTOMERIO_TRACK_URL": fake.url}
         started = time.perf_counter()

@@ -34,7 +34,7 @@ def main() -> None:
 
     from django_cio.fakeserver import FakeTrackAPI
 
-    with FakeTrackAPI(latency_ms=args.latency_ms) as fake:
+    with FakeTrackAPI(schemas=False, latency_ms=args.latency_ms) as fake:
         settings.configure(
             USE_TZ=True, SECRET_KEY="bench", INSTALLED_APPS=["django_cio"],
             DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},

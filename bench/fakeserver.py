@@ -68,7 +68,7 @@ def main() -> None:
     from django_cio.client import TrackClient
     from django_cio.fakeserver import FakeTrackAPI
 
-    with FakeTrackAPI() as fake:
+    with FakeTrackAPI(schemas=False, ) as fake:
         auth = "Basic " + base64.b64encode(fake.credentials.encode()).decode()
         context = multiprocessing.get_context("spawn")
         with context.Pool(args.processes) as pool:

@@ -64,7 +64,7 @@ def measure(processes: int, limit: int, seconds: float, shared: bool) -> tuple[f
     from django_cio.fakeserver import FakeTrackAPI
 
     site_id = f"bench-limit-{uuid.uuid4().hex[:8]}"
-    with FakeTrackAPI(site_id=site_id) as fake:
+    with FakeTrackAPI(schemas=False, site_id=site_id) as fake:
         fake.store.requests = collections.deque()  # keep every request's time, not the last 2,000
         context = multiprocessing.get_context("spawn")
         start_at = time.time() + 1.5 + 0.3 * processes

@@ -62,7 +62,7 @@ def main() -> None:
             for step in range(n - 1):
                 django_cio.track(tag, "viewed_item", item=step, price=9.99)
 
-    with FakeTrackAPI(latency_ms=args.latency_ms) as fake:
+    with FakeTrackAPI(schemas=False, latency_ms=args.latency_ms) as fake:
         sdk = CustomerIO(fake.site_id, fake.api_key, retries=0)
         sdk.base_url = f"{fake.url}/api/v1"  # the SDK only speaks https; same paths over http
 

@@ -70,7 +70,8 @@ def main() -> None:
 
     from django_cio.fakeserver import FakeTrackAPI
 
-    with FakeTrackAPI(site_id=env["CUSTOMERIO_SITE_ID"], latency_ms=args.latency_ms) as fake:
+    with FakeTrackAPI(schemas=False, site_id=env["CUSTOMERIO_SITE_ID"],
+                      latency_ms=args.latency_ms) as fake:
         us_site = fake.primary
         eu_site = fake.add_site(eu["SITE_ID"], eu["API_KEY"], region="eu",
                                 latency_ms=args.latency_ms)

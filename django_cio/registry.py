@@ -32,6 +32,7 @@ from django.utils.module_loading import autodiscover_modules
 
 from .exceptions import ConfigurationError
 from .operations import Delete, Event, Identify, Operation, Person
+from .operations.values import check_timestamp, row_event_id
 from .privacy import safe_reason
 from .producer import batch, enqueue
 from .routing import route
@@ -92,13 +93,14 @@ class ModelEvent:
     def __init__(self, name: str, person: Callable[[Any], Any] | str,
                  on: str | Callable[[Any, bool], bool],
                  data: Callable[[Any], dict[str, Any]] | Sequence[str] | None,
-                 workspace: Callable[[Any], str | None] | None = None) -> None:
+                 workspace: Callable[[Any], str | None] | None = None,
+                 timestamp: str | Callable[[Any], Any] | None = None) -> None:
         if not (callable(on) or on in ("create", "update")):
             raise ConfigurationError(
                 f"register_event(on=...) must be 'create', 'update' or a callable, got {on!r}"
             )
         self.name, self.person, self.on, self.data = name, person, on, data
-        self.workspace = workspace
+        self.workspace, self.timestamp = workspace, timestamp
         # How logs name it; a name that is not a string is reported when an op is made.
         self.label = f"event {name[:100]!r}" if isinstance(name, str) else "event <not a string>"
 
@@ -115,7 +117,25 @@ class ModelEvent:
         else:
             data = {name: field_value(instance, name) for name in (self.data or ())}
         workspace = self.workspace(instance) if self.workspace else None
-        return Event(person, self.name, data, workspace=workspace)
+        return Event(person, self.name, data, workspace=workspace, **self.when(instance))
+
+    @property
+    def once_per_row(self) -> bool:
+        """Sent when a row is created, at the row's own time: the event a backfill can send
+        again, with the same id."""
+        return self.on == "create" and self.timestamp is not None
+
+    def when(self, instance: Any) -> dict[str, Any]:
+        """The event's time and, once per row, its id (see ``row_event_id``)."""
+        if self.timestamp is None:
+            return {}
+        moment = (self.timestamp(instance) if callable(self.timestamp)
+                  else getattr(instance, self.timestamp))
+        seconds = check_timestamp(self.label, "timestamp", moment)
+        if not self.once_per_row:
+            return {"timestamp": seconds}
+        row = (instance._meta.label_lower, instance.pk, self.name, seconds)
+        return {"timestamp": seconds, "id": row_event_id(seconds, *row)}
 
 
 class Registry:
@@ -185,23 +205,28 @@ def register_event(
     on: str | Callable[[Any, bool], bool] = "create",
     data: Callable[[Any], dict[str, Any]] | Sequence[str] | None = None,
     workspace: Callable[[Any], str | None] | None = None,
+    timestamp: str | Callable[[Any], Any] | None = None,
 ) -> None:
     """Send event ``name`` for ``person(instance)`` when a row is created (``on="create"``),
     updated (``"update"``) or whenever ``on(instance, created)`` says so; to the workspace
-    ``workspace(instance)`` names (by default, ``ROUTER``'s choice)."""
+    ``workspace(instance)`` names (by default, ``ROUTER``'s choice). With ``timestamp`` (a
+    datetime field, or a callable), the event carries that time; a create event then also
+    has an id of its row's own, so ``cio_backfill`` can send past rows' events safely."""
     check_model(model)
     if isinstance(data, str):
         raise ConfigurationError(f"register_event({model._meta.label}, name={name!r}): data "
                                  f"must be a list of field names or a callable, got a string")
     named = ([person] if isinstance(person, str) else []) + (
-        list(data) if data is not None and not callable(data) else [])
+        list(data) if data is not None and not callable(data) else []) + (
+        [timestamp] if isinstance(timestamp, str) else [])
     unknown = [attribute for attribute in named if not has_attribute(model, attribute)]
     if unknown:  # a typo fails at start-up, not at every save
         raise ConfigurationError(
             f"register_event({model._meta.label}, name={name!r}) names what the model does "
             f"not have: {', '.join(unknown)}"
         )
-    registry.events.setdefault(model, []).append(ModelEvent(name, person, on, data, workspace))
+    registry.events.setdefault(model, []).append(
+        ModelEvent(name, person, on, data, workspace, timestamp))
 
 
 def identify_many(queryset: Iterable[Any], chunk: int = 500) -> int:

@@ -3,12 +3,14 @@
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import models
+from django.utils import timezone
 
 
 class Order(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
     total = models.DecimalField(max_digits=8, decimal_places=2)
     status = models.CharField(max_length=20, default="new")
+    placed_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self):
         return f"Order {self.pk}"

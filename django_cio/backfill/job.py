@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,9 +29,9 @@ from ..models import BackfillRun
 from ..operations import Operation
 from ..privacy import safe_reason
 from ..ratelimit import RateLimiter, get_limiter
-from ..registry import identify_op
 from ..routing import route
 from ..signals import OpResult
+from .rows import row_ops
 from .runs import DEFAULT_OPTIONS, queryset, read_ids, resolve_model
 
 logger = logging.getLogger("django_cio")
@@ -116,23 +116,20 @@ class Backfill:
             yield RowPage(list(rows.filter(pk__in=chunk)), len(chunk), done)
 
     def build(self, rows: list[Any]) -> tuple[list[tuple[int, Operation]], list[int]]:
-        """The identifies of the rows whose person lives in the run's workspace (routed as live
-        traffic is), each with its row's position, and the positions of rows that could not
-        become one (logged by pk, with the field at fault and never its value)."""
+        """The ops of the rows (``rows.row_ops``) that go to the run's workspace (routed as
+        live traffic is), each with its row's position, and the positions of rows that could
+        not become ops (logged by pk, with the field at fault and never its value)."""
         built: list[tuple[int, Operation]] = []
         invalid: list[int] = []
         for position, row in enumerate(rows):
             try:
-                op = identify_op(row, created=False)
-                if op is not None and route(op).workspace != self.workspace:
-                    continue  # another workspace's row: its own run sends it
-            except Exception as exc:
+                ops = [op for op in row_ops(row) if route(op).workspace == self.workspace]
+            except Exception as exc:  # (another workspace's ops: its own run sends them)
                 invalid.append(position)
                 logger.error("customerio: backfill %s row pk=%s not sent (%s)",
                              row._meta.label, row.pk, safe_reason(exc))
                 continue
-            if op is not None:
-                built.append((position, op))
+            built += [(position, op) for op in ops]
         return built, invalid
 
     def deliver(self, ops: list[Operation], failures: int = 0, max_hold: float = float("inf"),
@@ -167,7 +164,8 @@ class Backfill:
         run = self.run
         if run.pk is None:  # a resumed run was claimed as running already
             run.save()
-        in_flight: deque[tuple[Future[list[OpResult]], RowPage, int, int]] = deque()
+        in_flight: deque[tuple[Future[list[OpResult]], RowPage, list[tuple[int, Operation]],
+                               int]] = deque()
         finished = threading.Event()
         heartbeat = threading.Thread(target=self._heartbeat, args=(finished,), daemon=True)
         heartbeat.start()
@@ -176,7 +174,7 @@ class Backfill:
                 for page in self.pages():
                     built, invalid = self.build(page.rows)
                     ops = [op for _, op in built]
-                    in_flight.append((senders.submit(self._send, ops), page, len(ops),
+                    in_flight.append((senders.submit(self._send, ops), page, built,
                                       len(invalid)))
                     while len(in_flight) >= concurrency:
                         self._checkpoint(*in_flight.popleft(), progress)
@@ -211,8 +209,9 @@ class Backfill:
         finally:
             connections.close_all()  # this sender thread's own (dead letters), not the reader's
 
-    def _checkpoint(self, sending: Future[list[OpResult]], page: RowPage, built: int,
-                    invalid: int, progress: Callable[[int], None]) -> None:
+    def _checkpoint(self, sending: Future[list[OpResult]], page: RowPage,
+                    built: list[tuple[int, Operation]], invalid: int,
+                    progress: Callable[[int], None]) -> None:
         run = self.run
         tally(run, page, built, invalid, sending.result())
         if run.ids_file:
@@ -226,10 +225,16 @@ class Backfill:
         progress(page.size)
 
 
-def tally(run: BackfillRun, page: RowPage, built: int, invalid: int,
+def tally(run: BackfillRun, page: RowPage, built: list[tuple[int, Operation]], invalid: int,
           results: list[OpResult]) -> None:
-    """Count a page's rows: each one sent, skipped (no identify, or already known) or failed."""
-    statuses = [result.status for result in results]
-    run.sent += statuses.count("sent")
-    run.failed += statuses.count("failed") + invalid
-    run.skipped += page.size - built - invalid + statuses.count("skipped")
+    """Count a page's rows: each one failed (an op of it failed), sent (an op of it went), or
+    skipped (nothing to send, or all of it already known)."""
+    row_of = {id(op): position for position, op in built}
+    statuses: dict[int, set[str]] = defaultdict(set)
+    for result in results:
+        statuses[row_of[id(result.op)]].add(result.status)
+    failed = sum("failed" in row for row in statuses.values())
+    sent = sum("sent" in row and "failed" not in row for row in statuses.values())
+    run.sent += sent
+    run.failed += failed + invalid
+    run.skipped += page.size - sent - failed - invalid

@@ -18,8 +18,9 @@ from django.utils import timezone
 from ..conf import DEFAULT_WORKSPACE, get_settings
 from ..exceptions import ConfigurationError
 from ..models import BackfillRun
-from ..operations import Identify
-from ..registry import identify_op, registry
+from ..operations import Operation
+from ..registry import registry
+from .rows import backfillable, backfillable_models, row_ops
 
 DEFAULT_OPTIONS = {"batch_size": 1000, "rate_share": 1.0, "dedup": False,
                    "workspace": DEFAULT_WORKSPACE}
@@ -34,28 +35,30 @@ def resolve_model(label: str) -> type[models.Model]:
         model = apps.get_model(label)
     except (LookupError, ValueError):
         raise ConfigurationError(f"no model {label!r} (use app_label.Model)") from None
-    if registry.customer_for(model) is None:
+    if not backfillable(model):
         if registry.events_for(model):
             raise ConfigurationError(
-                f"{label} is registered with register_event: a backfill sends people (models "
-                "registered with django_cio.register), not past events; backfill the model "
-                "of the people its events belong to")
-        raise ConfigurationError(f"{label} is not registered with django_cio.register")
+                f"{label} is registered with register_event without a timestamp: a backfill "
+                "sends past events with their own time (register_event(..., on='create', "
+                "timestamp='created_at'))")
+        raise ConfigurationError(f"{label} is not registered with django_cio.register, "
+                                 f"register_object or register_event")
     if getattr(model._meta, "is_composite_pk", False):  # Django 5.2+
         raise ConfigurationError(f"{label} has a composite primary key: not supported")
     return model
 
 
 def registered_labels() -> list[str]:
-    """``app_label.Model`` of every registered model, proxies left out (their rows are their
-    concrete model's rows)."""
-    return sorted(model._meta.label for model in registry.customers if not model._meta.proxy)
+    """``app_label.Model`` of every model a backfill can send."""
+    return sorted(model._meta.label for model in backfillable_models())
 
 
 def since_field(model: type[models.Model]) -> str:
     """The field ``--since`` filters on: the registration's ``since_field``, else a usual one."""
     customer = registry.customer_for(model)
-    chosen = getattr(customer, "since_field", None)
+    timestamps = [event.timestamp for event in registry.events_for(model)
+                  if isinstance(event.timestamp, str)]
+    chosen = getattr(customer, "since_field", None) or next(iter(timestamps), None)
     names = {field.name for field in model._meta.get_fields()}
     for name in ([chosen] if chosen else ["date_joined", "created_at", "created"]):
         if name in names:
@@ -171,7 +174,7 @@ def stop(pk: int) -> None:
 class Plan:
     """What a run would do: a few of its ops, and the requests and time the limit implies."""
 
-    sample: list[Identify | None]
+    sample: list[Operation]
     requests: int
     seconds: float
 
@@ -187,7 +190,7 @@ def plan(run: BackfillRun) -> Plan:
     requests = max(1, -(-run.total // options["batch_size"]))
     rate = get_settings(workspace_of(run)).rate.per_second
     seconds = requests / (rate * options["rate_share"])
-    return Plan([identify_op(row, created=False) for row in rows], requests, seconds)
+    return Plan([op for row in rows for op in row_ops(row)], requests, seconds)
 
 
 def alive(run: BackfillRun) -> bool:

@@ -90,11 +90,12 @@ def send_range_page(run_id: int, index: int, failures: int) -> tuple[int, float]
     # No rows left: the range's last rows were deleted since the split.
     mark = json_pk(rows[cut - 1].pk) if cut else (None if rows else upto)
     if mark is not None:
-        done = {id(op) for position, op in built if position < cut}
+        done = [(position, op) for position, op in built if position < cut]
+        acknowledged = {id(op) for _, op in done}
         page = RowPage(rows[:cut], cut, mark)
         if not _checkpoint_range(alias, run_id, index, after, page,
-                                 built=len(done), invalid=sum(p < cut for p in invalid),
-                                 results=[r for r in results if id(r.op) in done]):
+                                 built=done, invalid=sum(p < cut for p in invalid),
+                                 results=[r for r in results if id(r.op) in acknowledged]):
             return None
     if retry is not None:
         return retry

@@ -122,7 +122,8 @@ class LoadTest:
                 # the project's credentials: the fake needs none, and the limiter's key (from
                 # SITE_ID) must not be the real workspace's. A site per workspace.
                 rate = plan.fake_rate_limit
-                faults: dict[str, Any] = {"latency_ms": plan.fake_latency_ms, "rate_limit": rate}
+                faults: dict[str, Any] = {"latency_ms": plan.fake_latency_ms, "rate_limit": rate,
+                                           "schemas": False}  # ~0.1 ms an op: throughput first
                 fake = stack.enter_context(FakeTrackAPI(
                     site_id=f"{plan.prefix}site", api_key="loadtest-key", **faults))
                 for name in config.workspaces:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from django.contrib.auth.models import User
@@ -21,6 +21,7 @@ from django_cio.broker.publish import BACKFILL_PAGE, publish_task
 from django_cio.models import BackfillRun, DeadLetter
 from django_cio.registry import registry
 from tests.conftest import ROOT, _test_database_url
+from tests.models import Company, Employee, Order
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -144,11 +145,51 @@ def test_usage_errors_exit_2(users, args):
     assert caught.value.returncode == 2
 
 
-def test_a_model_registered_for_events_is_told_what_a_backfill_sends(users):
-    with pytest.raises(CommandError, match="registered with register_event: a backfill sends "
-                                           "people") as caught:
+def test_an_event_model_without_a_timestamp_is_told_what_a_backfill_needs(users):
+    with pytest.raises(CommandError, match="registered with register_event without a "
+                                           "timestamp") as caught:
         call_command("cio_backfill", "tests.Order", "--quiet")
     assert caught.value.returncode == 2
+
+
+def test_past_orders_go_with_their_own_time_and_ids_and_a_rerun_repeats_none(
+        cio_fake, registrations):
+    django_cio.register_event(Order, name="ordered", person="user_id", data=["total"],
+                              timestamp="placed_at")
+    ada = User.objects.create(username="ada")
+    placed = [datetime(2020, 1, day, tzinfo=timezone.utc) for day in (1, 2, 3)]
+    Order.objects.bulk_create(Order(user=ada, total=day, placed_at=when)
+                              for day, when in enumerate(placed, 1))
+    call_command("cio_backfill", "tests.Order", "--quiet")
+    call_command("cio_backfill", "tests.Order", "--quiet")  # again: same ids, dropped
+    events = cio_fake.store.events
+    assert [(e["person"], e["timestamp"], e["data"]) for e in events] == [
+        (str(ada.pk), int(when.timestamp()), {"total": day}) for day, when in enumerate(placed, 1)]
+    assert cio_fake.store.duplicate_event_ids == 3
+    live = Order.objects.create(user=ada, total=4)
+    call_command("cio_backfill", "tests.Order", "--where", f"pk={live.pk}", "--quiet")
+    (ordered,) = [e for e in registry.events_for(Order) if e.name == "ordered"]  # live: same id
+    assert ordered.op(live).id == events[-1]["id"] and ordered.op(live).data == {"total": 4}
+
+
+def test_companies_and_their_people_s_relationships_are_backfilled(cio_fake, registrations):
+    django_cio.register_object(Company, object_type_id=1, fields=["name"])
+
+    @django_cio.register(Employee)
+    class EmployeeCustomer(django_cio.Customer):
+        def relationships(self, employee):
+            return [(employee.company, {"role": employee.role})]
+
+    acme = Company.objects.create(name="Acme")
+    Employee.objects.bulk_create(Employee(email=f"e{n}@example.com", company=acme)
+                                 for n in range(3))
+    cio_fake.store.reset()
+    call_command("cio_backfill", "tests.Company", "--quiet")
+    call_command("cio_backfill", "tests.Employee", "--quiet")
+    assert cio_fake.store.objects == {("1", str(acme.pk)): {"name": "Acme"}}
+    assert len(cio_fake.store.relationships) == 3
+    run = BackfillRun.objects.filter(model="tests.Employee").get()
+    assert (run.total, run.sent, run.skipped, run.failed) == (3, 3, 0, 0)  # a row, not an op
 
 
 def test_since_filters_on_date_joined(users):
