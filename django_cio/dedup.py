@@ -252,9 +252,15 @@ def forget(ops: Iterable[Operation]) -> None:
 def remember(sent: Iterable[Operation]) -> None:
     """After a 2xx: remember each claimed attribute that is still ours, clear the people
     deleted, suppressed or merged, and forget what went without a claim."""
-    config = get_settings()
-    if not config.dedup_ttl:
+    if not get_settings().dedup_ttl:
         return
+    try:
+        _remember(sent)
+    except Exception as exc:  # not remembering only costs a resend
+        logger.warning("customerio: dedup cache unavailable (%s)", type(exc).__name__)
+
+
+def _remember(sent: Iterable[Operation]) -> None:
     keys: list[str] = []
     args: list[Any] = [_ttl()]
     epochs: dict[str | None, str] = {}
@@ -266,10 +272,9 @@ def remember(sent: Iterable[Operation]) -> None:
             if claim is _WIPED:  # nothing to remember, nothing stale left
                 continue
             if claim is None:  # sent without a claim: what memory had may be stale
-                if op.workspace not in epochs:
-                    epochs[op.workspace] = _epoch(op.workspace)
-                claim = _Claim(_key(op.person, op.workspace, epochs[op.workspace]), "", "",
-                               fingerprint(op))
+                epoch = epochs.get(op.workspace) or epochs.setdefault(op.workspace,
+                                                                      _epoch(op.workspace))
+                claim = _Claim(_key(op.person, op.workspace, epoch), "", "", fingerprint(op))
                 keys.append(claim.key)
                 args += ["x", len(claim.fields), *claim.fields]
             elif claim.fields:
@@ -277,18 +282,17 @@ def remember(sent: Iterable[Operation]) -> None:
                 args += ["c", claim.born, claim.owner, claim.ts, len(claim.fields)]
                 args += [item for pair in claim.fields.items() for item in pair]
         elif op.kind in _FORGETTING:
-            owner, marked = getattr(op, _CLAIM_ATTR, ("", ()))
-            for key in marked:  # unmarked (the cache failed): memory expires within the TTL
+            owner, marked = getattr(op, _CLAIM_ATTR, ("", None))
+            if marked is None:  # not marked (the cache failed then): clear them now
+                epoch = epochs.get(op.workspace) or epochs.setdefault(op.workspace,
+                                                                      _epoch(op.workspace))
+                marked = [_key(person, op.workspace, epoch) for person in op.people]
+            for key in marked:
                 keys.append(key)
                 args += ["d", owner]
-    if not keys:
-        return
-    try:
-        client = _client()
-        if client is not None:
-            client.register_script(_REMEMBER)(keys=keys, args=args)
-    except Exception as exc:  # not remembering only costs a resend
-        logger.warning("customerio: dedup cache unavailable (%s)", type(exc).__name__)
+    client = _client()
+    if keys and client is not None:
+        client.register_script(_REMEMBER)(keys=keys, args=args)
 
 
 def enabled() -> bool:

@@ -62,7 +62,7 @@ class Team(models.Model):
     """A group whose members make up a manual segment."""
 
     name = models.CharField(max_length=100)
-    segment_id = models.IntegerField(null=True)
+    cio_segment_id = models.IntegerField(null=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="teams")
 
     def __str__(self):

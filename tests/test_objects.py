@@ -132,13 +132,13 @@ def test_a_relationship_to_an_unregistered_row_is_logged_not_raised(registration
 
 @pytest.fixture
 def teams(registrations):
-    django_cio.register_segment(Team, members="members", segment_id="segment_id")
+    django_cio.register_segment(Team, members="members", segment_id="cio_segment_id")
     return registrations
 
 
 def test_a_team_s_members_are_kept_in_its_segment(teams, cio_outbox):
     ada, bob = (User.objects.create(username=name) for name in ("ada", "bob"))
-    team, unsynced = Team.objects.create(name="beta", segment_id=5), Team.objects.create()
+    team, unsynced = Team.objects.create(name="beta", cio_segment_id=5), Team.objects.create()
     team.members.add(ada, bob)
     unsynced.members.add(ada)
     team.members.remove(bob)
@@ -153,6 +153,6 @@ def test_a_team_s_members_are_kept_in_its_segment(teams, cio_outbox):
 
 def test_a_segment_needs_a_many_to_many_relation(registrations):
     with pytest.raises(ConfigurationError, match="not a many-to-many relation"):
-        django_cio.register_segment(Team, members="name", segment_id="segment_id")
+        django_cio.register_segment(Team, members="name", segment_id="cio_segment_id")
     with pytest.raises(ConfigurationError, match="has no 'segment'"):
         django_cio.register_segment(Team, members="members", segment_id="segment")

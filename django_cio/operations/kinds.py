@@ -122,12 +122,12 @@ class Operation:
     def v2(self) -> Json:
         raise NotImplementedError
 
-    def _v2_only_fits(self) -> None:
-        """An op v1 would misread must fit a v2 item (v1 takes bigger ones)."""
+    def _v2_only_fits(self, field: str = "attributes") -> None:
+        """An op that cannot go as v1 must fit a v2 item (v1 takes bigger ones)."""
         if not self.v1_safe() and len(self.v2_bytes) > MAX_V2_OP_BYTES:
-            raise ValidationError(self.kind, "attributes", f"make the op {len(self.v2_bytes)} "
-                                  f"bytes; one addressed by email or cio_id, or by an "
-                                  f"email-shaped id, goes through v2, whose limit is "
+            raise ValidationError(self.kind, field, f"make the op {len(self.v2_bytes)} bytes; "
+                                  f"it goes as v2 (objects, relationships, people by email or "
+                                  f"cio_id or an email-shaped id), whose limit is "
                                   f"{MAX_V2_OP_BYTES}", f"{MAX_V2_OP_BYTES} bytes")
 
     @cached_property
@@ -278,7 +278,7 @@ class Event(PersonOp):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_event_fields(self, self.name_limit)
-        self._v2_only_fits()
+        self._v2_only_fits("data")
 
     def v1(self) -> V1Request:
         return V1Request("POST", _path("customers", self.person_id, "events"),
@@ -421,6 +421,7 @@ class AddDevice(PersonOp):
         if self.last_used is not None:
             self._set("last_used", check_timestamp(self.kind, "last_used", self.last_used))
         self._set("attributes", _device_attributes(self.kind, self.attributes))
+        self._v2_only_fits()
 
     def _device(self, token_key: str) -> Json:
         device: Json = {token_key: self.token, "platform": self.platform}

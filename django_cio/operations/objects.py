@@ -84,6 +84,7 @@ class IdentifyObject(ObjectOp):
         super().__post_init__()
         self._set("attributes", _check_object_attributes(self.kind, "attributes",
                                                          self.attributes))
+        self._v2_only_fits()
 
     def v2(self) -> Json:
         return self._object(attributes=dict(self.attributes))
@@ -113,6 +114,7 @@ class AddRelationship(PersonOp):
         self._set("object_id", check_id(self.kind, "object_id", self.object_id))
         self._set("attributes", _check_object_attributes(self.kind, "attributes",
                                                          self.attributes))
+        self._v2_only_fits()
 
     def v1_safe(self) -> bool:
         return False

@@ -41,7 +41,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('name', models.CharField(max_length=100)),
-                ('segment_id', models.IntegerField(null=True)),
+                ('cio_segment_id', models.IntegerField(null=True)),
                 ('members', models.ManyToManyField(related_name='teams', to=settings.AUTH_USER_MODEL)),
             ],
         ),

@@ -175,14 +175,14 @@ class Arrivals:
         track = fake.track
         lock = threading.Lock()
 
-        def recording(method: str, url_path: str, authorized: bool, body: Any):
+        def recording(method: str, url_path: str, site: Any, body: Any, query: Any = None):
             with lock:
                 self.times.append(time.time())
                 self.bodies.append(body)
                 self.statuses.append(0)
                 index = len(self.statuses) - 1
             try:
-                answer = track(method, url_path, authorized, body)
+                answer = track(method, url_path, site, body, query)
             except Reply as reply:
                 self.statuses[index] = reply.status
                 raise
