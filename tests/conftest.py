@@ -119,6 +119,29 @@ def registrations():
 
 
 @pytest.fixture
+def companies(registrations):
+    """Companies as objects of type 1, and employees as people by email who belong to theirs
+    in a role (docs/objects.md's registrations)."""
+    import django_cio
+    from django_cio.operations import Person
+    from tests.models import Company, Employee
+
+    django_cio.register_object(Company, object_type_id=1, fields=["name", "plan"])
+
+    @django_cio.register(Employee)
+    class EmployeeCustomer(django_cio.Customer):
+        fields = ["role"]
+
+        def person_id(self, employee):
+            return Person(email=employee.email)
+
+        def relationships(self, employee):
+            return [(employee.company, {"role": employee.role})] if employee.company else []
+
+    return registrations
+
+
+@pytest.fixture
 def cio_fake(settings, fake: FakeTrackAPI) -> FakeTrackAPI:
     """``fake``, with CUSTOMERIO pointed at it (HTTP backend, its credentials)."""
     settings.CUSTOMERIO = {**settings.CUSTOMERIO, "TRACK_URL": fake.url,

@@ -71,23 +71,6 @@ def test_the_verbs_queue_objects_relationships_and_segments_in_chunks(cio_outbox
     assert [len(op.person_ids) for op in cio_outbox[4:7]] == [1000, 1000, 500]
 
 
-@pytest.fixture
-def companies(registrations):
-    django_cio.register_object(Company, object_type_id=1, fields=["name", "plan"])
-
-    @django_cio.register(Employee)
-    class EmployeeCustomer(django_cio.Customer):
-        fields = ["role"]
-
-        def person_id(self, employee):
-            return Person(email=employee.email)
-
-        def relationships(self, employee):
-            return [(employee.company, {"role": employee.role})] if employee.company else []
-
-    return registrations
-
-
 def test_a_company_row_is_an_object_and_a_person_s_save_relates_them(companies, cio_outbox):
     acme = Company.objects.create(name="Acme", plan="pro")
     Employee.objects.create(email="ada@example.com", company=acme, role="admin")

@@ -172,21 +172,14 @@ def test_past_orders_go_with_their_own_time_and_ids_and_a_rerun_repeats_none(
     assert ordered.op(live).id == events[-1]["id"] and ordered.op(live).data == {"total": 4}
 
 
-def test_companies_and_their_people_s_relationships_are_backfilled(cio_fake, registrations):
-    django_cio.register_object(Company, object_type_id=1, fields=["name"])
-
-    @django_cio.register(Employee)
-    class EmployeeCustomer(django_cio.Customer):
-        def relationships(self, employee):
-            return [(employee.company, {"role": employee.role})]
-
+def test_companies_and_their_people_s_relationships_are_backfilled(cio_fake, companies):
     acme = Company.objects.create(name="Acme")
     Employee.objects.bulk_create(Employee(email=f"e{n}@example.com", company=acme)
                                  for n in range(3))
     cio_fake.store.reset()
     call_command("cio_backfill", "tests.Company", "--quiet")
     call_command("cio_backfill", "tests.Employee", "--quiet")
-    assert cio_fake.store.objects == {("1", str(acme.pk)): {"name": "Acme"}}
+    assert cio_fake.store.objects == {("1", str(acme.pk)): {"name": "Acme", "plan": "free"}}
     assert len(cio_fake.store.relationships) == 3
     run = BackfillRun.objects.filter(model="tests.Employee").get()
     assert (run.total, run.sent, run.skipped, run.failed) == (3, 3, 0, 0)  # a row, not an op

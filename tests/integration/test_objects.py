@@ -4,7 +4,6 @@ the strict fake (Customer.io's request schemas applied)."""
 import pytest
 from django.db import transaction
 
-import django_cio
 from django_cio import Person
 from django_cio.models import DeadLetter
 from django_cio.operations import (
@@ -44,21 +43,9 @@ def test_every_new_kind_is_taken_with_batch_on_or_off(settings, cio_fake, batch)
         (ada_key, "screen"), ("ada@example.com", "event")]
 
 
-def test_a_company_and_its_people_reach_customerio_through_a_worker(worker, registrations,
+def test_a_company_and_its_people_reach_customerio_through_a_worker(worker, companies,
                                                                     wait_for):
     from tests.models import Company, Employee
-
-    django_cio.register_object(Company, object_type_id=1, fields=["name"])
-
-    @django_cio.register(Employee)
-    class EmployeeCustomer(django_cio.Customer):
-        fields = ["role"]
-
-        def person_id(self, employee):
-            return Person(email=employee.email)
-
-        def relationships(self, employee):
-            return [(employee.company, {"role": employee.role})]
 
     fake = worker.cio_fake
     with transaction.atomic():
@@ -67,5 +54,5 @@ def test_a_company_and_its_people_reach_customerio_through_a_worker(worker, regi
     wait_for(lambda: fake.store.relationships)
     ada = fake.store.emails["ada@example.com"]
     assert fake.store.people[ada].items() >= {"email": "ada@example.com", "role": "admin"}.items()
-    assert fake.store.objects == {("1", str(acme.pk)): {"name": "Acme"}}
+    assert fake.store.objects == {("1", str(acme.pk)): {"name": "Acme", "plan": "free"}}
     assert fake.store.relationships == {(ada, "1", str(acme.pk)): {"role": "admin"}}
