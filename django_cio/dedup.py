@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -226,21 +227,15 @@ def forget(ops: Iterable[Operation]) -> None:
     in flight meanwhile is then not remembered), and the memory of people whose identifies
     ``drop_seen`` did not claim (a backfill that opts out of dedup: hashing and claiming a
     million rows' attributes would cost more than the requests it saves), so that nothing
-    remembered from before can hide a later change.
-
-    Memory knows people by id only. An identify, delete, suppress or merge naming someone by
-    email or cio_id may concern any of them: it moves its workspace's epoch, which every key of
-    memory carries, so that all of it is forgotten at once."""
+    remembered from before can hide a later change. (Ops naming people by email or cio_id:
+    see ``move_epochs``.)"""
     if not get_settings().dedup_ttl:
         return
     ops = list(ops)
-    moved = {op.workspace for op in ops if _moves_epoch(op)}
     forgetting = [op for op in ops if op.kind in _FORGETTING and not _moves_epoch(op)]
     unclaimed = [op for op in ops if isinstance(op, Identify) and not hasattr(op, _CLAIM_ATTR)
                  and not _moves_epoch(op)]
     try:
-        if moved:
-            _move_epochs(moved)
         if forgetting:
             _mark_forgetting(forgetting)
         if unclaimed:
@@ -404,26 +399,50 @@ def _mark_forgetting(ops: list[Operation]) -> None:
         object.__setattr__(op, _CLAIM_ATTR, (owner, op_keys))
 
 
+def move_epochs(ops: Iterable[Operation]) -> bool:
+    """Make memory forget every person of the workspaces of ``ops`` that name someone by email
+    or cio_id (an identify, delete, suppress or merge may concern anyone memory knows by id):
+    each moves its workspace's epoch, which every key of memory carries. Called before such a
+    request leaves, and again once it is answered or failed (an identify claimed meanwhile
+    must not be remembered). False if the cache refused: the caller must not send them."""
+    workspaces = {op.workspace for op in ops if _moves_epoch(op)}
+    if not workspaces or not get_settings().dedup_ttl:
+        return True
+    try:
+        client = _client()
+        if client is not None:
+            with client.pipeline(transaction=False) as pipe:
+                for workspace in workspaces:
+                    pipe.set(_epoch_key(workspace), _new_epoch())
+                pipe.execute()
+        return True
+    except Exception as exc:
+        logger.warning("customerio: dedup cache unavailable (%s)", type(exc).__name__)
+        return False
+
+
+def _new_epoch() -> str:
+    """An epoch never used before (time and chance): one that disappeared (evicted) is never
+    taken for an earlier one."""
+    return f"{time.time_ns():x}{os.urandom(4).hex()}"
+
+
 def _moves_epoch(op: Operation) -> bool:
     """Whether ``op`` may change what Customer.io holds of people memory cannot name."""
     return op.id_types != {"id"} and (isinstance(op, Identify) or op.kind in _FORGETTING)
 
 
-def _move_epochs(workspaces: Iterable[str | None]) -> None:
-    client = _client()
-    if client is not None:
-        with client.pipeline(transaction=False) as pipe:
-            for workspace in workspaces:
-                pipe.incr(_epoch_key(workspace))
-                pipe.expire(_epoch_key(workspace), 30 * 86_400)  # idle workspaces: gone
-            pipe.execute()
-
-
 def _epoch(workspace: str | None) -> str:
-    """The workspace's memory epoch: it moves when memory must forget everyone at once."""
+    """The workspace's memory epoch (see ``move_epochs``); a missing one starts anew."""
     client = _client()
-    raw = client.get(_epoch_key(workspace)) if client is not None else None
-    return raw.decode() if raw else "0"
+    if client is None:
+        return "0"
+    key = _epoch_key(workspace)
+    raw = client.get(key)
+    if raw is None:  # first use, or evicted: what was remembered before is not trusted
+        client.set(key, _new_epoch(), nx=True)
+        raw = client.get(key)
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _epoch_key(workspace: str | None) -> str:

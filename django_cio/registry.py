@@ -117,7 +117,8 @@ class ModelEvent:
         else:
             data = {name: field_value(instance, name) for name in (self.data or ())}
         workspace = self.workspace(instance) if self.workspace else None
-        return Event(person, self.name, data, workspace=workspace, **self.when(instance))
+        return Event(person, self.name, data, workspace=workspace,
+                     **self.when(instance, person))
 
     @property
     def once_per_row(self) -> bool:
@@ -125,8 +126,10 @@ class ModelEvent:
         again, with the same id."""
         return self.on == "create" and self.timestamp is not None
 
-    def when(self, instance: Any) -> dict[str, Any]:
-        """The event's time and, once per row, its id (see ``row_event_id``)."""
+    def when(self, instance: Any, person: Any) -> dict[str, Any]:
+        """The event's time and, once per row, its id (see ``row_event_id``): the same for a
+        save through a proxy as for the backfill of the concrete model, and one per person
+        (an order's buyer and seller each get their "ordered")."""
         if self.timestamp is None:
             return {}
         moment = (self.timestamp(instance) if callable(self.timestamp)
@@ -134,7 +137,9 @@ class ModelEvent:
         seconds = check_timestamp(self.label, "timestamp", moment)
         if not self.once_per_row:
             return {"timestamp": seconds}
-        row = (instance._meta.label_lower, instance.pk, self.name, seconds)
+        who = (person.type, person.value) if isinstance(person, Person) else ("id", person)
+        row = (instance._meta.concrete_model._meta.label_lower, instance.pk, self.name,
+               seconds, *who)
         return {"timestamp": seconds, "id": row_event_id(seconds, *row)}
 
 

@@ -19,8 +19,9 @@ from typing import Any
 from django.db import models
 from django.db.models.signals import m2m_changed
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, ValidationError
 from .operations import AddToSegment, Person, RemoveFromSegment
+from .operations.identifiers import check_person
 from .operations.limits import MAX_SEGMENT_PEOPLE
 from .privacy import safe_reason
 from .registry import check_model, enqueue_for_signal, person_id_for
@@ -53,9 +54,18 @@ class SegmentRelation:
             return []
         workspace = self.workspace(group) if self.workspace else None
         by_type: dict[str, list[Any]] = defaultdict(list)
+        skipped = 0
         for row in people:
-            person = person_id_for(row)
-            by_type[person.type if isinstance(person, Person) else "id"].append(person)
+            try:  # one member who cannot be named keeps no one else out
+                value, id_type = check_person("add_to_segment", "person_ids",
+                                              person_id_for(row))
+            except ValidationError:
+                skipped += 1
+                continue
+            by_type[id_type].append(Person(**{id_type: value}))
+        if skipped:
+            logger.error("customerio: %s segment: %d member(s) left out (no valid identifier)",
+                         self.model._meta.label, skipped)
         kind = AddToSegment if add else RemoveFromSegment
         return [kind(segment, chunk[start:start + MAX_SEGMENT_PEOPLE], workspace=workspace)
                 for chunk in by_type.values() for start in range(0, len(chunk),

@@ -139,3 +139,23 @@ def test_a_segment_needs_a_many_to_many_relation(registrations):
         django_cio.register_segment(Team, members="name", segment_id="cio_segment_id")
     with pytest.raises(ConfigurationError, match="has no 'segment'"):
         django_cio.register_segment(Team, members="members", segment_id="segment")
+
+
+def test_one_member_who_cannot_be_named_keeps_no_one_else_out(registrations, cio_outbox, caplog):
+    """Found by an attack: one member without a valid email dropped the whole chunk."""
+    django_cio.register_segment(Team, members="members", segment_id="cio_segment_id")
+
+    @django_cio.register(User)
+    class UserCustomer(django_cio.Customer):
+        def person_id(self, user):
+            return Person(email=user.email)
+
+    ada = User.objects.create(username="ada", email="ada@example.com")
+    bob = User.objects.create(username="bob", email="bob-at-nowhere")
+    team = Team.objects.create(name="beta", cio_segment_id=5)
+    cio_outbox.clear()
+    with caplog.at_level(logging.ERROR, logger="django_cio"):
+        team.members.add(ada, bob)
+    assert [(op.kind, op.person_ids, op.id_type) for op in cio_outbox] == [
+        ("add_to_segment", ["ada@example.com"], "email")]
+    assert "1 member(s) left out" in caplog.text and "bob" not in caplog.text

@@ -217,3 +217,23 @@ def test_field_values_are_sent_as_the_field_s_type_however_the_row_was_made(regi
 def test_event_data_given_as_a_string_is_a_start_up_error(registrations):
     with pytest.raises(ConfigurationError, match="data must be a list of field names"):
         django_cio.register_event(Order, name="paid", person="user_id", data="total")
+
+
+def test_a_create_event_s_id_is_its_row_s_for_proxies_and_each_person(registrations,
+                                                                      cio_outbox):
+    """Found by an attack: a save through a proxy hashed the proxy's label (the backfill of the
+    concrete model sent the event again under another id), and two registrations of one
+    name (buyer and seller) shared an id, so Customer.io dropped the second."""
+    from django_cio.backfill.rows import row_ops
+    from tests.models import Order, RushOrder
+
+    django_cio.register_event(Order, name="ordered", person="user_id", timestamp="placed_at")
+    django_cio.register_event(Order, name="ordered", person=lambda o: f"seller-{o.user_id}",
+                              timestamp="placed_at")
+    ada = User.objects.create(username="ada")
+    cio_outbox.clear()
+    rush = RushOrder.objects.create(user=ada, total=4)
+    live = [op for op in cio_outbox if op.kind == "event" and op.name == "ordered"]
+    backfilled = [op for op in row_ops(Order.objects.get(pk=rush.pk)) if op.kind == "event"]
+    assert [op.id for op in live] == [op.id for op in backfilled]
+    assert len({op.id for op in live}) == 2

@@ -16,6 +16,7 @@ from ..backends import BaseBackend, backend_class, get_backend
 from ..broker.drain import drain, settle
 from ..broker.messages import Message, redelivered
 from ..broker.publish import split
+from ..client import OpError
 from ..conf import DEFAULT_WORKSPACE, CIOSettings, get_settings
 from ..exceptions import (
     APIError,
@@ -223,6 +224,10 @@ class Delivery:
             self.results += [OpResult(op, "skipped") for op in ops
                              if id(op) not in kept and isinstance(op, Identify)]
             ops = fresh
+            if not dedup.move_epochs(ops):  # memory could not forget: what it knows may be stale
+                self.throttled_for, self.held = 1.0, "dedup cache unavailable"
+                self.pending = list(ops)
+                return
             dedup.forget(ops)
         requests = list(pack(ops, batch=config.batch))
         waited = 0.0  # on the limiter, over this delivery's requests
@@ -243,11 +248,7 @@ class Delivery:
                     break
                 waited += time.monotonic() - began
             try:
-                if request.batch:
-                    refused = backend.send_batch(request.ops)
-                else:
-                    backend.send_one(request.ops[0])
-                    refused = []
+                refused = self._post(backend, request.ops, request.batch)
             except PermanentError as exc:
                 if exc.status in credentials.REFUSING_STATUSES:  # the key, not these ops
                     credentials.refused(config, exc.status)
@@ -281,6 +282,19 @@ class Delivery:
                     self.results.append(OpResult(op, "sent"))
             if limiter is not None:  # at once: the longer we wait, the staler it is
                 dedup.remember(op for index, op in enumerate(request.ops) if index not in bad)
+
+    @staticmethod
+    def _post(backend: BaseBackend, ops: tuple[Operation, ...], batch: bool) -> list[OpError]:
+        """One request. Once it is answered, or not, ops that name people by email move
+        memory's epoch again: an identify claimed while one was in flight is not trusted."""
+        try:
+            if batch:
+                return backend.send_batch(ops)
+            backend.send_one(ops[0])
+            return []
+        finally:
+            if not backend.delivers_inline:
+                dedup.move_epochs(ops)
 
     def retry_later(self, config: CIOSettings) -> None:
         # Each branch marks the ops "retrying" only once they are handed over: a crash before

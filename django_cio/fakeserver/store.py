@@ -117,8 +117,9 @@ def _check_object(op: Json) -> None:
 
 
 def _check_segment(op: Json) -> None:
-    if not str(op.get("segment_id")).isdigit():
-        raise Invalid("segment_id", "must be an integer")
+    segment = str(op.get("segment_id"))
+    if not (segment.isascii() and segment.isdigit() and int(segment) > 0):
+        raise Invalid("segment_id", "must be a positive integer")
     ids = op.get("ids")
     if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_SEGMENT_PEOPLE:
         raise Invalid("ids", f"must be a list of 1 to {MAX_SEGMENT_PEOPLE} ids")

@@ -235,6 +235,9 @@ class Identify(PersonOp):
             self._set("timestamp", check_timestamp(self.kind, "timestamp", self.timestamp))
         self._v2_only_fits()
 
+    def v1_safe(self) -> bool:
+        return super().v1_safe() and _v1_reads(self.attributes)
+
     def v1(self) -> V1Request:
         body = dict(self.attributes)
         if self.timestamp is not None:  # v1 takes it as the reserved attribute _timestamp
@@ -246,6 +249,24 @@ class Identify(PersonOp):
         if self.timestamp is not None:
             item["timestamp"] = self.timestamp
         return item
+
+
+# Attributes a v1 identify body reads as its own fields (Customer.io's schema types them), or
+# takes for something else (_timestamp: the update's time): v2 keeps them as plain attributes.
+_V1_FIELDS: dict[str, type] = {"id": str, "email": str, "anonymous_id": str, "created_at": int,
+                               "_update": bool, "unsubscribed": bool}
+_V1_RESERVED = ("_timestamp", "cio_relationships", "cio_subscription_preferences")
+
+
+def _v1_reads(attributes: Json) -> bool:
+    """Whether a v1 identify body with these attributes means what the v2 item means."""
+    if any(name in attributes for name in _V1_RESERVED):
+        return False
+    for name, kind in _V1_FIELDS.items():
+        value = attributes.get(name, kind())
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return False
+    return True
 
 
 def _check_event_fields(op: Event | AnonymousEvent, name_limit: int) -> None:

@@ -266,3 +266,21 @@ def test_the_sdk_sends_an_email_shaped_id_as_an_email(fake, track_client):
     sdk_for(fake).identify("ada@example.com", plan="pro")
     track_client.identify("ada@example.com", plan="pro")
     assert set(fake.store.people) == {"email:ada@example.com", "ada@example.com"}
+
+
+@pytest.mark.parametrize("attributes", [
+    {"email": None}, {"created_at": None}, {"created_at": 1_700_000_000.5}, {"id": 7},
+    {"_timestamp": 5}, {"unsubscribed": "yes"},
+], ids=["email None", "created_at None", "created_at float", "id int", "_timestamp",
+        "unsubscribed string"])
+def test_attributes_v1_reads_as_its_own_fields_mean_the_same_alone_or_batched(
+        fake, track_client, attributes):
+    """Found by an attack: v1's identify body types these names (and takes _timestamp as the
+    update's time), v2 keeps them as attributes. Such an identify goes alone as v2."""
+    op = Identify("42", {"plan": "pro", **attributes}, timestamp=100)
+    assert op.single().path == "/api/v2/entity"
+    assert track_client.send_batch([op]) == []
+    batched = dict(fake.store.people)
+    fake.store.reset()
+    track_client.send(op)
+    assert fake.store.people == batched == {"42": {"plan": "pro", **attributes}}

@@ -20,8 +20,8 @@ def shape(ops):
 
 def sent(*ops):
     """What a delivery does around a 2xx: claim, forget, send (here: nothing), remember."""
-    kept = dedup.drop_seen(list(ops))
-    dedup.forget(kept)
+    kept = in_flight(*ops)
+    assert dedup.move_epochs(kept)  # answered
     dedup.remember(kept)
     return kept
 
@@ -29,6 +29,7 @@ def sent(*ops):
 def in_flight(*ops):
     """A delivery whose request has not been answered yet: claimed, not remembered."""
     kept = dedup.drop_seen(list(ops))
+    assert dedup.move_epochs(kept)
     dedup.forget(kept)
     return kept
 
@@ -420,9 +421,66 @@ def test_a_claim_made_as_memory_forgets_is_made_again(monkeypatch):
     def read_then_forget(workspace):
         epoch = read(workspace)
         if not moved:  # another worker's identify by email lands between read and claim
-            moved.append(dedup._move_epochs([workspace]))
+            moved.append(dedup.move_epochs([Identify(Person(email="p@example.com"), {})]))
         return epoch
 
     monkeypatch.setattr(dedup, "_epoch", read_then_forget)
     again = Identify("p", {"v": 1})
     assert dedup.drop_seen([again]) == [again] and moved
+
+
+def test_an_identify_remembered_while_a_delete_by_email_is_in_flight_is_not_trusted(
+        cio_fake, monkeypatch):
+    """Found by an attack: memory forgot everyone before the delete by email left, but an
+    identify claimed and remembered while it was in flight outlived it. The epoch moves again
+    once such a request is answered."""
+    from django_cio.backends.http import TrackAPIBackend
+    from tests.integration.test_tasks import deliver
+
+    deliver(Identify("p", {"email": "p@example.com", "plan": "pro"}))
+    leaving, remembered = threading.Event(), threading.Event()
+    send_batch = TrackAPIBackend.send_batch
+
+    def slow_send_batch(self, ops):
+        if threading.current_thread() is slow:
+            leaving.set()
+            remembered.wait(10)
+        return send_batch(self, ops)
+
+    monkeypatch.setattr(TrackAPIBackend, "send_batch", slow_send_batch)
+    slow = threading.Thread(target=deliver, args=(Delete(Person(email="p@example.com")),))
+    slow.start()
+    assert leaving.wait(10)
+    deliver(Identify("p", {"plan": "pro"}))  # another worker: sent and remembered meanwhile
+    remembered.set()
+    slow.join()
+    assert "p" not in cio_fake.store.people  # the delete by email landed after it
+    deliver(Identify("p", {"plan": "pro"}))  # the person signs up again
+    assert cio_fake.store.people.get("p") == {"plan": "pro"}
+
+
+def test_an_op_by_email_waits_while_memory_cannot_forget(cio_fake, monkeypatch, published):
+    """Found by an attack: a cache error moving the epoch let the identify by email go while
+    memory still held the old value. Now it waits (no retry counted) until memory forgets."""
+    from tests.integration.test_tasks import deliver
+
+    deliver(Identify("p", {"email": "p@example.com", "plan": "pro"}, timestamp=100))
+    client = dedup._client()
+    real_pipeline = client.pipeline
+    calls = []
+
+    def flaky_pipeline(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("blip")
+        return real_pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(client, "pipeline", flaky_pipeline)
+    by_email = Identify(Person(email="p@example.com"), {"plan": "free"}, timestamp=101)
+    deliver(by_email)
+    assert cio_fake.store.people["p"]["plan"] == "pro" and len(published) == 1  # held back
+    assert not (published.details[0]["kwargs"] or {}).get("failures")  # no retry counted
+    deliver(by_email)  # its retry
+    assert cio_fake.store.people["p"]["plan"] == "free"  # p's own email
+    again = Identify("p", {"plan": "pro"}, timestamp=102)
+    assert dedup.drop_seen([again]) == [again]
