@@ -31,7 +31,7 @@ from requests.adapters import HTTPAdapter
 
 from . import metrics
 from ._version import __version__
-from .conf import REGION_URLS, CIOSettings, is_http_url
+from .conf import APP_REGION_URLS, REGION_URLS, CIOSettings, is_http_url
 from .exceptions import (
     ConfigurationError,
     PermanentError,
@@ -51,6 +51,7 @@ from .operations import (
     Merge,
     Operation,
     Page,
+    SendMessage,
     Suppress,
     Unsuppress,
     dumps,
@@ -122,6 +123,19 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether a requests error comes from a connection never made (nothing was sent)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            break
+        if isinstance(seen, urllib3.exceptions.NewConnectionError):
+            return True
+        wrapped = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        seen = seen.__cause__ or wrapped or seen.__context__
+    return False
+
+
 def _timed_out(exc: BaseException) -> bool:
     """Whether a requests error comes from a timeout somewhere in its causes."""
     seen: BaseException | None = exc
@@ -163,7 +177,8 @@ class TrackClient:
         self.base_url = url.rstrip("/") if url else REGION_URLS[region]
         self.timeout = timeout
         self.workspace = workspace  # the name its metrics carry
-        self._auth = (str(site_id), str(api_key))
+        self._auth: tuple[str, str] | None = (str(site_id), str(api_key))
+        self._headers: dict[str, str] = {}
         self._given_session = session
         self._pool_size = pool_size
         self._local = threading.local()
@@ -174,7 +189,7 @@ class TrackClient:
                    timeout=config.timeout, workspace=config.workspace)
 
     def __repr__(self) -> str:
-        return f"<TrackClient {self.base_url} site_id={self._auth[0]!r}>"
+        return f"<TrackClient {self.base_url} site_id={(self._auth or ('',))[0]!r}>"
 
     # -- one op per request (v1) ------------------------------------------------------------
 
@@ -292,26 +307,30 @@ class TrackClient:
         self, method: str, path: str, body: bytes, kind: str, count: int
     ) -> requests.Response:
         started = time.perf_counter()
-        failure = None
+        failure, maybe_sent = None, True
         try:
             response = self._session().request(
                 method, self.base_url + path, data=body, auth=self._auth, timeout=self.timeout,
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", **self._headers},
                 # A redirect would turn PUT/POST into a body-less GET that "succeeds".
                 allow_redirects=False,
             )
+        except requests.ConnectTimeout:
+            failure, maybe_sent = "timeout", False
         except requests.Timeout:
             failure = "timeout"
         except requests.RequestException as exc:
             # A body that stalls after the headers times out as a ConnectionError.
             failure = ("timeout" if _timed_out(exc) else
                        f"network error ({type(exc).__name__})")
+            maybe_sent = not _refused(exc)
         seconds = time.perf_counter() - started
         if failure:
             metrics.request(self.workspace, "error", seconds)
             # Raised outside the except block: the requests exception, whose text holds the
             # URL and so the person id, must not ride along as __context__.
-            raise TransientError(failure, status=None, kind=kind, count=count)
+            raise TransientError(failure, status=None, kind=kind, count=count,
+                                 maybe_sent=maybe_sent)
         status = response.status_code
         metrics.request(self.workspace, status, seconds)
         # One line per request, its numbers also as fields for structured (JSON) log handlers.
@@ -332,7 +351,9 @@ class TrackClient:
         else:
             reason = _REASONS.get(status, "server error" if status >= 500 else "refused")
         error = TransientError if status == 408 or status >= 500 else PermanentError
-        raise error(reason, status=status, kind=kind, count=count)
+        # Answered before any work (unavailable, timed out waiting for the body), or refused.
+        maybe_sent = status >= 500 and status != 503
+        raise error(reason, status=status, kind=kind, count=count, maybe_sent=maybe_sent)
 
     def close(self) -> None:
         """Close this thread's session (others close when their threads and process end)."""
@@ -340,3 +361,43 @@ class TrackClient:
         if session is not None:
             session.close()
             del self._local.session, self._local.pid
+
+
+class AppClient(TrackClient):
+    """Customer.io's App API for transactional messages, over Bearer auth with an App API key
+    (not the Track key)::
+
+        client = AppClient(app_api_key, region="eu")
+        client.send_message(SendEmail(Person(email="ada@example.com"), "welcome",
+                                      fields={"to": "ada@example.com"}))
+        # {"delivery_id": "...", "queued_at": 1700000000}
+
+    The App API offers no idempotency key: an error's ``maybe_sent`` says whether the message
+    may have gone out all the same (a timeout once the request left, a 500). Resend only what
+    it says was not sent.
+    """
+
+    def __init__(self, api_key: str, region: str = "us", url: str | None = None,
+                 timeout: float = 10, session: requests.Session | None = None,
+                 pool_size: int = 10, workspace: str = "default") -> None:
+        if url is None and region not in APP_REGION_URLS:
+            raise ConfigurationError(f"region must be one of {sorted(APP_REGION_URLS)}")
+        super().__init__("app", api_key, url=url or APP_REGION_URLS[region], timeout=timeout,
+                         session=session, pool_size=pool_size, workspace=workspace)
+        self._auth = None
+        self._headers = {"Authorization": f"Bearer {api_key}"}
+
+    def __repr__(self) -> str:
+        return f"<AppClient {self.base_url}>"
+
+    def send_message(self, op: SendMessage) -> dict[str, Any]:
+        """Send a transactional message; Customer.io's ``delivery_id`` and ``queued_at``."""
+        method, path, body = op.single()
+        response = self._request(method, path, dumps(body), op.kind, 1)
+        try:
+            answer = response.json()
+            return {"delivery_id": str(answer["delivery_id"]),
+                    "queued_at": answer.get("queued_at")}
+        except (ValueError, KeyError, TypeError):  # it was taken, but we cannot say as what
+            raise TransientError("unreadable answer", status=response.status_code,
+                                 kind=op.kind, count=1, maybe_sent=True) from None

@@ -25,6 +25,11 @@ REGION_URLS = {
     "us": "https://track.customer.io",
     "eu": "https://track-eu.customer.io",
 }
+# The App API (transactional messages): the account's region, another host.
+APP_REGION_URLS = {
+    "us": "https://api.customer.io",
+    "eu": "https://api-eu.customer.io",
+}
 
 HTTP_BACKEND = "django_cio.backends.http.TrackAPIBackend"
 

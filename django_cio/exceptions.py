@@ -38,8 +38,12 @@ class APIError(CustomerIOError):
     ops the request held (``count``); never the URL, the body or the credentials.
     """
 
-    def __init__(self, reason: str, *, status: int | None, kind: str, count: int = 1) -> None:
+    def __init__(self, reason: str, *, status: int | None, kind: str, count: int = 1,
+                 maybe_sent: bool = False) -> None:
         self.reason, self.status, self.kind, self.count = reason, status, kind, count
+        # Whether the request may have been taken all the same (it left, and no answer says
+        # it was not): harmless to resend for Track ops, never for a transactional message.
+        self.maybe_sent = maybe_sent
         where = f"HTTP {status}" if status is not None else "no response"
         super().__init__(f"{reason} ({where}; {count} {kind} op{'s' if count != 1 else ''})")
 

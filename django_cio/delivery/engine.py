@@ -196,6 +196,9 @@ class Delivery:
             except ValidationError as exc:
                 dead_letters.store([(raw, f"malformed: {exc}", None)], self.failures + 1)
                 continue
+            if op.api != "track":  # nothing queues them yet: never to the Track API's host
+                dead_letters.store([(raw, "not a Track API operation", None)], self.failures + 1)
+                continue
             if op.workspace is None:  # queued for the default workspace
                 op.route_to(self.workspace)
             ops.append(op)

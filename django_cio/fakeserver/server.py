@@ -73,9 +73,13 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, answer, {})
                 return
             parsed = self._json(raw)
-            site = fake.site_for(self._credentials())
-            status, body, ops = fake.track(self.command, url.path, site, parsed,
-                                           parse_qs(url.query))
+            if url.path.startswith("/v1/send/"):  # the App API: Bearer auth
+                site = fake.site_for_app_key(self._bearer())
+                status, body, ops = fake.app(self.command, url.path, site, parsed)
+            else:
+                site = fake.site_for(self._credentials())
+                status, body, ops = fake.track(self.command, url.path, site, parsed,
+                                               parse_qs(url.query))
         except Reply as reply:
             status, body, headers = reply.status, reply.body, reply.headers
         except Exception as exc:  # a bug of the fake's: answer it, don't drop the connection
@@ -116,6 +120,10 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             return None
         return given if scheme.lower() == "basic" else None
+
+    def _bearer(self) -> str | None:
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        return token if scheme.lower() == "bearer" else None
 
     def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
         payload = dumps(body)
@@ -213,6 +221,19 @@ class FakeTrackAPI:
         site = self.sites[site_id] = FakeSite(site_id, api_key, region, environment_id, **config)
         return site
 
+    def site_for_app_key(self, key: str | None) -> FakeSite | None:
+        """The site whose App API key this is, if any."""
+        return next((site for site in self.sites.values() if key and site.app_api_key == key),
+                    None)
+
+    def app(self, method: str, path: str, site: FakeSite | None,
+            body: Any) -> tuple[int, Json, int]:
+        """Answer an App API request for ``site`` (None: an unknown key, a 401)."""
+        (site or self.primary).arrived()
+        if site is None:
+            raise Reply(401, {"meta": {"error": "unauthorized"}})
+        return site.app(method, path, body)
+
     def site_for(self, credentials: str | None) -> FakeSite | None:
         """The site these Basic auth credentials belong to, if any."""
         site_id = (credentials or "").partition(":")[0]
@@ -222,6 +243,7 @@ class FakeTrackAPI:
     # The first site's, as the fake's own (most tests serve one site).
     site_id = property(lambda self: self.primary.site_id)
     api_key = property(lambda self: self.primary.api_key)
+    app_api_key = property(lambda self: self.primary.app_api_key)
     credentials = property(lambda self: self.primary.credentials)
     store = property(lambda self: self.primary.store)
     faults = property(lambda self: self.primary.faults)
@@ -260,6 +282,9 @@ class FakeTrackAPI:
         if method == "GET" and what == "people":
             with store.lock:
                 return dict(store.people)
+        if method == "GET" and what == "messages":
+            with store.lock:
+                return list(store.messages)
         if method == "GET" and what == "objects":
             with store.lock:
                 return {"objects": {f"{t}:{i}": attrs for (t, i), attrs in store.objects.items()},

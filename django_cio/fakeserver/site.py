@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 from ..conf import REGION_URLS
 from ..operations import MAX_V2_OP_BYTES, dumps
-from . import spec
+from . import app, spec
 from .faults import Config, Faults
 from .protocol import Reply, from_v1, v1_error
 from .store import Invalid, Json, Store, check
@@ -21,11 +21,14 @@ class FakeSite:
     """A workspace: Basic auth ``site_id:api_key``, a region, a store and its faults."""
 
     def __init__(self, site_id: str, api_key: str, region: str = "us",
-                 environment_id: int = 1, **config: Any) -> None:
+                 environment_id: int = 1, app_api_key: str | None = None,
+                 **config: Any) -> None:
         if region not in REGION_URLS:
             raise ValueError(f"region must be one of {sorted(REGION_URLS)}")
         self.site_id, self.api_key = site_id, api_key
         self.credentials = f"{site_id}:{api_key}"
+        # The App API's Bearer key (transactional messages): its own, as Customer.io's are.
+        self.app_api_key = app_api_key or f"{api_key}-app"
         self.region, self.environment_id = region, environment_id
         self.faults = Faults(**config)
         self.store = Store()
@@ -74,6 +77,17 @@ class FakeSite:
             self.store.apply(op)
             return 200, {}, 1
         raise Reply(404, {"meta": {"error": "not found"}})
+
+    def app(self, method: str, path: str, body: Any) -> tuple[int, Json, int]:
+        """Answer an authorized App API send: ``POST /v1/send/<channel>``."""
+        self.faults.gate()
+        channel = path.removeprefix("/v1/send/")
+        if method != "POST" or channel not in app.CHANNELS:
+            raise Reply(404, {"meta": {"error": "not found"}})
+        if self.config.strict:
+            app.check_message(channel, body)
+        with self.store.lock:
+            return 200, app.accept(self.store.messages, channel, body), 1
 
     def _schemas(self) -> bool:
         return self.config.strict and self.config.schemas

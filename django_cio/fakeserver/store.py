@@ -192,6 +192,7 @@ class Store:
             # (person key, object type id, object id) -> relationship attributes
             self.relationships: dict[tuple[str, str, str], Json] = {}
             self.segments: dict[int, set[str]] = defaultdict(set)  # id -> person keys
+            self.messages: list[Json] = []  # transactional messages (App API), as sent
             self.attribute_times: dict[str, dict[str, float]] = {}
             self.devices: dict[str, dict[str, Json]] = defaultdict(dict)
             self.suppressed: set[str] = set()

@@ -34,6 +34,7 @@ from .limits import (
     MAX_V2_OP_BYTES,
     PLATFORMS,
 )
+from .messages import SendEmail, SendMessage, SendPush, SendSms
 from .objects import AddRelationship, DeleteObject, DeleteRelationship, IdentifyObject
 from .segments import AddToSegment, RemoveFromSegment
 from .values import Json, dumps, event_id_time, new_event_id, unix_seconds
@@ -72,6 +73,10 @@ __all__ = [
     "Person",
     "RemoveFromSegment",
     "Screen",
+    "SendEmail",
+    "SendMessage",
+    "SendPush",
+    "SendSms",
     "Suppress",
     "Unsuppress",
     "V1Request",

@@ -64,6 +64,8 @@ class Operation:
     action: ClassVar[str]
     # Anonymous events have no v2 form; they always travel as v1 requests.
     batchable: ClassVar[bool] = True
+    # Which Customer.io API takes it: the Track API, or the App API (transactional messages).
+    api: ClassVar[str] = "track"
     # Where it goes (``CUSTOMERIO["WORKSPACES"]``); None until ``routing.route`` picks one.
     workspace: str | None = field(default=None, kw_only=True, compare=False)
 

@@ -19,6 +19,11 @@ MAX_BATCH_BYTES = 500_000
 # Not documented; FCM tokens run past 150 bytes, so tokens get the attribute value limit.
 MAX_DEVICE_TOKEN_BYTES = 1000
 PLATFORMS = ("ios", "android")
+# Transactional messages (App API): recipients across to, cc and bcc; attachments in all
+# (decoded; "less than 2 MB"); the request without its attachments.
+MAX_RECIPIENTS = 15
+MAX_ATTACHMENTS_BYTES = 2_000_000
+MAX_MESSAGE_BYTES = 1_000_000
 # Nesting past this is a mistake (or a cycle), not customer data.
 MAX_DEPTH = 32
 # Unix seconds stay below this until the year 5138; bigger looks like milliseconds.
