@@ -22,7 +22,7 @@ from typing import Any
 from django.db import models
 from django.db.models.signals import post_delete, post_save
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, ValidationError
 from .operations import AddRelationship, DeleteObject, IdentifyObject
 from .operations.objects import check_object_type_id
 from .privacy import safe_reason
@@ -84,8 +84,9 @@ def register_object(
     label = f"register_object({model._meta.label})"
     try:
         type_id = check_object_type_id("register_object", object_type_id)
-    except Exception as exc:
-        raise ConfigurationError(f"{label}: object_type_id {safe_reason(exc)}") from None
+    except ValidationError:
+        raise ConfigurationError(f"{label}: object_type_id must be a positive integer (the "
+                                 f"object type's id in Customer.io)") from None
     if isinstance(fields, str):
         raise ConfigurationError(f"{label}: fields must be a list of field names")
     unknown = [name for name in [*([id] if isinstance(id, str) else []), *fields]

@@ -1,11 +1,11 @@
-"""Manual segments from a many-to-many relation: a group's members kept in its Customer.io
+"""Manual segments from a many-to-many relation: a team's members kept in its Customer.io
 segment, admin-style::
 
-    django_cio.register_segment(Group, members="user_set", segment_id="cio_segment_id")
+    django_cio.register_segment(Team, members="members", segment_id="cio_segment_id")
 
-Adding members (``group.user_set.add(...)`` or ``user.groups.add(group)``) adds them to the
-segment after the transaction commits, removing or clearing removes them, for groups whose
-``segment_id`` is set. Members are named as their registered ``Customer`` names them.
+Adding members (``team.members.add(...)`` or ``user.teams.add(team)``) adds them to the
+segment after the transaction commits, removing or clearing removes them, for teams whose
+segment id is set. Members are named as their registered ``Customer`` names them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .registry import check_model, enqueue_for_signal, person_id_for
 
 logger = logging.getLogger("django_cio")
 
-# The ids of the members a clear() is about to remove, per (through model, instance).
+# Where a row keeps the pks of the rows a clear() is about to take from it (pre_clear).
 _CLEARING = "_django_cio_clearing"
 
 
