@@ -230,8 +230,10 @@ class Store:
                 return self._apply_other(op)
             self.ops[action] += 1
             if action == "merge":
-                primary = self.person(op["primary"], create=True) or ""
+                primary = self.person(op["primary"], create=True)
                 secondary = self.person(op["secondary"], create=False) or ""
+                if primary is None:  # an unknown cio_id: no one to merge into
+                    return
                 # The primary's own attributes win; the secondary fills the gaps, then goes.
                 merged = {**self.people.pop(secondary, {}), **self.people.get(primary, {})}
                 self.attribute_times.pop(secondary, None)
