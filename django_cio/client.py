@@ -19,7 +19,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -123,31 +123,30 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-def _refused(exc: BaseException) -> bool:
-    """Whether a requests error comes from a connection never made (nothing was sent)."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: a short chain (requests wraps urllib3, which wraps the
+    socket's error)."""
     seen: BaseException | None = exc
     for _ in range(10):
         if seen is None:
-            break
-        if isinstance(seen, urllib3.exceptions.NewConnectionError):
-            return True
+            return
+        yield seen
         wrapped = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
         seen = seen.__cause__ or wrapped or seen.__context__
-    return False
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a requests error comes from a connection never made (nothing was sent)."""
+    return any(isinstance(seen, urllib3.exceptions.NewConnectionError) for seen in _causes(exc))
 
 
 def _timed_out(exc: BaseException) -> bool:
     """Whether a requests error comes from a timeout somewhere in its causes."""
-    seen: BaseException | None = exc
-    for _ in range(10):  # a short chain: requests wraps urllib3, which wraps the socket's
-        if seen is None:
-            break
+    for seen in _causes(exc):
         if isinstance(seen, urllib3.exceptions.NewConnectionError):
             return False  # refused (urllib3 files it under its connect timeouts)
         if isinstance(seen, (TimeoutError, urllib3.exceptions.TimeoutError)):
             return True
-        wrapped = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
-        seen = seen.__cause__ or wrapped or seen.__context__
     return False
 
 
