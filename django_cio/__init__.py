@@ -42,12 +42,15 @@ add_relationship = _routed.add_relationship
 delete_relationship = _routed.delete_relationship
 add_to_segment = _routed.add_to_segment
 remove_from_segment = _routed.remove_from_segment
+send_email = _routed.send_email
+send_push = _routed.send_push
+send_sms = _routed.send_sms
 
 __all__ = [
     "Customer", "Person", "Workspace", "__version__", "add_device", "add_relationship",
     "add_to_segment", "at", "batch", "delete", "delete_device", "delete_object",
     "delete_relationship", "identify", "identify_many", "identify_object", "merge", "move",
     "outbox", "page", "page_anonymous", "register", "register_event", "register_object",
-    "register_segment", "remove_from_segment", "screen", "screen_anonymous", "suppress",
-    "track", "track_anonymous", "unsuppress", "workspace",
+    "register_segment", "remove_from_segment", "screen", "screen_anonymous", "send_email",
+    "send_push", "send_sms", "suppress", "track", "track_anonymous", "unsuppress", "workspace",
 ]

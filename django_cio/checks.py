@@ -16,6 +16,7 @@ from django.utils.module_loading import import_string
 
 from . import conf
 
+MAIL_BACKEND = "django_cio.mail.EmailBackend"
 # Caches identify dedup can keep its memory in (it needs Redis scripts).
 _REDIS_CACHES = ("django_redis.", "django.core.cache.backends.redis.RedisCache")
 
@@ -34,10 +35,21 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     # A backend that delivers inline (locmem, console, null) never talks to Customer.io.
     if backend is not None and not getattr(backend, "delivers_inline", False):
         messages += _missing_credentials(config)
+        messages += _missing_app_key(config)
     if isinstance(config["ROUTER"], str) and _imported(config["ROUTER"]) is None:
         messages.append(Error(f"CUSTOMERIO['ROUTER'] {config['ROUTER']!r} cannot be imported",
                               id="django_cio.E029"))
     return messages + _check_cache(config)
+
+
+def _missing_app_key(config: dict[str, Any]) -> list[CheckMessage]:
+    """E032: Django's mail goes through django-cio, which has no App API key to send it."""
+    if getattr(settings, "EMAIL_BACKEND", "") != MAIL_BACKEND or config.get("APP_API_KEY"):
+        return []
+    return [Error("CUSTOMERIO['APP_API_KEY'] missing: EMAIL_BACKEND is django-cio's, which "
+                  "sends through Customer.io's App API with that key",
+                  hint="Set it from the environment (the App API key, not API_KEY).",
+                  id="django_cio.E032")]
 
 
 def _missing_credentials(config: dict[str, Any]) -> list[CheckMessage]:

@@ -141,6 +141,10 @@ OPTIONS: dict[str, Option] = {
     # More workspaces than the default one (the flat keys above), and who picks among them.
     "WORKSPACES": Option({}, _workspaces, "E028", shows_value=False),
     "ROUTER": Option(None, _dotted_path, "E029"),
+    # Transactional messages go to the App API: its own key, host and limit (for sends).
+    "APP_API_KEY": Option(None),
+    "APP_URL": Option(None, _track_url, "E030", shows_value=False),
+    "APP_RATE_LIMIT": Option("100/s", _rate, "E031"),
 }
 # The default workspace: the flat keys. Named workspaces are CUSTOMERIO["WORKSPACES"].
 DEFAULT_WORKSPACE = "default"
@@ -148,8 +152,10 @@ DEFAULT_WORKSPACE = "default"
 # default workspace's: EU data must not follow a US TRACK_URL. QUEUE defaults to
 # "<QUEUE>.<name>"; the rest default to the flat keys.
 WORKSPACE_KEYS = ("SITE_ID", "API_KEY", "REGION", "TRACK_URL", "RATE_LIMIT",
-                  "RATE_LIMIT_WORKERS", "QUEUE", "BATCH", "TIMEOUT")
-_OWN = {"site_id": None, "api_key": None, "region": OPTIONS["REGION"].default, "track_url": None}
+                  "RATE_LIMIT_WORKERS", "QUEUE", "BATCH", "TIMEOUT", "APP_API_KEY", "APP_URL",
+                  "APP_RATE_LIMIT")
+_OWN = {"site_id": None, "api_key": None, "region": OPTIONS["REGION"].default, "track_url": None,
+        "app_api_key": None, "app_url": None}
 WORKSPACE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 _DOTTED = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+")
 DEFAULTS: dict[str, Any] = {key: option.default for key, option in OPTIONS.items()}
@@ -218,6 +224,9 @@ class CIOSettings:
     track_ip: bool
     workspaces: dict[str, dict[str, Any]] = field(repr=False, compare=False)  # hold API keys
     router: str | None
+    app_api_key: str | None = field(repr=False)
+    app_url: str | None
+    app_rate_limit: str
     workspace: str = DEFAULT_WORKSPACE  # the one these settings are for
 
     @property
@@ -226,8 +235,17 @@ class CIOSettings:
         return self.track_url.rstrip("/") if self.track_url else REGION_URLS[self.region]
 
     @property
+    def app_base_url(self) -> str:
+        """Where the App API lives: ``APP_URL`` if set, else the region's host."""
+        return self.app_url.rstrip("/") if self.app_url else APP_REGION_URLS[self.region]
+
+    @property
     def rate(self) -> Rate:
         return parse_rate(self.rate_limit)
+
+    @property
+    def app_rate(self) -> Rate:
+        return parse_rate(self.app_rate_limit)
 
     @property
     def workspace_names(self) -> tuple[str, ...]:

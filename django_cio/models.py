@@ -1,4 +1,5 @@
-"""What django-cio keeps in the database: messages waiting for the broker, and dead letters."""
+"""What django-cio keeps in the database: messages waiting for the broker, dead letters, and
+the transactional messages it has sent (so that none is sent twice)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,28 @@ class BackfillRun(models.Model):
 
     def __str__(self) -> str:
         return f"Backfill #{self.pk} of {self.model}: {self.status}"
+
+
+class SentMessage(models.Model):
+    """A transactional message's claim to be sent once, by its id: ``sending`` from just
+    before its request leaves, ``sent`` once Customer.io has taken it (with its
+    ``delivery_id``). A message found ``sending`` again may have gone out: it is not resent
+    but dead-lettered for review. Holds ids only, never an address or a body."""
+
+    SENDING, SENT = "sending", "sent"
+
+    id = models.CharField(max_length=26, primary_key=True, help_text="The message's ULID.")
+    kind = models.CharField(max_length=32)
+    workspace = models.CharField(max_length=40, default="default")
+    state = models.CharField(max_length=8, choices=[(SENDING, "sending"), (SENT, "sent")],
+                             default=SENDING, db_index=True)
+    delivery_id = models.CharField(max_length=200, blank=True,
+                                   help_text="Customer.io's id of the delivery.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id}: {self.state}"

@@ -27,7 +27,7 @@ from .broker.outbox import publish_or_park
 from .broker.publish import split
 from .conf import get_settings
 from .operations import Operation
-from .routing import by_workspace, route
+from .routing import route
 
 logger = logging.getLogger("django_cio")
 
@@ -165,10 +165,9 @@ def flush(ops: Sequence[Operation], using: str = DEFAULT_DB_ALIAS) -> None:
     if backend_class().delivers_inline:
         # Imported here: the engine loads the models, and the package root imports this
         # module before Django has loaded its apps.
-        from .delivery.engine import Delivery
+        from .delivery.engine import deliver_inline
 
-        for workspace, raw in by_workspace([op.to_dict() for op in ops]).items():
-            Delivery(raw, workspace=workspace).run()
+        deliver_inline([op.to_dict() for op in ops])
         return
     for chunk in split([op.to_dict() for op in ops]):
         publish_or_park(chunk, using=using)

@@ -168,24 +168,28 @@ class RateLimiter:
 
 
 _lock = threading.Lock()
-_cached: dict[str, tuple[CIOSettings, int, RateLimiter]] = {}
+_cached: dict[tuple[str, str], tuple[CIOSettings, int, RateLimiter]] = {}
 
 
-def get_limiter(workspace: str = DEFAULT_WORKSPACE) -> RateLimiter:
-    """A workspace's limiter, one per process, workspace and settings."""
+def get_limiter(workspace: str = DEFAULT_WORKSPACE, api: str = "track") -> RateLimiter:
+    """A workspace's limiter for the Track API (``RATE_LIMIT``) or, for transactional
+    messages, the App API (``APP_RATE_LIMIT``): one per process, workspace, API and settings."""
     config = get_settings(workspace)
     with _lock:
-        cached = _cached.get(workspace)
+        cached = _cached.get((workspace, api))
         if cached is None or cached[0] is not config or cached[1] != os.getpid():
-            cached = _cached[workspace] = (config, os.getpid(), _make(config))
+            cached = _cached[workspace, api] = (config, os.getpid(), _make(config, api))
         return cached[2]
 
 
-def _make(config: CIOSettings) -> RateLimiter:
-    interval = (1 + HEADROOM) / config.rate.per_second
+def _make(config: CIOSettings, api: str = "track") -> RateLimiter:
+    rate = config.app_rate if api == "app" else config.rate
+    interval = (1 + HEADROOM) / rate.per_second
     key = f"django_cio:ratelimit:{hashlib.sha256(str(config.site_id).encode()).hexdigest()[:16]}"
     if config.workspace != DEFAULT_WORKSPACE:  # its own, even if it shares the site id
         key += f":{config.workspace}"
+    if api == "app":  # the App API counts its sends apart from Track requests
+        key += ":app"
     return RateLimiter(key, interval, _client(config),
                        interval * config.rate_limit_workers)
 

@@ -6,8 +6,8 @@ example with ``dataclasses.replace``) to change what is sent.
 
 ``post_send(sender=backend class, results=list[OpResult])`` fires after, with one result per
 op: ``"sent"``, ``"skipped"`` (an identify Customer.io already has, or one merged with another
-identify of the same person; see ``dedup``), ``"failed"`` (now a dead letter) or
-``"retrying"``.
+identify of the same person; see ``dedup``; or a transactional message already sent),
+``"failed"`` (now a dead letter) or ``"retrying"``.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ post_send = Signal()
 
 @dataclass(frozen=True)
 class OpResult:
-    """What became of one op: its ``status``, and for failures the ``reason`` and HTTP status."""
+    """What became of one op: its ``status``, for failures the ``reason`` and HTTP status, and
+    for a transactional message sent, Customer.io's ``delivery_id``."""
 
     op: Operation
     status: Literal["sent", "skipped", "failed", "retrying"]
     reason: str = ""
     http_status: int | None = None
+    delivery_id: str | None = None

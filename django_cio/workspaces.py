@@ -21,8 +21,9 @@ from collections.abc import Iterable, Iterator
 from datetime import date, datetime
 from typing import Any
 
-from .conf import get_settings
-from .exceptions import ValidationError
+from .backends import backend_class
+from .conf import DEFAULT_WORKSPACE, get_settings
+from .exceptions import ConfigurationError, ValidationError
 from .operations import (
     AddDevice,
     AddRelationship,
@@ -41,12 +42,17 @@ from .operations import (
     Person,
     RemoveFromSegment,
     Screen,
+    SendEmail,
+    SendMessage,
+    SendPush,
+    SendSms,
     Suppress,
     Unsuppress,
 )
 from .operations.limits import MAX_SEGMENT_PEOPLE
 from .operations.values import check_timestamp
 from .producer import enqueue
+from .routing import route
 
 PersonRef = str | int | Person
 
@@ -167,6 +173,42 @@ class Workspace:
         """Remove people from a manual segment."""
         for chunk in _chunks(people):
             enqueue(RemoveFromSegment(segment_id, chunk, workspace=self.name))
+
+    # -- transactional messages (the App API) ---------------------------------------------
+
+    def send_email(self, person_id: PersonRef, transactional_message_id: int | str | None = None,
+                   /, *, message_data: dict[str, Any] | None = None, **fields: Any) -> str:
+        """Queue a transactional email to a person, from a transactional message (its id or
+        trigger name) rendered with ``message_data``, with the App API's fields (``to``,
+        ``subject``, ``body``, ...; ``**{"from": ...}``). Returns the message's id. For
+        Django's own ``send_mail()``, see ``django_cio.mail.EmailBackend``."""
+        return self._send(SendEmail(person_id, transactional_message_id,  # type: ignore
+                                    message_data or {}, fields, workspace=self.name))
+
+    def send_push(self, person_id: PersonRef, transactional_message_id: int | str, /, *,
+                  message_data: dict[str, Any] | None = None, **fields: Any) -> str:
+        """Queue a transactional push notification to a person's devices (``to``: "all",
+        "last_used" or a device token; ``title``, ``message``, ``custom_data``, ...)."""
+        return self._send(SendPush(person_id, transactional_message_id,  # type: ignore
+                                   message_data or {}, fields, workspace=self.name))
+
+    def send_sms(self, person_id: PersonRef, transactional_message_id: int | str, /, *,
+                 message_data: dict[str, Any] | None = None, **fields: Any) -> str:
+        """Queue a transactional SMS to a person (``to``: a phone number in E.164 form)."""
+        return self._send(SendSms(person_id, transactional_message_id,  # type: ignore
+                                  message_data or {}, fields, workspace=self.name))
+
+    def _send(self, message: SendMessage) -> str:
+        """Queue a message; fail at the call, not in a worker, without the key to send it."""
+        route(message)
+        config = get_settings(message.workspace or DEFAULT_WORKSPACE)
+        if not config.app_api_key and not backend_class().delivers_inline:
+            where = ("CUSTOMERIO" if config.workspace == DEFAULT_WORKSPACE else
+                     f"CUSTOMERIO['WORKSPACES'][{config.workspace!r}]")
+            raise ConfigurationError(f"{where}['APP_API_KEY'] is required to send "
+                                     "transactional messages (the App API's key, not API_KEY)")
+        enqueue(message)
+        return message.id
 
 
 def _chunks(people: Iterable[PersonRef]) -> Iterator[list[Any]]:

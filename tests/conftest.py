@@ -145,7 +145,8 @@ def companies(registrations):
 def cio_fake(settings, fake: FakeTrackAPI) -> FakeTrackAPI:
     """``fake``, with CUSTOMERIO pointed at it (HTTP backend, its credentials)."""
     settings.CUSTOMERIO = {**settings.CUSTOMERIO, "TRACK_URL": fake.url,
-                           "SITE_ID": fake.site_id, "API_KEY": fake.api_key}
+                           "SITE_ID": fake.site_id, "API_KEY": fake.api_key,
+                           "APP_URL": fake.url, "APP_API_KEY": fake.app_api_key}
     return fake
 
 
@@ -393,7 +394,8 @@ def worker_process(cio_fake: FakeTrackAPI) -> Iterator[Any]:
                "DATABASE_URL": _test_database_url(),
                "CIO_TEST_BROKER": broker,
                "CUSTOMERIO_TRACK_URL": cio_fake.url, "CUSTOMERIO_SITE_ID": cio_fake.site_id,
-               "CUSTOMERIO_API_KEY": cio_fake.api_key, **(env or {})}
+               "CUSTOMERIO_API_KEY": cio_fake.api_key, "CUSTOMERIO_APP_URL": cio_fake.url,
+               "CUSTOMERIO_APP_API_KEY": cio_fake.app_api_key, **(env or {})}
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-Q", queue,
              "-c", "1", "-n", f"test{len(started)}-{os.getpid()}@%h", "-l", "WARNING",

@@ -60,6 +60,8 @@ CUSTOMERIO = {
     "API_KEY": os.environ.get("CUSTOMERIO_API_KEY", "test-key-never-logged"),
     # Tests that send start a fake server and point this at it.
     "TRACK_URL": os.environ.get("CUSTOMERIO_TRACK_URL", "http://127.0.0.1:9"),
+    "APP_API_KEY": os.environ.get("CUSTOMERIO_APP_API_KEY", "test-app-key-never-logged"),
+    "APP_URL": os.environ.get("CUSTOMERIO_APP_URL", "http://127.0.0.1:9"),
     # Logins made by fixtures (admin_client) would add messages to unrelated tests; the tests
     # of the auth signals turn them on.
     "AUTH_SIGNALS": False,

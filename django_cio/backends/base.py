@@ -5,15 +5,16 @@ from typing import ClassVar
 
 from ..client import OpError, encode_batch
 from ..conf import CIOSettings
-from ..operations import Operation
+from ..operations import Operation, SendMessage
 
 
 class BaseBackend:
     """Sends ops in one request: ``send_one`` (v1, one op) or ``send_batch`` (v2, many).
 
     Both raise ``APIError`` subclasses when the whole request fails; ``send_batch`` returns the
-    ops Customer.io refused one by one. Backends that never leave the process only implement
-    ``handle``.
+    ops Customer.io refused one by one. ``send_message`` sends a transactional message to the
+    App API and returns Customer.io's ``delivery_id`` (``None`` where nothing was sent).
+    Backends that never leave the process only implement ``handle``.
     """
 
     # True for backends that never leave the process (locmem, console, null): they run at
@@ -31,6 +32,10 @@ class BaseBackend:
         encode_batch(ops)  # refuse what the HTTP backend would refuse, so tests see it too
         self.handle(ops)
         return []
+
+    def send_message(self, op: SendMessage) -> str | None:
+        self.handle([op])
+        return None
 
     def handle(self, ops: Sequence[Operation]) -> None:
         raise NotImplementedError

@@ -2,15 +2,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..client import OpError, TrackClient
+from ..client import AppClient, OpError, TrackClient
 from ..conf import CIOSettings
 from ..exceptions import ConfigurationError
-from ..operations import Operation
+from ..operations import Operation, SendMessage
 from .base import BaseBackend
 
 
 class TrackAPIBackend(BaseBackend):
-    """The real thing: ops go to the Track API through a ``TrackClient``, from Celery workers."""
+    """The real thing: ops go to the Track API through a ``TrackClient``, and transactional
+    messages to the App API through an ``AppClient`` (when ``APP_API_KEY`` is set), from
+    Celery workers."""
 
     def __init__(self, config: CIOSettings) -> None:
         super().__init__(config)
@@ -19,9 +21,17 @@ class TrackAPIBackend(BaseBackend):
                 "CUSTOMERIO['SITE_ID'] and CUSTOMERIO['API_KEY'] are required by the HTTP backend"
             )
         self.client = TrackClient.from_settings(config)
+        self.app_client = AppClient.from_settings(config) if config.app_api_key else None
 
     def send_one(self, op: Operation) -> None:
         self.client.send(op)
 
     def send_batch(self, ops: Sequence[Operation]) -> list[OpError]:
         return self.client.send_batch(ops)
+
+    def send_message(self, op: SendMessage) -> str | None:
+        if self.app_client is None:
+            where = ("CUSTOMERIO" if self.settings.workspace == "default" else
+                     f"CUSTOMERIO['WORKSPACES'][{self.settings.workspace!r}]")
+            raise ConfigurationError(f"{where}['APP_API_KEY'] is required to send messages")
+        return self.app_client.send_message(op)["delivery_id"]

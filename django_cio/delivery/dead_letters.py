@@ -16,6 +16,7 @@ from ..broker.publish import split
 from ..conf import get_settings
 from ..models import DeadLetter
 from ..operations import Json
+from .messages import messages_among, release
 
 logger = logging.getLogger("django_cio")
 
@@ -55,9 +56,12 @@ def _storable(raw: Any) -> Json:
 def replay(letters: QuerySet[DeadLetter]) -> int:
     """Queue these letters' ops again (with their original event ids) and delete the letters
     that the broker (or, if it is down, the Outbox) took; return how many it took. Letters of
-    a workspace the settings no longer have are kept."""
+    a workspace the settings no longer have are kept. A transactional message's claim is
+    released first: replaying one that "may have been sent" is the reviewer's decision to send
+    it again."""
     known = get_settings().workspace_names
     by_op = {id(letter.op): letter for letter in letters.filter(workspace__in=known)}
+    release(op["id"] for op in messages_among(letter.op for letter in by_op.values()))
     replayed = []
     for chunk in split([letter.op for letter in by_op.values()]):
         if publish_or_park(chunk, using=letters.db):  # kept until the message is safe

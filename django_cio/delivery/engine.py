@@ -7,7 +7,7 @@ import logging
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from celery.exceptions import Reject
 
@@ -31,6 +31,7 @@ from ..ratelimit import Throttled, get_limiter
 from ..routing import by_workspace, one_workspace
 from ..signals import OpResult, post_send, pre_send
 from . import dead_letters
+from .messages import messages_among, send_messages
 from .retry import backoff, retry_after_crash, schedule, too_many_deliveries
 
 logger = logging.getLogger("django_cio")
@@ -95,20 +96,20 @@ def _time_budget(task: Any) -> float:
 
 
 def deliver_messages(messages: list[Message], deadline: float = float("inf")) -> None:
-    """Deliver the ops of several messages together (one Delivery per workspace and failure
-    count: a request never carries two workspaces' ops)."""
-    groups: dict[tuple[str, int], tuple[list[Json], list[Message]]] = {}
+    """Deliver the ops of several messages together (one Delivery per workspace, API and
+    failure count: a request never carries two workspaces' ops)."""
+    groups: dict[tuple[str, str, int], tuple[list[Json], list[Message]]] = {}
     for message in messages:
-        for workspace, ops in by_workspace(message.ops).items():
-            group_ops, group = groups.setdefault((workspace, message.failures), ([], []))
+        for (workspace, api), ops in _by_destination(message.ops).items():
+            group_ops, group = groups.setdefault((workspace, api, message.failures), ([], []))
             group_ops += ops
             group.append(message)
-    for (workspace, failures), (ops, group) in groups.items():
+    for (workspace, api, failures), (ops, group) in groups.items():
         if workspace not in get_settings().workspace_names:  # a hand-made or stale message
             dead_letters.store([(raw, f"unknown workspace {workspace!r}", None) for raw in ops],
                                failures + 1)
             continue
-        delivery = Delivery(ops, failures, workspace=workspace, deadline=deadline)
+        delivery = DELIVERIES[api](ops, failures, workspace=workspace, deadline=deadline)
         try:
             delivery.run()
         except Exception as exc:
@@ -126,9 +127,30 @@ def deliver_messages(messages: list[Message], deadline: float = float("inf")) ->
                     message.error = reject
 
 
+def deliver_inline(ops: list[Json]) -> None:
+    """Deliver queued ops now, in this process (for backends that never leave it)."""
+    for (workspace, api), raw in _by_destination(ops).items():
+        DELIVERIES[api](raw, workspace=workspace).run()
+
+
+def _by_destination(ops: list[Json]) -> dict[tuple[str, str], list[Json]]:
+    """Queued ops by workspace and API (the Track API, or the App API's transactional
+    messages), in their order: the Track ops first, so a message renders a fresh profile."""
+    groups: dict[tuple[str, str], list[Json]] = {}
+    for workspace, raw in by_workspace(ops).items():
+        app = set(map(id, messages_among(raw)))
+        for api in ("track", "app"):
+            mine = [op for op in raw if (id(op) in app) == (api == "app")]
+            if mine:
+                groups[workspace, api] = mine
+    return groups
+
+
 @dataclass
 class Delivery:
     """One message's ops on their way out, and what became of each."""
+
+    api: ClassVar[str] = "track"  # the API this delivery sends to
 
     raw: list[Json]
     failures: int = 0
@@ -180,8 +202,7 @@ class Delivery:
         moves = [r.op for r in self.results if r.status == "sent" and isinstance(r.op, Move)]
         arrivals = [move.arrival().to_dict() for move in moves]
         if backend.delivers_inline:
-            for workspace, raw in by_workspace(arrivals).items():
-                Delivery(raw, workspace=workspace).run()
+            deliver_inline(arrivals)
         else:
             for message in split(arrivals):
                 schedule(message, 0, 0)  # on the broker, else in the Outbox; else raises
@@ -196,8 +217,9 @@ class Delivery:
             except ValidationError as exc:
                 dead_letters.store([(raw, f"malformed: {exc}", None)], self.failures + 1)
                 continue
-            if op.api != "track":  # nothing queues them yet: never to the Track API's host
-                dead_letters.store([(raw, "not a Track API operation", None)], self.failures + 1)
+            if op.api != self.api:  # a hand-made message: never to the other API's host
+                dead_letters.store([(raw, f"not a {self.api} API operation", None)],
+                                   self.failures + 1)
                 continue
             if op.workspace is None:  # queued for the default workspace
                 op.route_to(self.workspace)
@@ -335,3 +357,15 @@ class Delivery:
             self.retry = (failures, wait)
         else:  # same event ids: repeats are dropped
             schedule([op.to_dict() for op in self.pending], failures, wait)
+
+
+class MessageDelivery(Delivery):
+    """Transactional messages on their way to the App API, each at most once (``messages``)."""
+
+    api = "app"
+
+    def send(self, backend: BaseBackend, ops: list[Operation], config: CIOSettings) -> None:
+        send_messages(self, backend, ops, config)
+
+
+DELIVERIES: dict[str, type[Delivery]] = {"track": Delivery, "app": MessageDelivery}

@@ -79,13 +79,3 @@ def test_the_fake_refuses_what_the_app_api_would(fake, app):
         assert response.status_code == status and "error" in response.json()["meta"]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_queued_message_never_reaches_the_track_api(cio_fake):
-    """Nothing queues transactional messages yet: one found in a message is a dead letter,
-    not a request to the Track API's host (whose 401 would hold every Track op)."""
-    from django_cio.models import DeadLetter
-    from tests.integration.test_tasks import deliver
-
-    deliver(WELCOME)
-    assert not cio_fake.store.requests
-    assert DeadLetter.objects.get().reason == "not a Track API operation"

@@ -1,0 +1,172 @@
+"""Django's email, sent as Customer.io transactional messages through django-cio's queue::
+
+    EMAIL_BACKEND = "django_cio.mail.EmailBackend"
+
+``send_mail()``, ``EmailMessage`` and ``EmailMultiAlternatives`` then queue one App API
+``send_email`` per message, after the current transaction commits; the caller never waits for
+Customer.io. Customer.io's own options are attributes of the message, as django-anymail takes
+an ESP's (and anymail's own names work too)::
+
+    message = EmailMessage(to=["ada@example.com"])
+    message.template_id = "password_reset"          # or transactional_message_id
+    message.merge_global_data = {"token": token}    # or message_data
+    message.send()
+
+See docs/email.md for every attribute.
+"""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+from collections.abc import Iterable, Sequence
+from email.mime.base import MIMEBase
+from email.utils import getaddresses
+from typing import Any
+
+from django.core.mail import EmailMessage
+from django.core.mail.backends.base import BaseEmailBackend
+from django.template.defaultfilters import linebreaksbr
+
+from .exceptions import ConfigurationError, ValidationError
+from .operations import Person
+from .workspaces import Workspace
+
+KIND = "send_email"
+# Customer.io's message options, as attributes of an EmailMessage: the App API's field names.
+CUSTOMERIO_FLAGS = ("disable_message_retention", "send_to_unsubscribed", "queue_draft",
+                    "fake_bcc", "disable_css_preprocessing")
+# Alternatives the App API has a field for.
+ALTERNATIVES = {"text/html": "body", "text/x-amp-html": "body_amp"}
+
+
+class EmailBackend(BaseEmailBackend):
+    """Queues each message as a Customer.io transactional email (``django_cio.send_email``).
+
+    ``send_messages`` returns how many it queued; a message Customer.io could not take (no
+    recipient, too many, an attachment too large, a bad option) raises ``ValidationError``
+    naming the field, unless ``fail_silently``. ``workspace="eu"`` (``get_connection``'s
+    keyword) sends through a named workspace.
+    """
+
+    def __init__(self, fail_silently: bool = False, workspace: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(fail_silently=fail_silently, **kwargs)
+        self.verbs = Workspace(workspace)
+
+    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
+        queued = 0
+        for message in email_messages:
+            try:
+                self.verbs.send_email(recipient(message), template(message),
+                                      message_data=data(message), **fields(message))
+            except (ValidationError, ConfigurationError):  # what the call itself refuses
+                if not self.fail_silently:
+                    raise
+                continue
+            queued += 1
+        return queued
+
+
+def recipient(message: EmailMessage) -> Any:
+    """Who the message is to, in Customer.io: ``message.identifiers`` (``{"id": 42}``, or by
+    ``email`` or ``cio_id``), else the person with the first ``to`` address."""
+    given = getattr(message, "identifiers", None)
+    if given is not None:
+        if not (isinstance(given, dict) and len(given) == 1
+                and next(iter(given)) in ("id", "email", "cio_id")):
+            raise ValidationError(KIND, "identifiers", "must be one of {'id': ...}, "
+                                  "{'email': ...} or {'cio_id': ...}")
+        return Person(**given)
+    addresses = [address for _, address in getaddresses(message.to) if address]
+    if not addresses:
+        raise ValidationError(KIND, "to", "is empty: an email needs a recipient")
+    return Person(email=addresses[0])
+
+
+def template(message: EmailMessage) -> int | str | None:
+    return _option(message, "transactional_message_id", "template_id")
+
+
+def data(message: EmailMessage) -> dict[str, Any] | None:
+    return _option(message, "message_data", "merge_global_data")
+
+
+def fields(message: EmailMessage) -> dict[str, Any]:
+    """The App API's fields for ``message``: its addresses, content, headers, attachments,
+    then Customer.io's options (``esp_extra`` last: it may set any field)."""
+    values: dict[str, Any] = {"to": _joined(message.to), "cc": _joined(message.cc),
+                              "bcc": _joined(message.bcc), "reply_to": _joined(message.reply_to),
+                              "from": message.from_email, "subject": message.subject,
+                              **_bodies(message)}
+    if message.extra_headers:
+        values["headers"] = {str(name): str(value) for name, value in message.extra_headers.items()}
+    if message.attachments:
+        values["attachments"] = dict(_attachment(item) for item in message.attachments)
+    values.update(_options(message))
+    values.update(getattr(message, "esp_extra", None) or {})
+    return {name: value for name, value in values.items() if value not in ("", None)}
+
+
+def _option(message: EmailMessage, name: str, anymail_name: str) -> Any:
+    value = getattr(message, name, None)
+    return value if value is not None else getattr(message, anymail_name, None)
+
+
+def _joined(addresses: Iterable[str]) -> str:
+    return ", ".join(addresses)
+
+
+def _bodies(message: EmailMessage) -> dict[str, str]:
+    """``body`` (HTML), ``body_plain`` and ``body_amp`` from the body and its alternatives.
+    A plain-text-only message also gets an HTML body (escaped, line breaks kept): the App
+    API's ``body`` is HTML."""
+    bodies: dict[str, str] = {}
+    text = str(message.body or "")  # a lazy translation is a str once rendered
+    if message.content_subtype == "html":
+        bodies["body"] = text
+    else:
+        bodies["body_plain"] = text
+    for content, mimetype in getattr(message, "alternatives", None) or ():
+        field = ALTERNATIVES.get(mimetype)
+        if field is None:
+            raise ValidationError(KIND, "alternatives", f"holds {mimetype!r}; Customer.io "
+                                  f"takes {', '.join(ALTERNATIVES)}")
+        bodies[field] = content.decode() if isinstance(content, bytes) else str(content)
+    if "body" not in bodies and text:
+        bodies["body"] = str(linebreaksbr(text, autoescape=True))
+    return bodies
+
+
+def _attachment(item: Any) -> tuple[str, str]:
+    """A Django attachment (``(filename, content, mimetype)`` or a MIME part) as the App
+    API's ``file name -> base64``."""
+    content: Any
+    if isinstance(item, MIMEBase):
+        name = item.get_filename() or _unnamed(item.get_content_type())
+        content = item.get_payload(decode=True) or b""
+    else:
+        filename, content, mimetype = item
+        name = filename or _unnamed(mimetype)
+    if isinstance(content, str):
+        content = content.encode()
+    return name, base64.b64encode(content).decode()
+
+
+def _unnamed(mimetype: str | None) -> str:
+    return "attachment" + (mimetypes.guess_extension(mimetype or "") or ".bin")
+
+
+def _options(message: EmailMessage) -> dict[str, Any]:
+    """Customer.io's own options, and anymail's ``send_at`` and tracking attributes."""
+    options = {name: getattr(message, name) for name in CUSTOMERIO_FLAGS
+               if getattr(message, name, None) is not None}
+    send_at = getattr(message, "send_at", None)
+    if send_at is not None:
+        options["send_at"] = send_at  # a datetime, a date or Unix seconds
+    tracking = [getattr(message, name, None) for name in ("track_clicks", "track_opens")]
+    if any(flag is not None for flag in tracking):  # Customer.io tracks both or neither
+        options["tracked"] = any(flag for flag in tracking if flag is not None)
+    if getattr(message, "language", None):
+        options["language"] = message.language  # type: ignore[attr-defined]
+    return options

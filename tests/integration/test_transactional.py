@@ -1,0 +1,161 @@
+"""Transactional messages through the delivery task, against the fake App API over real
+sockets and a real database: each is sent at most once, retried only when the answer proves
+it was not taken, and dead-lettered for review when it may have been.
+
+The task runs in this process (``deliver.apply``); retries are real broker messages,
+recorded by ``published``. Real workers are in reliability/test_transactional_faults.py.
+"""
+
+import logging
+
+import pytest
+from django.db import transaction
+from django.dispatch import receiver
+
+import django_cio
+from django_cio import Person
+from django_cio.delivery import dead_letters
+from django_cio.exceptions import ConfigurationError
+from django_cio.models import DeadLetter, SentMessage
+from django_cio.operations import Identify, Operation, SendEmail, SendSms
+from django_cio.signals import post_send
+from tests.conftest import free_port
+from tests.integration.test_tasks import deliver
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+SECRET = "reset-token-8f2k"  # message data no log, reason or admin page may show
+
+
+def reset_mail() -> SendEmail:
+    return SendEmail(Person(email="ada@example.com"), "password_reset", {"token": SECRET},
+                     {"to": "ada@example.com"})
+
+
+def test_a_message_is_sent_once_and_its_delivery_id_kept_and_reported(cio_fake, published):
+    results = []
+
+    @receiver(post_send, weak=False)
+    def report(sender, results=(), **kwargs):
+        reported.extend(results)
+
+    reported = results
+    mail = reset_mail()
+    try:
+        deliver(mail)
+    finally:
+        post_send.disconnect(report)
+    [message] = cio_fake.store.messages
+    assert message["body"]["message_data"] == {"token": SECRET}
+    assert [(r.status, r.delivery_id) for r in results] == [("sent", message["delivery_id"])]
+    assert SentMessage.objects.get(id=mail.id).delivery_id == message["delivery_id"]
+    assert published == []
+
+
+def test_a_message_delivered_again_is_not_sent_again(cio_fake):
+    mail = reset_mail()
+    deliver(mail)
+    deliver(mail)  # the broker gave the message back (a lost acknowledgement)
+    assert len(cio_fake.store.messages) == 1
+    assert not DeadLetter.objects.exists()
+
+
+def test_a_message_whose_earlier_attempt_never_finished_is_held_for_review(cio_fake):
+    mail = reset_mail()
+    SentMessage.objects.create(id=mail.id, kind=mail.kind)  # a worker died mid-request
+    deliver(mail)
+    assert cio_fake.store.messages == []
+    assert DeadLetter.objects.get().reason == "may have been sent"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_an_answer_that_proves_it_unsent_is_retried(cio_fake, published, status):
+    cio_fake.fail_next(status)
+    mail = reset_mail()
+    deliver(mail)
+    assert cio_fake.store.messages == [] and not DeadLetter.objects.exists()
+    assert published == [[mail.to_dict()]]
+    assert not SentMessage.objects.exists()  # released: the retry may send it
+    deliver(mail, failures=published.details[0]["kwargs"].get("failures", 0))
+    assert len(cio_fake.store.messages) == 1
+
+
+def test_a_refused_connection_is_retried(cio_fake, published, settings):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "APP_URL": f"http://127.0.0.1:{free_port()}"}
+    deliver(reset_mail())
+    assert len(published) == 1 and not DeadLetter.objects.exists()
+    assert not SentMessage.objects.exists()
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_an_answer_that_may_follow_a_send_is_a_dead_letter_not_a_resend(cio_fake, published,
+                                                                         status):
+    cio_fake.fail_next(status)
+    mail = reset_mail()
+    deliver(mail)
+    assert published == []
+    letter = DeadLetter.objects.get()
+    assert letter.reason.startswith("may have been sent") and letter.status == status
+    assert SentMessage.objects.get(id=mail.id).state == SentMessage.SENDING
+
+
+def test_a_timeout_after_the_request_left_is_a_dead_letter(cio_fake, published, settings):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "TIMEOUT": 0.5}
+    cio_fake.configure(latency_ms=1500)  # taken, answered too late
+    deliver(reset_mail())
+    assert published == []
+    assert DeadLetter.objects.get().reason == "may have been sent (timeout)"
+
+
+def test_replaying_a_may_have_been_sent_letter_sends_it(cio_fake):
+    cio_fake.fail_next(500)  # refused here, in truth: the reviewer decides to send it
+    mail = reset_mail()
+    deliver(mail)
+    [letter] = DeadLetter.objects.all()
+    assert dead_letters.replay(DeadLetter.objects.all()) == 1
+    assert not SentMessage.objects.filter(id=mail.id).exists()
+    deliver(Operation.from_dict(letter.op))  # what a worker does with the replayed message
+    assert len(cio_fake.store.messages) == 1
+
+
+def test_a_message_customerio_refuses_is_a_dead_letter_naming_no_value(cio_fake, caplog):
+    bad = SendSms("42", "code", {"token": SECRET}, {"to": "+33612345678"})
+    cio_fake.fail_next(400)
+    with caplog.at_level(logging.DEBUG, logger="django_cio"):
+        deliver(bad)
+    letter = DeadLetter.objects.get()
+    assert letter.status == 400 and letter.kind == "send_sms"
+    assert not SentMessage.objects.exists()  # refused: replay may send it
+    for text in (caplog.text, letter.reason):
+        assert SECRET not in text and "+33612345678" not in text
+
+
+def test_a_refused_app_key_holds_messages_without_a_dead_letter(cio_fake, published, settings):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "APP_API_KEY": "rotated"}
+    mail = reset_mail()
+    deliver(mail)
+    assert cio_fake.store.messages == [] and not DeadLetter.objects.exists()
+    assert published.details[0]["kwargs"].get("failures", 0) == 0  # held, not counted as a failure
+    assert not SentMessage.objects.exists()
+
+
+def test_the_track_ops_of_a_transaction_go_before_its_message(cio_fake):
+    deliver(reset_mail(), Identify(Person(email="ada@example.com"), {"first_name": "Ada"}))
+    assert cio_fake.store.requests[0]["path"].startswith("/api/")
+    assert cio_fake.store.requests[-1]["path"] == "/v1/send/email"
+
+
+def test_a_message_queued_in_a_transaction_waits_for_the_commit(settings):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO,
+                           "BACKEND": "django_cio.backends.locmem.LocMemBackend"}
+    django_cio.outbox.clear()
+    with transaction.atomic():
+        django_cio.send_sms("42", "code", message_data={"code": "1"}, to="+33612345678")
+        assert django_cio.outbox == []
+    assert [op.kind for op in django_cio.outbox] == ["send_sms"]
+
+
+def test_without_an_app_api_key_a_send_fails_at_the_call(settings):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "APP_API_KEY": None}
+    with pytest.raises(ConfigurationError, match=r"\['APP_API_KEY'\] is required"):
+        django_cio.send_push("42", 7, to="last_used")
