@@ -10,7 +10,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from .delivery.dead_letters import replay
-from .models import BackfillRun, DeadLetter, Outbox
+from .models import BackfillRun, DeadLetter, Outbox, SentMessage
 from .privacy import redacted, safe_label
 
 
@@ -67,6 +67,19 @@ class BackfillRunAdmin(admin.ModelAdmin):
                     "updated_at"]
     list_filter = ["status", "model"]
     readonly_fields = [field.name for field in BackfillRun._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(SentMessage)
+class SentMessageAdmin(admin.ModelAdmin):
+    """Which transactional messages went out: ids, kinds and states, never an address."""
+
+    list_display = ["id", "kind", "workspace", "state", "delivery_id", "created_at", "sent_at"]
+    list_filter = ["state", "kind", "workspace"]
+    search_fields = ["id", "delivery_id"]
+    readonly_fields = [field.name for field in SentMessage._meta.fields]
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

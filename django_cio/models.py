@@ -60,6 +60,8 @@ class DeadLetter(models.Model):
     def for_op(cls, op: dict[str, Any], **fields: Any) -> DeadLetter:
         kind = op.get("kind")
         person = op.get("person_id") or op.get("primary") or op.get("anonymous_id")
+        if str(kind).startswith("send_") and op.get("id_type") == "email":
+            person = None  # a message's recipient address is PII the admin never shows
         workspace = op.get("workspace")
         return cls(op=op, kind=str(kind)[:32] if kind else "unknown",
                    workspace=str(workspace)[:40] if workspace else "default",

@@ -1,6 +1,7 @@
 """How delivery is doing, as data: per workspace, the delivery queue, the Outbox, dead letters,
-the shared rate limiter, refused credentials and an API not answering; then identify dedup and
-backfill runs (``cio_status``, and the load test's wait for an empty queue)."""
+transactional messages, the shared rate limiter, refused credentials and an API not
+answering; then identify dedup and backfill runs (``cio_status``, and the load test's wait for
+an empty queue)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .client import TrackClient
 from .conf import DEFAULT_WORKSPACE, get_settings
 from .credentials import refusal
 from .exceptions import APIError
-from .models import BackfillRun, DeadLetter, Outbox
+from .models import BackfillRun, DeadLetter, Outbox, SentMessage
 from .ratelimit import get_limiter
 
 
@@ -36,6 +37,7 @@ def workspace_status(workspace: str = DEFAULT_WORKSPACE) -> dict[str, Any]:
     return {
         "queue": queue_status(workspace), "outbox": outbox_status(workspace),
         "dead_letters": dead_letter_status(workspace),
+        "messages": message_status(workspace),
         "rate_limiter": {"rate": config.rate_limit, **get_limiter(workspace).state()},
         "credentials_refused": refusal(config), "not_answering": outage.not_answering(config),
     }
@@ -73,6 +75,15 @@ def outbox_status(workspace: str = DEFAULT_WORKSPACE) -> dict[str, Any]:
             oldest = stats["oldest"]
     age = round((now - oldest).total_seconds(), 1) if oldest else 0
     return {"messages": messages, "due": due, "oldest_age_seconds": age}
+
+
+def message_status(workspace: str = DEFAULT_WORKSPACE) -> dict[str, int]:
+    """Transactional messages sent, and claimed for a request not answered yet (in flight, or
+    left by a worker that died: those become dead letters when they come back)."""
+    rows = (SentMessage.objects.filter(workspace=workspace).values("state")
+            .annotate(count=Count("id")))
+    counts = {row["state"]: row["count"] for row in rows}
+    return {"sent": counts.get(SentMessage.SENT, 0), "sending": counts.get(SentMessage.SENDING, 0)}
 
 
 def dead_letter_status(workspace: str = DEFAULT_WORKSPACE) -> dict[str, Any]:

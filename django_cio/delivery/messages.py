@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, router, transaction
@@ -36,6 +37,12 @@ if TYPE_CHECKING:
     from .engine import Delivery
 
 MAY_HAVE_BEEN_SENT = "may have been sent"
+# How long a sent message's claim is kept: far longer than a broker can hand a message back
+# (the visibility timeout, a relay), so a redelivery always finds it. Older claims are
+# deleted, a batch at a time, at most once per PRUNE_EVERY seconds per process.
+KEEP_SENT_FOR = 7 * 24 * 3600
+PRUNE_EVERY = 3600
+PRUNE_BATCH = 5000
 # Longest a delivery waits for the App API's shared limit, over all its messages, before it
 # hands the rest back to the broker.
 MAX_LIMITER_WAIT = 2
@@ -47,6 +54,7 @@ def send_messages(delivery: Delivery, backend: BaseBackend, ops: list[Operation]
     what became of them and what is left for a retry."""
     limiter = None if backend.delivers_inline else (
         delivery.limiter or get_limiter(delivery.workspace, "app"))
+    _prune_now_and_then()
     waited = 0.0  # on the limiter, over these messages
     for number, op in enumerate(ops):
         assert isinstance(op, SendMessage)
@@ -119,6 +127,26 @@ def release(ids: Iterable[str]) -> None:
     if ids:
         SentMessage.objects.using(router.db_for_write(SentMessage)).filter(
             id__in=ids, state=SentMessage.SENDING).delete()
+
+
+_pruned_at = 0.0
+
+
+def _prune_now_and_then() -> None:
+    global _pruned_at
+    if time.monotonic() - _pruned_at < PRUNE_EVERY:
+        return
+    _pruned_at = time.monotonic()
+    prune()
+
+
+def prune() -> int:
+    """Delete up to PRUNE_BATCH claims of messages sent over KEEP_SENT_FOR ago."""
+    rows = SentMessage.objects.using(router.db_for_write(SentMessage))
+    since = timezone.now() - timedelta(seconds=KEEP_SENT_FOR)
+    old = list(rows.filter(state=SentMessage.SENT, created_at__lt=since)
+               .values_list("id", flat=True)[:PRUNE_BATCH])
+    return rows.filter(id__in=old).delete()[0] if old else 0
 
 
 def messages_among(ops: Iterable[Json]) -> list[Json]:

@@ -23,8 +23,10 @@ def refuse(status: int, message: str) -> Reply:
     return Reply(status, {"meta": {"error": message}})
 
 
-def check_message(channel: str, body: Any) -> None:
-    """Raise the ``Reply`` Customer.io would give to a message it refuses."""
+def check_message(channel: str, body: Any,
+                  templates: list[int | str] | None = None) -> None:
+    """Raise the ``Reply`` Customer.io would give to a message it refuses (``templates``:
+    the transactional messages the workspace has; None: any)."""
     if not isinstance(body, dict):
         raise refuse(400, "body must be a JSON object")
     identifiers = body.get("identifiers")
@@ -38,6 +40,8 @@ def check_message(channel: str, body: Any) -> None:
             template is not None and (isinstance(template, bool)
                                       or not isinstance(template, (int, str)))):
         raise refuse(400, "transactional_message_id must be an id or a trigger name")
+    if template is not None and templates is not None and template not in templates:
+        raise refuse(404, "transactional message not found")
     if channel in ("email", "sms") and not (isinstance(body.get("to"), str) and body["to"]):
         raise refuse(400, "to is required")
     if channel == "email":

@@ -30,6 +30,9 @@ class Config:
     # The workspace identifies people by email or id, so a v1 path holding an email-shaped
     # value means an email, as Customer.io reads it.
     email_identifiers: bool = True
+    # The workspace's transactional messages (ids and trigger names); None takes any. A send
+    # from another is refused as Customer.io refuses a message id it does not have.
+    transactional_messages: list[int | str] | None = None
 
 
 class TokenBucket:

@@ -85,7 +85,7 @@ class FakeSite:
         if method != "POST" or channel not in app.CHANNELS:
             raise Reply(404, {"meta": {"error": "not found"}})
         if self.config.strict:
-            app.check_message(channel, body)
+            app.check_message(channel, body, self.config.transactional_messages)
         with self.store.lock:
             return 200, app.accept(self.store.messages, channel, body), 1
 

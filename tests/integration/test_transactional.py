@@ -159,3 +159,47 @@ def test_without_an_app_api_key_a_send_fails_at_the_call(settings):
     settings.CUSTOMERIO = {**settings.CUSTOMERIO, "APP_API_KEY": None}
     with pytest.raises(ConfigurationError, match=r"\['APP_API_KEY'\] is required"):
         django_cio.send_push("42", 7, to="last_used")
+
+
+def test_a_message_id_customerio_does_not_have_is_a_dead_letter(cio_fake):
+    cio_fake.configure(transactional_messages=["welcome"])
+    deliver(reset_mail())
+    letter = DeadLetter.objects.get()
+    assert (letter.status, letter.reason) == (404, "not found")
+    assert cio_fake.store.messages == []
+
+
+def test_the_admin_shows_a_message_by_kind_and_id_never_its_address_or_data(cio_fake,
+                                                                            admin_client):
+    cio_fake.fail_next(500)
+    mail = reset_mail()
+    deliver(mail)
+    letter = DeadLetter.objects.get()
+    pages = [admin_client.get(f"/admin/django_cio/{page}/") for page in (
+        "deadletter", f"deadletter/{letter.pk}/change", "sentmessage",
+        f"sentmessage/{mail.id}/change")]
+    for page in pages:
+        assert page.status_code == 200
+        text = page.content.decode()
+        assert "ada@example.com" not in text and SECRET not in text
+    assert mail.id in pages[2].content.decode()
+
+
+def test_claims_of_messages_sent_long_ago_are_pruned(cio_fake):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from django_cio.delivery import messages
+
+    old, new = reset_mail(), reset_mail()
+    for mail in (old, new):
+        deliver(mail)
+    SentMessage.objects.filter(id=old.id).update(
+        created_at=timezone.now() - timedelta(seconds=messages.KEEP_SENT_FOR + 60))
+    SentMessage.objects.create(id=reset_mail().id, kind="send_email",  # left "sending": kept
+                               created_at=timezone.now() - timedelta(days=30))
+    assert messages.prune() == 1
+    assert set(SentMessage.objects.values_list("id", flat=True)) >= {new.id}
+    assert not SentMessage.objects.filter(id=old.id).exists()
+    assert SentMessage.objects.count() == 2

@@ -65,6 +65,9 @@ class Command(BaseCommand):
         self.stdout.write(f"  Dead letters: {dead['total']}")
         for reason, count in dead["by_reason"].items():
             self.stdout.write(f"    {count:>8}  {reason}")
+        messages = status["messages"]
+        self.stdout.write(f"  Transactional messages: {messages['sent']} sent, "
+                          f"{messages['sending']} awaiting an answer")
         limiter = status["rate_limiter"]
         if limiter["shared"]:
             self.stdout.write(f"  Rate limiter: {limiter['rate']} shared in Redis, "
