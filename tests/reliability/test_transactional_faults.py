@@ -1,0 +1,84 @@
+"""Transactional messages through real worker processes, with faults: nothing lost, nothing
+sent twice. The fake App API keeps every message it took, so a duplicate shows as two."""
+
+import time
+
+import pytest
+from django.core import mail
+
+import django_cio
+from django_cio.models import DeadLetter, Outbox, SentMessage
+from tests.reliability.test_faults import on_broker, stop  # noqa: F401 - a fixture
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def email_backend(settings):
+    settings.EMAIL_BACKEND = "django_cio.mail.EmailBackend"
+
+
+def send_codes(count: int) -> None:
+    """``count`` SMS, message ``n`` carrying code ``n``."""
+    for n in range(count):
+        django_cio.send_sms(f"p{n}", "login_code", message_data={"code": n},
+                            to=f"+336000000{n:02d}")
+
+
+def codes(fake) -> list[int]:
+    return sorted(message["body"]["message_data"]["code"] for message in fake.store.messages)
+
+
+def test_an_outage_then_a_429_storm_loses_nothing_and_sends_nothing_twice(
+        on_broker, cio_fake, worker_process, wait_for):  # noqa: F811
+    env = on_broker("redis")
+    env["CIO_TEST_CUSTOMERIO"] = '{"RETRY_BACKOFF_MAX": 2}'  # retries in seconds, not minutes
+    cio_fake.fail_next(*[503] * 6, *[429] * 6)  # unavailable, then told to slow down
+    send_codes(20)
+    for _ in range(2):
+        worker_process(env=env)
+    wait_for(lambda: len(cio_fake.store.messages) >= 20, timeout=120)
+    time.sleep(1)  # a duplicate, if any, would arrive now
+    assert codes(cio_fake) == list(range(20))
+    assert not DeadLetter.objects.exists()
+    assert SentMessage.objects.filter(state=SentMessage.SENT).count() == 20
+
+
+@pytest.mark.parametrize("broker_name", ["redis", "rabbitmq"])
+def test_a_worker_killed_mid_request_never_sends_a_message_twice(
+        broker_name, on_broker, cio_fake, worker_process, wait_for):  # noqa: F811
+    env = on_broker(broker_name)
+    cio_fake.configure(latency_ms=1500)  # the fake takes each message, then answers
+    send_codes(5)
+    worker = worker_process(broker=broker_name, env=env)
+    wait_for(lambda: cio_fake.received >= 1, timeout=60)
+    stop(worker)  # SIGKILL: its message comes back from the broker
+    cio_fake.configure(latency_ms=0)
+    worker_process(broker=broker_name, env=env)
+    # Each message is either sent once or, the one whose request was in flight, held for
+    # review: its claim says it may have gone.
+    wait_for(lambda: len(cio_fake.store.messages) + DeadLetter.objects.count() >= 5,
+             timeout=120)
+    time.sleep(1)
+    sent = codes(cio_fake)
+    assert len(sent) == len(set(sent))  # never twice
+    held = {letter.op["message_data"]["code"] for letter in DeadLetter.objects.all()}
+    assert held and {letter.reason for letter in DeadLetter.objects.all()} == {
+        "may have been sent"}
+    assert sorted(set(sent) | held) == list(range(5))  # nothing lost
+
+
+def test_broker_down_at_send_time_the_outbox_keeps_the_email(
+        private_redis, on_broker, cio_fake, worker_process, wait_for,  # noqa: F811
+        email_backend):
+    env = on_broker("redis")
+    private_redis.kill()
+    started = time.monotonic()
+    assert mail.send_mail("Welcome", "Hi Ada", "shop@example.com", ["ada@example.com"]) == 1
+    assert time.monotonic() - started < 10  # a liveness bound: a hang would be minutes
+    assert Outbox.objects.exists()
+    private_redis.start()
+    worker_process(env=env)  # relays the Outbox by itself
+    wait_for(lambda: len(cio_fake.store.messages) == 1, timeout=90)
+    assert cio_fake.store.messages[0]["body"]["identifiers"] == {"email": "ada@example.com"}
+    assert not Outbox.objects.exists()
