@@ -67,6 +67,9 @@ CUSTOMERIO = {
     "API_KEY": os.environ.get("CUSTOMERIO_API_KEY", "demo-key"),
     "REGION": os.environ.get("CUSTOMERIO_REGION", "us"),
     "TRACK_URL": os.environ.get("CUSTOMERIO_TRACK_URL"),
+    # Transactional mail (the welcome email) goes through Customer.io's App API.
+    "APP_API_KEY": os.environ.get("CUSTOMERIO_APP_API_KEY", "demo-app-key"),
+    "APP_URL": os.environ.get("CUSTOMERIO_APP_URL"),
     "REDIS_URL": REDIS_URL,
     "PAGE_VIEWS": True,
     # Identify dedup keeps its memory in Redis (atomic scripts): off with the cache in files.
@@ -80,6 +83,9 @@ CUSTOMERIO = {
         "TRACK_URL": os.environ.get("CUSTOMERIO_EU_TRACK_URL"),
     }},
 }
+# Django's email (send_mail) as Customer.io transactional messages, through the same queue.
+EMAIL_BACKEND = "django_cio.mail.EmailBackend"
+DEFAULT_FROM_EMAIL = "Example Shop <shop@example.com>"
 
 for folder in (STATE_DIR, STATE_DIR / "broker", STATE_DIR / "cache"):
     folder.mkdir(parents=True, exist_ok=True)

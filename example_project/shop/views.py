@@ -1,4 +1,5 @@
 from django.contrib.auth import authenticate, get_user_model, login
+from django.core.mail import send_mail
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.views.decorators.csrf import csrf_exempt
@@ -21,11 +22,13 @@ def pricing(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 def signup(request: HttpRequest) -> HttpResponse:
-    with transaction.atomic():  # the identify leaves when this commits
-        get_user_model().objects.create_user(
+    with transaction.atomic():  # the identify and the welcome email leave when this commits
+        user = get_user_model().objects.create_user(
             username=request.POST["email"], email=request.POST["email"],
             first_name=request.POST.get("first_name", ""), password=request.POST["password"],
         )
+        send_mail("Welcome to the shop", f"Hi {user.first_name},\n\nthanks for joining.",
+                  None, [user.email])
     return HttpResponse("<html>Welcome!</html>", status=201)
 
 

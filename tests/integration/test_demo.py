@@ -25,6 +25,7 @@ def test_the_demo_runs_end_to_end_with_no_services(tmp_path):
     out = result.stdout
     us, eu = out.split("What Customer.io's US workspace")[1].split("What Customer.io's EU")
     assert "people:   3" in us and "order_placed x2" in us and "login x1" in us
+    assert "transactional emails: 4  (welcome, via send_mail())" in us  # one per signup
     assert "marie" not in us  # a customer in France lands in the EU workspace only
     assert "people:   1" in eu and "@example.fr" in eu
     assert "login x1" in eu and "order_placed x1" in eu

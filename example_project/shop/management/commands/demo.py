@@ -23,10 +23,14 @@ from django_cio.conf import get_settings
 from django_cio.fakeserver import FakeTrackAPI
 
 
+WELCOME = "welcome email"
+
+
 class Command(BaseCommand):
     help = (
         "Run the example shop end to end: migrate, start the bundled fake Customer.io Track "
-        "API (a US and an EU workspace) and a Celery worker, sign up users, log them in, place "
+        "and App APIs (a US and an EU workspace) and a Celery worker, sign up users (each gets "
+        "a welcome email through send_mail()), log them in, place "
         "orders and browse pages, wait for delivery, print what each workspace received, and "
         "stop everything it started. Exit status 0 when every expected op arrived."
     )
@@ -41,11 +45,11 @@ class Command(BaseCommand):
         self.dedup_before = dedup.counters()
         cio = get_settings()
         with FakeTrackAPI(site_id=cio.site_id or "", api_key=cio.api_key or "",
-                          latency_ms=20) as fake:
+                          app_api_key=cio.app_api_key, latency_ms=20) as fake:
             eu = get_settings("eu")
             fake.add_site(eu.site_id or "", eu.api_key or "", region="eu", latency_ms=20)
-            self.stdout.write(f"Fake Customer.io Track API on {fake.url}, serving a US and an "
-                              "EU workspace")
+            self.stdout.write(f"Fake Customer.io Track and App APIs on {fake.url}, serving a US "
+                              "and an EU workspace")
             # Stopped like Ctrl-C, so the worker is stopped too (and not left running).
             signal.signal(signal.SIGTERM, signal.default_int_handler)
             worker = _start_worker(fake.url)
@@ -61,7 +65,8 @@ class Command(BaseCommand):
         run = uuid.uuid4().hex[:6]
         ada = f"ada-{run}@example.com"
         visitor = Client()
-        self.stdout.write("A visitor browses the pricing page, signs up and logs in ...")
+        self.stdout.write("A visitor browses the pricing page, signs up (a welcome email "
+                          "goes out) and logs in ...")
         visitor.get("/pricing/")
         visitor.post("/signup/", {"email": ada, "first_name": "Ada", "password": "pw-12345"})
         visitor.post("/login/", {"email": ada, "password": "pw-12345"})
@@ -86,8 +91,9 @@ class Command(BaseCommand):
         for _ in range(2):
             time.sleep(1.5)  # the previous identify has been delivered (and remembered)
             get_user_model().objects.get(username=ada).save()
-        # The events that must arrive, per workspace (its site id).
-        return {get_settings().site_id: {"order_placed": 2, "login": 1, "viewed_pricing": 1},
+        # What must arrive, per workspace (its site id): events, and welcome emails.
+        return {get_settings().site_id: {"order_placed": 2, "login": 1, "viewed_pricing": 1,
+                                         WELCOME: 4},
                 get_settings("eu").site_id: {"order_placed": 1, "login": 1}}
 
     def wait(self, fake: FakeTrackAPI, expected: dict[str, dict[str, int]],
@@ -132,19 +138,27 @@ class Command(BaseCommand):
         out(f"  people:   {stats['people']}")
         for person, attributes in store.people.items():
             out(f"    {person:>4}  {attributes.get('email', '')}")
+        events = Counter(event["name"] for event in store.events)
         out(f"  events:   {stats['events']}  "
-            f"({', '.join(f'{name} x{count}' for name, count in _names(store).items())})")
+            f"({', '.join(f'{name} x{count}' for name, count in events.items())})")
+        if store.messages:
+            out(f"  transactional emails: {len(store.messages)}  (welcome, via send_mail())")
         out(f"  ops:      {stats['ops_total']}  {stats['ops']}")
         out(f"  requests: {stats['requests']}  statuses {stats['statuses']}  "
             f"ops per request {stats['ops_per_request']}")
 
 
 def _names(store: Any) -> Counter[str]:
-    return Counter(event["name"] for event in store.events)
+    """Events by name, and welcome emails (every signup's, from the default workspace)."""
+    names = Counter(event["name"] for event in store.events)
+    names[WELCOME] = sum(m["body"].get("subject") == "Welcome to the shop"
+                         for m in store.messages)
+    return names
 
 
 def _start_worker(track_url: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CUSTOMERIO_TRACK_URL": track_url, "CUSTOMERIO_EU_TRACK_URL": track_url}
+    env = {**os.environ, "CUSTOMERIO_TRACK_URL": track_url, "CUSTOMERIO_EU_TRACK_URL": track_url,
+           "CUSTOMERIO_APP_URL": track_url}
     command = [sys.executable, "-m", "celery", "-A", "example_project", "worker",
                "-Q", ",".join(_queues()), "-c", "2", "-l", "WARNING",
                "--without-gossip", "--without-mingle", "--without-heartbeat"]
