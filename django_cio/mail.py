@@ -36,12 +36,19 @@ KIND = "send_email"
 # Customer.io's message options, as attributes of an EmailMessage: the App API's field names.
 CUSTOMERIO_FLAGS = ("disable_message_retention", "send_to_unsubscribed", "queue_draft",
                     "fake_bcc", "disable_css_preprocessing")
+# django-anymail attributes the App API has nothing for: refused, never silently dropped.
+UNSUPPORTED = {"merge_data": "one message goes to one person: send one per recipient",
+               "merge_metadata": "Customer.io keeps no per-message metadata",
+               "metadata": "Customer.io keeps no per-message metadata",
+               "tags": "Customer.io keeps no per-message tags",
+               "envelope_sender": "Customer.io sets the envelope sender"}
 # Alternatives the App API has a field for.
 ALTERNATIVES = {"text/html": "body", "text/x-amp-html": "body_amp"}
 
 
 class EmailBackend(BaseEmailBackend):
-    """Queues each message as a Customer.io transactional email (``django_cio.send_email``).
+    """Queues each message as a Customer.io transactional email (``django_cio.send_email``)
+    and sets its ``cio_message_id`` (the id ``post_send`` results and the admin show).
 
     ``send_messages`` returns how many it queued; a message Customer.io could not take (no
     recipient, too many, an attachment too large, a bad option) raises ``ValidationError``
@@ -58,8 +65,9 @@ class EmailBackend(BaseEmailBackend):
         queued = 0
         for message in email_messages:
             try:
-                self.verbs.send_email(recipient(message), template(message),
-                                      message_data=data(message), **fields(message))
+                message.cio_message_id = self.verbs.send_email(  # type: ignore[attr-defined]
+                    recipient(message), template(message), message_data=data(message),
+                    **fields(message))
             except (ValidationError, ConfigurationError):  # what the call itself refuses
                 if not self.fail_silently:
                     raise
@@ -95,6 +103,9 @@ def data(message: EmailMessage) -> dict[str, Any] | None:
 def fields(message: EmailMessage) -> dict[str, Any]:
     """The App API's fields for ``message``: its addresses, content, headers, attachments,
     then Customer.io's options (``esp_extra`` last: it may set any field)."""
+    for name, why in UNSUPPORTED.items():
+        if getattr(message, name, None):
+            raise ValidationError(KIND, name, f"is not supported: {why}")
     values: dict[str, Any] = {"to": _joined(message.to), "cc": _joined(message.cc),
                               "bcc": _joined(message.bcc), "reply_to": _joined(message.reply_to),
                               "from": message.from_email, "subject": message.subject,

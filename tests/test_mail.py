@@ -74,6 +74,7 @@ def test_customerio_options_are_attributes_as_with_anymail():
     message.esp_extra = {"preheader": "Your link"}
     message.send()
     [op] = sent()
+    assert message.cio_message_id == op.id
     assert op.transactional_message_id == "password_reset"
     assert op.message_data == {"token": "t0k"}
     assert op.body()["identifiers"] == {"id": "42"}
@@ -112,6 +113,9 @@ def test_a_message_in_a_transaction_is_queued_when_it_commits():
      "transactional_message_id"),
     (lambda: _with(EmailMultiAlternatives(to=["a@example.com"]),
                    alternatives=[("x", "text/calendar")]), "alternatives"),
+    (lambda: _with(EmailMessage(to=["a@example.com"]), tags=["receipts"]), "tags"),
+    (lambda: _with(EmailMessage(to=["a@example.com"]), merge_data={"a@example.com": {}}),
+     "merge_data"),
 ])
 def test_bad_input_fails_at_the_call_naming_the_field(make, field):
     with pytest.raises(ValidationError) as refused:
