@@ -22,7 +22,6 @@ from django_cio import dedup
 from django_cio.conf import get_settings
 from django_cio.fakeserver import FakeTrackAPI
 
-
 WELCOME = "welcome email"
 
 
