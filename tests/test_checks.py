@@ -150,3 +150,15 @@ def test_a_celery_app_on_another_broker_than_the_settings_is_W005():
     with override_settings(CUSTOMERIO={**GOOD, "BACKEND": "django_cio.backends.null.NullBackend"},
                            CELERY_BROKER_URL="redis://elsewhere:6379/0"):
         assert check_celery_app() == []  # nothing is published
+
+
+def test_app_url_not_http_is_E030_and_a_bad_app_rate_is_E031():
+    assert ids(**GOOD, APP_URL="api.customer.io") == ["django_cio.E030"]
+    assert ids(**GOOD, APP_RATE_LIMIT="fast") == ["django_cio.E031"]
+
+
+def test_django_mail_through_django_cio_without_an_app_key_is_E032():
+    with override_settings(EMAIL_BACKEND="django_cio.mail.EmailBackend"):
+        assert ids(**GOOD) == ["django_cio.E032"]
+        assert ids(**GOOD, APP_API_KEY="a") == []
+        assert ids(BACKEND="django_cio.backends.locmem.LocMemBackend") == []

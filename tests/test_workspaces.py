@@ -53,6 +53,7 @@ def test_the_account_is_never_inherited_from_the_default_workspace(settings):
                            "WORKSPACES": {"eu": {"REGION": "eu"}}}
     eu = get_settings("eu")
     assert (eu.site_id, eu.api_key, eu.base_url) == (None, None, "https://track-eu.customer.io")
+    assert (eu.app_api_key, eu.app_base_url) == (None, "https://api-eu.customer.io")
     assert get_settings("eu").workspace_names == ("default", "eu")
     missing = [m.msg for m in check_settings() if m.id == "django_cio.E002"]
     assert missing == ["CUSTOMERIO['WORKSPACES']['eu']['SITE_ID', 'API_KEY'] missing: "

@@ -84,3 +84,10 @@ def test_a_process_cut_off_from_redis_adds_nothing_to_the_limit(settings, privat
         cut_off = {**reaching, "REDIS_URL": private_redis.url}
         times = run_processes(fake, 2, seconds, reaching, each=[reaching, cut_off])
     assert busiest_second(times) <= limit
+
+
+def test_the_app_api_has_a_limit_of_its_own_per_workspace(settings):
+    settings.CUSTOMERIO = {**settings.CUSTOMERIO, "RATE_LIMIT": "80/s", "APP_RATE_LIMIT": "10/s"}
+    track, app = get_limiter(), get_limiter(api="app")
+    assert app.key == track.key + ":app"
+    assert app.interval > track.interval  # 10/s: a slot every 0.1 s (with headroom)
