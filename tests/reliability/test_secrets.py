@@ -29,6 +29,7 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 from celery.signals import setup_logging
 from django.contrib.auth.models import User
+from django.core.mail import EmailMessage
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import transaction
@@ -43,7 +44,7 @@ from django_cio.delivery.engine import deliver_messages
 from django_cio.exceptions import CustomerIOError
 from django_cio.fakeserver import FakeTrackAPI
 from django_cio.models import BackfillRun, DeadLetter, Outbox
-from django_cio.operations import Event, Identify
+from django_cio.operations import Event, Identify, Person
 from django_cio.registry import registry
 from django_cio.signals import pre_send
 from tests.celery_app import BROKERS, app
@@ -501,4 +502,62 @@ def test_backfill_logs_the_pk_of_a_row_it_cannot_send_not_its_values(
     backfill.Backfill(run).execute()
     logged = "\n".join(text for _, text in captured.texts)
     assert re.search(r"backfill auth.User row pk=\d+ not sent", logged)
+    assert_nothing_leaked(captured, secrets)
+
+
+def test_transactional_messages_leak_no_key_address_body_or_data(
+    settings, debug_logs, captured, secrets, admin_client, published
+):
+    """Emails, an SMS and a push through the email backend and the verbs, each delivered
+    in this process with one App API failure kind: the App API key, addresses,
+    subjects, bodies, attachments and message data appear in no log, exception, dead-letter
+    reason, command output or admin page."""
+    app_key = f"sk-LEAK-APP-{RUN}"
+    secrets.values.update({"App API key": app_key, "Bearer header": f"Bearer {app_key}"})
+
+    def email() -> None:
+        message = EmailMessage(secrets.value(), secrets.value(), secrets.email(),
+                               [secrets.email()], cc=[secrets.email()])
+        message.attach(f"{secrets.value()}.txt", secrets.value())
+        message.merge_global_data = {"token": secrets.value()}
+        message.send()
+
+    def sms() -> None:
+        django_cio.send_sms(secrets.person(), "code", message_data={"c": secrets.value()},
+                            to="+33612345678")
+
+    def push() -> None:
+        django_cio.send_push(Person(email=secrets.email()), 7, title=secrets.value(),
+                             to="last_used")
+
+    with FakeTrackAPI(site_id=SITE_ID, api_key=API_KEY, app_api_key=app_key) as fake:
+        settings.CUSTOMERIO = {**settings.CUSTOMERIO, "APP_URL": fake.url,
+                               "APP_API_KEY": app_key, "TIMEOUT": 0.5}
+        settings.EMAIL_BACKEND = "django_cio.mail.EmailBackend"
+        for status, send in ((None, email), (503, email), (500, email), (400, sms),
+                             (401, email), (504, push), ("timeout", sms), (None, push)):
+            fake.configure(latency_ms=1500 if status == "timeout" else 0)
+            if isinstance(status, int):
+                fake.fail_next(status)
+            send()
+            # As the deliver task calls it (Celery's own logging of a task, which carries the
+            # redacted argsrepr django-cio publishes, is the whole flow's).
+            deliver_messages([Message(published[-1])])
+        for call in (lambda: django_cio.send_sms(secrets.person(), "code", to=secrets.value()),
+                     lambda: django_cio.send_email(secrets.person(), to=",".join(
+                         secrets.email() for _ in range(16)))):
+            with pytest.raises(CustomerIOError) as raised:
+                call()
+            captured.exception("exception message call", raised.value)
+        assert len(fake.store.messages) >= 2  # the first and the last, at least
+        assert DeadLetter.objects.filter(reason__startswith="may have been sent").count() == 3
+        for reason in DeadLetter.objects.values_list("reason", flat=True):
+            captured.add("dead letter reason", reason)
+        command(captured, "cio_status")
+        for page in ("deadletter", "sentmessage", "outbox"):
+            captured.add(f"admin {page}", admin_client.get(
+                f"/admin/django_cio/{page}/").content.decode())
+        for letter in DeadLetter.objects.all():
+            captured.add("admin letter", admin_client.get(
+                f"/admin/django_cio/deadletter/{letter.pk}/change/").content.decode())
     assert_nothing_leaked(captured, secrets)
