@@ -91,7 +91,7 @@ def results(outcomes: Iterable[OpResult]) -> None:
         OPS.labels(workspace, op.kind, outcome.status).inc()
         if outcome.status == "retrying":
             RETRIES.labels(workspace).inc()
-        elif outcome.status == "skipped":
+        elif outcome.status == "skipped" and op.api == "track":  # not a message sent before
             DEDUP_HITS.labels(workspace).inc()
         elif outcome.status == "sent":
             made = event_id_time(getattr(op, "id", None))
