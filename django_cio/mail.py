@@ -27,6 +27,7 @@ from typing import Any
 from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 from django.template.defaultfilters import linebreaksbr
+from django.utils.encoding import force_str
 
 from .exceptions import ConfigurationError, ValidationError
 from .operations import Person
@@ -86,7 +87,7 @@ def recipient(message: EmailMessage) -> Any:
             raise ValidationError(KIND, "identifiers", "must be one of {'id': ...}, "
                                   "{'email': ...} or {'cio_id': ...}")
         return Person(**given)
-    addresses = [address for _, address in getaddresses(message.to) if address]
+    addresses = [address for _, address in getaddresses(map(force_str, message.to)) if address]
     if not addresses:
         raise ValidationError(KIND, "to", "is empty: an email needs a recipient")
     return Person(email=addresses[0])
@@ -108,8 +109,8 @@ def fields(message: EmailMessage) -> dict[str, Any]:
             raise ValidationError(KIND, name, f"is not supported: {why}")
     values: dict[str, Any] = {"to": _joined(message.to), "cc": _joined(message.cc),
                               "bcc": _joined(message.bcc), "reply_to": _joined(message.reply_to),
-                              "from": message.from_email, "subject": message.subject,
-                              **_bodies(message)}
+                              "from": force_str(message.from_email or ""),
+                              "subject": force_str(message.subject or ""), **_bodies(message)}
     if message.extra_headers:
         values["headers"] = {str(name): str(value) for name, value in message.extra_headers.items()}
     if message.attachments:
@@ -125,7 +126,7 @@ def _option(message: EmailMessage, name: str, anymail_name: str) -> Any:
 
 
 def _joined(addresses: Iterable[str]) -> str:
-    return ", ".join(addresses)
+    return ", ".join(map(force_str, addresses))  # lazy translations too, as Django takes them
 
 
 def _bodies(message: EmailMessage) -> dict[str, str]:
@@ -133,7 +134,7 @@ def _bodies(message: EmailMessage) -> dict[str, str]:
     A plain-text-only message also gets an HTML body (escaped, line breaks kept): the App
     API's ``body`` is HTML."""
     bodies: dict[str, str] = {}
-    text = str(message.body or "")  # a lazy translation is a str once rendered
+    text = force_str(message.body or "")
     if message.content_subtype == "html":
         bodies["body"] = text
     else:
@@ -143,7 +144,7 @@ def _bodies(message: EmailMessage) -> dict[str, str]:
         if field is None:
             raise ValidationError(KIND, "alternatives", f"holds {mimetype!r}; Customer.io "
                                   f"takes {', '.join(ALTERNATIVES)}")
-        bodies[field] = content.decode() if isinstance(content, bytes) else str(content)
+        bodies[field] = force_str(content)
     if "body" not in bodies and text:
         bodies["body"] = str(linebreaksbr(text, autoescape=True))
     return bodies

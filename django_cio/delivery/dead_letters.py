@@ -16,13 +16,15 @@ from ..broker.publish import split
 from ..conf import get_settings
 from ..models import DeadLetter
 from ..operations import Json
-from .messages import messages_among, release
+from .messages import messages_among, release, reviewed
 
 logger = logging.getLogger("django_cio")
 
 
 def store(failed: list[tuple[Json, str, int | None]], attempts: int) -> None:
-    """Keep failed ops, each ``(op, reason, HTTP status)``, as dead letters."""
+    """Keep failed ops, each ``(op, reason, HTTP status)``, as dead letters (a transactional
+    message as its claim says: sent, none; may have gone, "may have been sent")."""
+    failed = reviewed(failed)
     if not failed:
         return
     stored = [(_storable(op), reason, status) for op, reason, status in failed]
@@ -51,17 +53,16 @@ def _storable(raw: Any) -> Json:
     return raw if isinstance(raw, dict) else {"raw": raw}
 
 
-
-
 def replay(letters: QuerySet[DeadLetter]) -> int:
     """Queue these letters' ops again (with their original event ids) and delete the letters
     that the broker (or, if it is down, the Outbox) took; return how many it took. Letters of
     a workspace the settings no longer have are kept. A transactional message's claim is
-    released first: replaying one that "may have been sent" is the reviewer's decision to send
-    it again."""
+    released first (unless an attempt may still be in flight): replaying one that "may have
+    been sent" is the reviewer's decision to send it again."""
     known = get_settings().workspace_names
     by_op = {id(letter.op): letter for letter in letters.filter(workspace__in=known)}
-    release(op["id"] for op in messages_among(letter.op for letter in by_op.values()))
+    release((op["id"] for op in messages_among(letter.op for letter in by_op.values())),
+            settled_only=True)
     replayed = []
     for chunk in split([letter.op for letter in by_op.values()]):
         if publish_or_park(chunk, using=letters.db):  # kept until the message is safe

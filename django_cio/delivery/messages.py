@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
 from .. import credentials
-from ..conf import CIOSettings
+from ..conf import CIOSettings, get_settings
 from ..exceptions import APIError, ConfigurationError, PermanentError, ValidationError
 from ..models import SentMessage
 from ..operations import OPERATIONS, Json, Operation, SendMessage
@@ -46,60 +47,129 @@ PRUNE_BATCH = 5000
 # Longest a delivery waits for the App API's shared limit, over all its messages, before it
 # hands the rest back to the broker.
 MAX_LIMITER_WAIT = 2
+# Requests a delivery keeps in flight: a message cannot share a request, and one at a time
+# would hold a worker process to one message per round trip (20/s at 50 ms), far under the
+# App API's 100/s. Each in flight when a worker dies is one "may have been sent".
+MAX_IN_FLIGHT = 8
+# Longest an attempt can be in flight: a delivery starts no request after 60 s, and a request
+# ends within TIMEOUT (10 s by default; a longer one adds to 60 s). A replay never releases a
+# younger claim.
+IN_FLIGHT_AT_MOST = 120
 
 
 def send_messages(delivery: Delivery, backend: BaseBackend, ops: list[Operation],
-         config: CIOSettings) -> None:
-    """Send ``ops`` (transactional messages) one request each, recording on ``delivery``
-    what became of them and what is left for a retry."""
-    limiter = None if backend.delivers_inline else (
-        delivery.limiter or get_limiter(delivery.workspace, "app"))
+                  config: CIOSettings) -> None:
+    """Send ``ops`` (transactional messages) one request each, several in flight, recording
+    on ``delivery`` what became of them and what is left for a retry."""
     _prune_now_and_then()
-    waited = 0.0  # on the limiter, over these messages
-    for number, op in enumerate(ops):
-        assert isinstance(op, SendMessage)
-        if number and delivery.deadline - time.monotonic() < config.timeout:
-            delivery.throttled_for, delivery.pending = 0.0, ops[number:]
-            return
-        if limiter is not None:
+    _Sender(delivery, backend, config).run([op for op in ops if isinstance(op, SendMessage)])
+
+
+class _Sender:
+    """One delivery's messages: each waits for a slot of the shared limit and is claimed in
+    the main thread, its request runs in a pool thread, and its outcome is settled back in
+    the main thread. The first answer that says "stop" (429, 503, a refused key, no
+    connection) stops new requests; those in flight finish and are settled."""
+
+    def __init__(self, delivery: Delivery, backend: BaseBackend, config: CIOSettings) -> None:
+        self.delivery, self.backend, self.config = delivery, backend, config
+        self.limiter = None if backend.delivers_inline else (
+            delivery.limiter or get_limiter(delivery.workspace, "app"))
+        # Inline backends (tests) send in this thread, in the order of the calls.
+        self.width = 1 if backend.delivers_inline else MAX_IN_FLIGHT
+        self.waited = 0.0  # on the limiter, over these messages
+        self.started = 0
+        self.stopped = False
+        self.crash: Exception | None = None
+
+    def run(self, ops: list[SendMessage]) -> None:
+        waiting = list(ops)
+        in_flight: dict[Future[str | None], SendMessage] = {}
+        with ThreadPoolExecutor(self.width, thread_name_prefix="cio-send") as pool:
+            while waiting or in_flight:
+                while waiting and not self.stopped and len(in_flight) < self.width:
+                    if not self.may_start():
+                        break
+                    op = waiting.pop(0)
+                    if self.claimed(op):
+                        in_flight[self.submit(pool, op)] = op
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self.settle(in_flight.pop(future), future)
+        self.delivery.pending += waiting
+        if self.crash is not None:  # once the others are settled: their outcomes are known
+            raise self.crash
+
+    def submit(self, pool: ThreadPoolExecutor, op: SendMessage) -> Future[str | None]:
+        if not self.backend.delivers_inline:
+            return pool.submit(self.backend.send_message, op)
+        done: Future[str | None] = Future()  # in this thread: a test's database is its own
+        try:
+            done.set_result(self.backend.send_message(op))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
+    def may_start(self) -> bool:
+        """Whether another request may leave now: time left, and a slot of the limit."""
+        delivery, timeout = self.delivery, self.config.timeout
+        if self.started and delivery.deadline - time.monotonic() < timeout:
+            delivery.throttled_for, self.stopped = 0.0, True
+            return False
+        if self.limiter is not None:
             began = time.monotonic()
-            budget = min(MAX_LIMITER_WAIT - waited, delivery.deadline - began - config.timeout)
+            budget = min(MAX_LIMITER_WAIT - self.waited, delivery.deadline - began - timeout)
             try:
-                limiter.acquire(max_wait=max(0.0, budget))
+                self.limiter.acquire(max_wait=max(0.0, budget))
             except Throttled as throttled:
-                delivery.throttled_for, delivery.pending = throttled.wait, ops[number:]
-                return
-            waited += time.monotonic() - began
+                delivery.throttled_for, self.stopped = throttled.wait, True
+                return False
+            self.waited += time.monotonic() - began
+        self.started += 1
+        return True
+
+    def claimed(self, op: SendMessage) -> bool:
+        """Claim ``op``; if an earlier attempt did, record what that means instead."""
         state = claim(op)
         if state == SentMessage.SENT:
-            delivery.results.append(OpResult(op, "skipped", "already sent"))
-            continue
-        if state == SentMessage.SENDING:
-            delivery.results.append(OpResult(op, "failed", MAY_HAVE_BEEN_SENT))
-            continue
+            self.delivery.results.append(OpResult(op, "skipped", "already sent"))
+        elif state == SentMessage.SENDING:
+            self.delivery.results.append(OpResult(op, "failed", MAY_HAVE_BEEN_SENT))
+        return state is None
+
+    def settle(self, op: SendMessage, future: Future[str | None]) -> None:
+        results = self.delivery.results
         try:
-            delivery_id = backend.send_message(op)
-        except (PermanentError, ValidationError, ConfigurationError) as exc:
-            release([op.id])  # refused, or never sent
-            if isinstance(exc, ConfigurationError):
-                raise
+            delivery_id = future.result()
+        except (PermanentError, ValidationError) as exc:
+            release([op.id])  # refused: it may be sent again
             if isinstance(exc, PermanentError) and exc.status in credentials.REFUSING_STATUSES:
-                delivery.error, delivery.pending = exc, ops[number:]  # the key, not these
-                return
-            reason = exc.reason if isinstance(exc, PermanentError) else f"invalid: {exc}"
-            status = exc.status if isinstance(exc, PermanentError) else None
-            delivery.results.append(OpResult(op, "failed", reason, status))
-            continue
+                self.hold(op, exc)  # the key, not this message
+            elif isinstance(exc, PermanentError):
+                results.append(OpResult(op, "failed", exc.reason, exc.status))
+            else:
+                results.append(OpResult(op, "failed", f"invalid: {exc}"))
         except APIError as exc:
             if exc.maybe_sent:  # the request left and no answer says it was not taken
-                delivery.results.append(OpResult(
-                    op, "failed", f"{MAY_HAVE_BEEN_SENT} ({exc.reason})", exc.status))
-                continue
-            release([op.id])
-            delivery.error, delivery.pending = exc, ops[number:]
-            return
-        sent(op, delivery_id)
-        delivery.results.append(OpResult(op, "sent", delivery_id=delivery_id))
+                results.append(OpResult(op, "failed", f"{MAY_HAVE_BEEN_SENT} ({exc.reason})",
+                                        exc.status))
+            else:
+                release([op.id])
+                self.hold(op, exc)
+        except Exception as exc:  # no App API key, or a bug: the delivery crashes, later
+            if isinstance(exc, ConfigurationError):
+                release([op.id])  # raised before any request
+            self.crash, self.stopped = self.crash or exc, True
+        else:
+            sent(op, delivery_id)
+            results.append(OpResult(op, "sent", delivery_id=delivery_id))
+
+    def hold(self, op: SendMessage, error: APIError) -> None:
+        """Keep ``op`` for a retry, and start no other request."""
+        self.delivery.error, self.stopped = error, True
+        self.delivery.pending.append(op)
 
 
 def claim(op: SendMessage) -> str | None:
@@ -117,16 +187,50 @@ def claim(op: SendMessage) -> str | None:
 
 
 def sent(op: SendMessage, delivery_id: str | None) -> None:
-    SentMessage.objects.using(router.db_for_write(SentMessage)).filter(id=op.id).update(
-        state=SentMessage.SENT, delivery_id=delivery_id or "", sent_at=timezone.now())
+    """Mark ``op`` sent, claim or no claim (a replay may have released it meanwhile)."""
+    rows = SentMessage.objects.using(router.db_for_write(SentMessage))
+    fields = {"state": SentMessage.SENT, "delivery_id": delivery_id or "",
+              "sent_at": timezone.now()}
+    if not rows.filter(id=op.id).update(**fields):
+        rows.bulk_create([SentMessage(id=op.id, kind=op.kind,
+                                      workspace=op.workspace or "default", **fields)],
+                         ignore_conflicts=True)
 
 
-def release(ids: Iterable[str]) -> None:
-    """Forget the claims on these messages (unsent ones, or a replay's): they may be sent."""
+def release(ids: Iterable[str], settled_only: bool = False) -> None:
+    """Forget the claims on these messages (unsent ones, or a replay's): they may be sent.
+    ``settled_only``: only claims older than any attempt can be in flight (IN_FLIGHT_AT_MOST),
+    so a replay never sends a message whose first request has not been answered yet."""
     ids = list(ids)
     if ids:
-        SentMessage.objects.using(router.db_for_write(SentMessage)).filter(
-            id__in=ids, state=SentMessage.SENDING).delete()
+        claims = SentMessage.objects.using(router.db_for_write(SentMessage)).filter(
+            id__in=ids, state=SentMessage.SENDING)
+        if settled_only:
+            config = get_settings()
+            longest = max(get_settings(name).timeout for name in config.workspace_names)
+            claims = claims.filter(created_at__lt=timezone.now() - timedelta(
+                seconds=max(IN_FLIGHT_AT_MOST, 60 + longest)))
+        claims.delete()
+
+
+def reviewed(failed: list[tuple[Json, str, int | None]]) -> list[tuple[Json, str, int | None]]:
+    """Failed ops as dead letters should say, read against the messages' claims: a message
+    sent is no failure; one whose claim is left "sending" (a worker lost, a time limit, out of
+    retries mid-request) may have been sent, whatever else went wrong."""
+    ids = [str(op["id"]) for op in messages_among(op for op, _, _ in failed)]
+    if not ids:
+        return failed
+    states = dict(SentMessage.objects.using(router.db_for_write(SentMessage)).filter(
+        id__in=ids).values_list("id", "state"))
+    kept = []
+    for op, reason, status in failed:
+        state = states.get(op.get("id")) if isinstance(op, dict) else None
+        if state == SentMessage.SENT:
+            continue
+        if state == SentMessage.SENDING and not reason.startswith(MAY_HAVE_BEEN_SENT):
+            reason = f"{MAY_HAVE_BEEN_SENT} ({reason})"
+        kept.append((op, reason, status))
+    return kept
 
 
 _pruned_at = 0.0

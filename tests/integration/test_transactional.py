@@ -7,14 +7,16 @@ recorded by ``published``. Real workers are in reliability/test_transactional_fa
 """
 
 import logging
+from datetime import timedelta
 
 import pytest
 from django.db import transaction
 from django.dispatch import receiver
+from django.utils import timezone
 
 import django_cio
 from django_cio import Person
-from django_cio.delivery import dead_letters
+from django_cio.delivery import dead_letters, messages
 from django_cio.exceptions import ConfigurationError
 from django_cio.models import DeadLetter, SentMessage
 from django_cio.operations import Identify, Operation, SendEmail, SendSms
@@ -22,7 +24,10 @@ from django_cio.signals import post_send
 from tests.conftest import free_port
 from tests.integration.test_tasks import deliver
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+# ``published`` for every test: it empties the queue after each, so that no test's retry or
+# replay is drained by the next one's delivery.
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True),
+              pytest.mark.usefixtures("published")]
 
 SECRET = "reset-token-8f2k"  # message data no log, reason or admin page may show
 
@@ -112,10 +117,28 @@ def test_replaying_a_may_have_been_sent_letter_sends_it(cio_fake):
     mail = reset_mail()
     deliver(mail)
     [letter] = DeadLetter.objects.all()
+    settled = timezone.now() - timedelta(seconds=messages.IN_FLIGHT_AT_MOST + 1)
+    SentMessage.objects.filter(id=mail.id).update(created_at=settled)
     assert dead_letters.replay(DeadLetter.objects.all()) == 1
     assert not SentMessage.objects.filter(id=mail.id).exists()
     deliver(Operation.from_dict(letter.op))  # what a worker does with the replayed message
     assert len(cio_fake.store.messages) == 1
+
+
+def test_a_replay_keeps_the_claim_of_an_attempt_that_may_be_in_flight(cio_fake):
+    """A copy of a message arrives while its first attempt waits for an answer (a relay
+    publishing twice): the copy is held for review, and replaying it at once must not send
+    it beside the first attempt."""
+    mail = reset_mail()
+    SentMessage.objects.create(id=mail.id, kind=mail.kind)  # the first attempt, in flight
+    deliver(mail)
+    assert DeadLetter.objects.get().reason == "may have been sent"
+    dead_letters.replay(DeadLetter.objects.all())
+    deliver(mail)  # the replayed copy
+    assert cio_fake.store.messages == []  # held again, not sent beside the first attempt
+    messages.sent(mail, "d-1")  # the first attempt is answered after all
+    deliver(mail)
+    assert cio_fake.store.messages == []
 
 
 def test_a_message_customerio_refuses_is_a_dead_letter_naming_no_value(cio_fake, caplog):
@@ -186,12 +209,6 @@ def test_the_admin_shows_a_message_by_kind_and_id_never_its_address_or_data(cio_
 
 
 def test_claims_of_messages_sent_long_ago_are_pruned(cio_fake):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from django_cio.delivery import messages
-
     old, new = reset_mail(), reset_mail()
     for mail in (old, new):
         deliver(mail)
@@ -203,3 +220,16 @@ def test_claims_of_messages_sent_long_ago_are_pruned(cio_fake):
     assert set(SentMessage.objects.values_list("id", flat=True)) >= {new.id}
     assert not SentMessage.objects.filter(id=old.id).exists()
     assert SentMessage.objects.count() == 2
+
+
+def test_cio_replay_sweeps_never_resend_a_message_that_may_have_gone(cio_fake):
+    from django.core.management import call_command
+
+    cio_fake.fail_next(500)
+    deliver(reset_mail())  # "may have been sent (server error)"
+    SentMessage.objects.update(created_at=timezone.now() - timedelta(days=1))
+    call_command("cio_replay", "--reason", "server error")
+    call_command("cio_replay", "--all")
+    assert DeadLetter.objects.count() == 1  # kept: a sweep is not a review
+    call_command("cio_replay", "--all", "--may-have-been-sent")
+    assert not DeadLetter.objects.exists()

@@ -5,6 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_cio.delivery.dead_letters import replay
+from django_cio.delivery.messages import MAY_HAVE_BEEN_SENT
 from django_cio.models import DeadLetter
 
 
@@ -12,7 +13,8 @@ class Command(BaseCommand):
     help = (
         "Queue dead letters again with their original event ids, and delete them. A replayed "
         "op that fails again becomes a new dead letter. Choose which with --id, --reason, "
-        "--kind, --workspace or --all."
+        "--kind, --workspace or --all. Transactional messages that may have been sent are "
+        "replayed only by --id or with --may-have-been-sent: each may then arrive twice."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -23,11 +25,15 @@ class Command(BaseCommand):
         parser.add_argument("--workspace", help="Dead letters of this workspace (default, or a "
                             "name in CUSTOMERIO['WORKSPACES']).")
         parser.add_argument("--all", action="store_true", help="Every dead letter.")
+        parser.add_argument("--may-have-been-sent", action="store_true",
+                            help="Also replay transactional messages that may have been sent "
+                            "(after checking in Customer.io that they were not).")
         parser.add_argument("--dry-run", action="store_true",
                             help="Only say how many would be replayed.")
 
     def handle(self, *args: Any, ids: list[int] | None, reason: str | None, kind: str | None,
-               workspace: str | None, all: bool, dry_run: bool, **options: Any) -> None:
+               workspace: str | None, all: bool, may_have_been_sent: bool, dry_run: bool,
+               **options: Any) -> None:
         if not (ids or reason or kind or workspace or all):
             raise CommandError("Say which dead letters to replay: --id, --reason, --kind, "
                                "--workspace or --all.")
@@ -40,6 +46,8 @@ class Command(BaseCommand):
             letters = letters.filter(kind=kind)
         if workspace:
             letters = letters.filter(workspace=workspace)
+        if not (ids or may_have_been_sent):  # a sweep never resends an email by chance
+            letters = letters.exclude(reason__startswith=MAY_HAVE_BEEN_SENT)
         if dry_run:
             self.stdout.write(f"Would replay {letters.count()} dead letter(s).")
             return
