@@ -233,3 +233,38 @@ def test_cio_replay_sweeps_never_resend_a_message_that_may_have_gone(cio_fake):
     assert DeadLetter.objects.count() == 1  # kept: a sweep is not a review
     call_command("cio_replay", "--all", "--may-have-been-sent")
     assert not DeadLetter.objects.exists()
+
+
+def test_a_delivery_keeps_several_messages_in_flight(cio_fake):
+    """One drained backlog of emails is not sent one round trip at a time."""
+    import threading
+
+    cio_fake.configure(latency_ms=400)
+    most, done = 0, threading.Event()
+
+    def watch():
+        nonlocal most
+        while not done.is_set():
+            most = max(most, cio_fake.received - len(cio_fake.store.messages))
+            done.wait(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        deliver(*[reset_mail() for _ in range(messages.MAX_IN_FLIGHT)])
+    finally:
+        done.set()
+        watcher.join()
+    assert len(cio_fake.store.messages) == messages.MAX_IN_FLIGHT
+    assert most > 1
+
+
+def test_a_429_among_messages_in_flight_loses_none_and_sends_none_twice(cio_fake, published):
+    mails = [reset_mail() for _ in range(20)]
+    cio_fake.fail_next(0, 0, 429)  # the third request
+    deliver(*mails)
+    retried = [op["id"] for message in published for op in message]
+    sent = [SentMessage.objects.get(id=mail.id) for mail in mails if mail.id not in retried]
+    assert retried and all(claim.state == SentMessage.SENT for claim in sent)
+    assert len(cio_fake.store.messages) == len(sent) and not DeadLetter.objects.exists()
+    assert not SentMessage.objects.filter(id__in=retried).exists()  # free to be sent later
