@@ -65,6 +65,8 @@ def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
                       "--processes", str(processes),
                       "--latency-ms", str(SCALE_LATENCY_MS), "--rate", f"{SCALE_RATE}/s",
                       "--messages", "600" if quick else "1500"]))
+    runs.append(("transactional", "transactional.py",
+                 ["--messages", "500", "--repeat", "100"] if quick else []))
     runs.append(("workspaces", "workspaces.py",
                  ["--messages", "1500", "--outage-seconds", "10"] if quick else []))
     runs.append(("backfill", "backfill.py",

@@ -23,6 +23,9 @@ CUSTOMERIO = {
     "TRACK_URL": os.environ.get("CUSTOMERIO_TRACK_URL"),
     "QUEUE": os.environ.get("CIO_BENCH_QUEUE", "customerio"),
     "RATE_LIMIT": os.environ.get("CIO_BENCH_RATE", "80/s"),
+    # bench/transactional.py: the fake's App API (the limit is the default, 100/s).
+    "APP_API_KEY": os.environ.get("CUSTOMERIO_APP_API_KEY", "fake-api-key-app"),
+    "APP_URL": os.environ.get("CUSTOMERIO_APP_URL"),
     # bench/workspaces.py: more workspaces (JSON).
     "WORKSPACES": json.loads(os.environ.get("CIO_BENCH_WORKSPACES", "{}")),
 }
