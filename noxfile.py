@@ -65,5 +65,6 @@ def tests(session: nox.Session, django: str) -> None:
     session.install("-e", ".[test]", f"Django=={django}.*")
     session.run("python", "-m", "django", "--version")
     fast = [] if (session.python, django) == NEWEST else ["-m", "not integration"]
+    # The whole suite again: the chaos test with another seed than the main run's.
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *fast,
-                *session.posargs)
+                *session.posargs, env={"CIO_CHAOS_SEED": os.environ.get("CIO_CHAOS_SEED", "7")})

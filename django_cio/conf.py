@@ -260,6 +260,14 @@ def is_http_url(url: Any) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
+def no_app_key(config: CIOSettings) -> ConfigurationError:
+    """The error for sending a transactional message through a workspace without the key."""
+    where = ("CUSTOMERIO" if config.workspace == DEFAULT_WORKSPACE else
+             f"CUSTOMERIO['WORKSPACES'][{config.workspace!r}]")
+    return ConfigurationError(f"{where}['APP_API_KEY'] is required to send transactional "
+                              "messages (the App API's key, not API_KEY)")
+
+
 def merged_settings() -> dict[str, Any]:
     """``settings.CUSTOMERIO`` over ``DEFAULTS``, unchecked (a non-dict counts as empty)."""
     user = getattr(settings, "CUSTOMERIO", {})

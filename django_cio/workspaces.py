@@ -22,8 +22,8 @@ from datetime import date, datetime
 from typing import Any
 
 from .backends import backend_class
-from .conf import DEFAULT_WORKSPACE, get_settings
-from .exceptions import ConfigurationError, ValidationError
+from .conf import DEFAULT_WORKSPACE, get_settings, no_app_key
+from .exceptions import ValidationError
 from .operations import (
     AddDevice,
     AddRelationship,
@@ -203,10 +203,7 @@ class Workspace:
         route(message)
         config = get_settings(message.workspace or DEFAULT_WORKSPACE)
         if not config.app_api_key and not backend_class().delivers_inline:
-            where = ("CUSTOMERIO" if config.workspace == DEFAULT_WORKSPACE else
-                     f"CUSTOMERIO['WORKSPACES'][{config.workspace!r}]")
-            raise ConfigurationError(f"{where}['APP_API_KEY'] is required to send "
-                                     "transactional messages (the App API's key, not API_KEY)")
+            raise no_app_key(config)
         enqueue(message)
         return message.id
 

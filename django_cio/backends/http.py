@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..client import AppClient, OpError, TrackClient
-from ..conf import CIOSettings
+from ..conf import CIOSettings, no_app_key
 from ..exceptions import ConfigurationError
 from ..operations import Operation, SendMessage
 from .base import BaseBackend
@@ -31,7 +31,5 @@ class TrackAPIBackend(BaseBackend):
 
     def send_message(self, op: SendMessage) -> str | None:
         if self.app_client is None:
-            where = ("CUSTOMERIO" if self.settings.workspace == "default" else
-                     f"CUSTOMERIO['WORKSPACES'][{self.settings.workspace!r}]")
-            raise ConfigurationError(f"{where}['APP_API_KEY'] is required to send messages")
+            raise no_app_key(self.settings)
         return self.app_client.send_message(op)["delivery_id"]

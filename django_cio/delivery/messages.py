@@ -11,7 +11,8 @@ request leaves, and what the claim says decides:
 
 An error that proves nothing was taken (connection refused, 429, 503, 4xx) releases the claim
 and the message is retried like any op; an error after the request left (a timeout, a reset,
-500, 502, 504) keeps it and makes a dead letter. Replaying a dead letter releases its claim.
+500, 502, 504) keeps it and makes a dead letter. Replaying a dead letter releases its claim
+(once no attempt can still be in flight).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from django_cio import packing, producer, tasks
 from django_cio.client import AppClient
 from django_cio.conf import get_settings
 from django_cio.exceptions import ValidationError
-from django_cio.models import DeadLetter
+from django_cio.models import DeadLetter, SentMessage
 from django_cio.operations import (
     MAX_ATTRIBUTES,
     OPERATIONS,
@@ -579,7 +579,8 @@ def test_malformed_task_messages_become_dead_letters_and_the_rest_is_delivered(
 
     @PROPERTY
     @given(raw=st.lists(RAW_OPS, max_size=6), failures=FAILURES, unwrapped=st.booleans())
-    # Found in CI: an op of a workspace the settings lack (a valid name), and a message op.
+    # Found in CI: an op of a workspace the settings lack (a valid name); a message op beside
+    # a Track op (each to its own API).
     @example(raw=[{**Identify("p", {}).to_dict(), "workspace": "0"}], failures=0,
              unwrapped=False)
     @example(raw=[SendSms("p", 7, fields={"to": "+33612345678"}).to_dict(),
@@ -587,19 +588,21 @@ def test_malformed_task_messages_become_dead_letters_and_the_rest_is_delivered(
     def check(raw, failures, unwrapped):
         raw = json.loads(json.dumps(raw))  # as the broker hands it over
         good, bad = [], []  # bad: (the op as a dead letter keeps it, the reason it gets)
+        sends: set[str] = set()
         for item in raw:
             try:
                 op = Operation.from_dict(item)  # anything but ValidationError fails
             except ValidationError:
                 bad.append((item if isinstance(item, dict) else {"raw": item}, "malformed: "))
                 continue
-            if op.api != "track":  # a transactional message: nothing delivers it from here
-                bad.append((item, "not a Track API operation"))
-            elif (op.workspace or "default") not in get_settings().workspace_names:
+            if (op.workspace or "default") not in get_settings().workspace_names:
                 bad.append((item, "unknown workspace"))
+            elif op.api == "app":  # a transactional message: to the App API, once per id
+                sends.add(op.id)
             else:
                 good.append(op)
         DeadLetter.objects.all().delete()
+        SentMessage.objects.all().delete()  # an id an earlier example sent is sent again
         cio_fake.store.reset()
         published.clear()
         caches["default"].delete_pattern("django_cio:*")  # no identify remembered as sent
@@ -620,9 +623,10 @@ def test_malformed_task_messages_become_dead_letters_and_the_rest_is_delivered(
         store = cio_fake.store
         assert set(store.statuses) <= {200}  # no 400, no 207
         assert sum(store.ops.values()) == len(packing.collapse(good))  # every good op arrived
+        assert len(store.messages) == len(sends)  # every message once
         assert published == []  # nothing was left to retry
         outcomes["dead letters"] += len(bad)
-        outcomes["delivered"] += len(good)
+        outcomes["delivered"] += len(good) + len(sends)
 
     check()
     assert outcomes["dead letters"] and outcomes["delivered"], outcomes
