@@ -10,6 +10,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from .delivery.dead_letters import replay
+from .delivery.messages import MAY_HAVE_BEEN_SENT
 from .models import BackfillRun, DeadLetter, Outbox, SentMessage
 from .privacy import redacted, safe_label
 
@@ -26,7 +27,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         "operation" if field.name == "op" else field.name for field in DeadLetter._meta.fields
     ]
     fields = tuple(readonly_fields)
-    actions = ["replay"]
+    actions = ["replay", "replay_messages_that_may_have_been_sent"]
 
     @admin.display(description="operation (keys and value types)")
     def operation(self, letter: DeadLetter) -> str:
@@ -34,8 +35,16 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     @admin.action(description="Replay: queue the selected operations again")
     def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        count = replay(queryset)
+        # A selection is a sweep: a message that may have been sent is resent only on purpose.
+        count = replay(queryset.exclude(reason__startswith=MAY_HAVE_BEEN_SENT))
         self.message_user(request, f"{count} operation(s) queued again.", messages.SUCCESS)
+
+    @admin.action(description="Replay transactional messages that may have been sent (after "
+                  "checking in Customer.io that they were not)")
+    def replay_messages_that_may_have_been_sent(self, request: HttpRequest,
+                                                queryset: QuerySet[DeadLetter]) -> None:
+        count = replay(queryset.filter(reason__startswith=MAY_HAVE_BEEN_SENT))
+        self.message_user(request, f"{count} message(s) queued again.", messages.SUCCESS)
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -83,3 +92,6 @@ class SentMessageAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a deleted claim would let a redelivered copy go out again

@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import mimetypes
 from collections.abc import Iterable, Sequence
-from email.mime.base import MIMEBase
+from email.message import Message
 from email.utils import getaddresses
 from typing import Any
 
@@ -39,12 +39,13 @@ CUSTOMERIO_FLAGS = ("disable_message_retention", "send_to_unsubscribed", "queue_
                     "fake_bcc", "disable_css_preprocessing")
 # django-anymail attributes the App API has nothing for: refused, never silently dropped.
 UNSUPPORTED = {"merge_data": "one message goes to one person: send one per recipient",
+               "merge_headers": "one message goes to one person: send one per recipient",
                "merge_metadata": "Customer.io keeps no per-message metadata",
                "metadata": "Customer.io keeps no per-message metadata",
                "tags": "Customer.io keeps no per-message tags",
                "envelope_sender": "Customer.io sets the envelope sender"}
 # Alternatives the App API has a field for.
-ALTERNATIVES = {"text/html": "body", "text/x-amp-html": "body_amp"}
+ALTERNATIVES = {"text/html": "body", "text/plain": "body_plain", "text/x-amp-html": "body_amp"}
 
 
 class EmailBackend(BaseEmailBackend):
@@ -111,10 +112,12 @@ def fields(message: EmailMessage) -> dict[str, Any]:
                               "bcc": _joined(message.bcc), "reply_to": _joined(message.reply_to),
                               "from": force_str(message.from_email or ""),
                               "subject": force_str(message.subject or ""), **_bodies(message)}
-    if message.extra_headers:
-        values["headers"] = {str(name): str(value) for name, value in message.extra_headers.items()}
-    if message.attachments:
-        values["attachments"] = dict(_attachment(item) for item in message.attachments)
+    headers = {str(name): force_str(value) for name, value in message.extra_headers.items()}
+    for header, field in (("from", "from"), ("reply-to", "reply_to")):  # as Django does
+        for name in [name for name in headers if name.lower() == header]:
+            values[field] = headers.pop(name)
+    values["headers"] = headers or None
+    values["attachments"] = _attachments(message.attachments) or None
     values.update(_options(message))
     values.update(getattr(message, "esp_extra", None) or {})
     return {name: value for name, value in values.items() if value not in ("", None)}
@@ -150,19 +153,32 @@ def _bodies(message: EmailMessage) -> dict[str, str]:
     return bodies
 
 
-def _attachment(item: Any) -> tuple[str, str]:
-    """A Django attachment (``(filename, content, mimetype)`` or a MIME part) as the App
-    API's ``file name -> base64``."""
+def _attachments(items: Iterable[Any]) -> dict[str, str]:
+    """Django's attachments as the App API's ``file name -> base64`` (a name once only)."""
+    attachments: dict[str, str] = {}
+    for item in items:
+        name, content = _attachment(item)
+        if name in attachments:
+            raise ValidationError(KIND, "attachments", "hold two files of one name; "
+                                  "Customer.io keys attachments by file name")
+        attachments[name] = base64.b64encode(content).decode()
+    return attachments
+
+
+def _attachment(item: Any) -> tuple[str, bytes]:
+    """One attachment: ``(filename, content, mimetype)``, or a MIME part (``MIMEBase``, or
+    Django 6's ``MIMEPart``)."""
     content: Any
-    if isinstance(item, MIMEBase):
+    if isinstance(item, Message):
+        if item.is_multipart():
+            raise ValidationError(KIND, "attachments", "hold a multipart MIME part; attach "
+                                  "each file on its own")
         name = item.get_filename() or _unnamed(item.get_content_type())
         content = item.get_payload(decode=True) or b""
     else:
         filename, content, mimetype = item
         name = filename or _unnamed(mimetype)
-    if isinstance(content, str):
-        content = content.encode()
-    return name, base64.b64encode(content).decode()
+    return name, content.encode() if isinstance(content, str) else bytes(content)
 
 
 def _unnamed(mimetype: str | None) -> str:
@@ -176,9 +192,13 @@ def _options(message: EmailMessage) -> dict[str, Any]:
     send_at = getattr(message, "send_at", None)
     if send_at is not None:
         options["send_at"] = send_at  # a datetime, a date or Unix seconds
-    tracking = [getattr(message, name, None) for name in ("track_clicks", "track_opens")]
-    if any(flag is not None for flag in tracking):  # Customer.io tracks both or neither
-        options["tracked"] = any(flag for flag in tracking if flag is not None)
+    tracking = {getattr(message, name, None) for name in ("track_clicks", "track_opens")}
+    tracking.discard(None)
+    if len(tracking) > 1:
+        raise ValidationError(KIND, "track_clicks", "differs from track_opens: Customer.io "
+                              "tracks both or neither")
+    if tracking:
+        options["tracked"] = tracking.pop()
     if getattr(message, "language", None):
         options["language"] = message.language  # type: ignore[attr-defined]
     return options

@@ -182,20 +182,20 @@ class Workspace:
         trigger name) rendered with ``message_data``, with the App API's fields (``to``,
         ``subject``, ``body``, ...; ``**{"from": ...}``). Returns the message's id. For
         Django's own ``send_mail()``, see ``django_cio.mail.EmailBackend``."""
-        return self._send(SendEmail(person_id, transactional_message_id,  # type: ignore
+        return self._send(SendEmail(person_id, transactional_message_id,  # type: ignore[arg-type]
                                     message_data or {}, fields, workspace=self.name))
 
     def send_push(self, person_id: PersonRef, transactional_message_id: int | str, /, *,
                   message_data: dict[str, Any] | None = None, **fields: Any) -> str:
         """Queue a transactional push notification to a person's devices (``to``: "all",
         "last_used" or a device token; ``title``, ``message``, ``custom_data``, ...)."""
-        return self._send(SendPush(person_id, transactional_message_id,  # type: ignore
+        return self._send(SendPush(person_id, transactional_message_id,  # type: ignore[arg-type]
                                    message_data or {}, fields, workspace=self.name))
 
     def send_sms(self, person_id: PersonRef, transactional_message_id: int | str, /, *,
                  message_data: dict[str, Any] | None = None, **fields: Any) -> str:
         """Queue a transactional SMS to a person (``to``: a phone number in E.164 form)."""
-        return self._send(SendSms(person_id, transactional_message_id,  # type: ignore
+        return self._send(SendSms(person_id, transactional_message_id,  # type: ignore[arg-type]
                                   message_data or {}, fields, workspace=self.name))
 
     def _send(self, message: SendMessage) -> str:

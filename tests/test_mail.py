@@ -114,6 +114,14 @@ def test_a_message_in_a_transaction_is_queued_when_it_commits():
     (lambda: _with(EmailMultiAlternatives(to=["a@example.com"]),
                    alternatives=[("x", "text/calendar")]), "alternatives"),
     (lambda: _with(EmailMessage(to=["a@example.com"]), tags=["receipts"]), "tags"),
+    (lambda: _with(EmailMessage(to=["a@example.com"]), merge_headers={"a": {}}),
+     "merge_headers"),
+    (lambda: _with(EmailMessage(to=["a@example.com"]), track_clicks=False, track_opens=True),
+     "track_clicks"),
+    (lambda: _with(EmailMessage(to=["a@example.com"]), attachments=[
+        ("a.txt", "1", "text/plain"), ("a.txt", "2", "text/plain")]), "attachments"),
+    (lambda: _with(EmailMessage(to=["a@example.com"]), attachments=[_multipart()]),
+     "attachments"),
     (lambda: _with(EmailMessage(to=["a@example.com"]), merge_data={"a@example.com": {}}),
      "merge_data"),
 ])
@@ -141,3 +149,29 @@ def _with(message, **attributes):
     for name, value in attributes.items():
         setattr(message, name, value)
     return message
+
+
+def _multipart():
+    from email.mime.multipart import MIMEMultipart
+
+    return MIMEMultipart()
+
+
+def test_an_html_message_may_carry_its_text_as_an_alternative_and_headers_override():
+    from email.message import MIMEPart
+
+    message = EmailMultiAlternatives("Hi", "<p>Hi</p>", "shop@example.com", ["a@example.com"],
+                                     headers={"From": "Shop <news@example.com>",
+                                              "Reply-To": "help@example.com", "X-Id": "1"})
+    message.content_subtype = "html"
+    message.attach_alternative("Hi", "text/plain")
+    part = MIMEPart()  # Django 6 attaches these as they are
+    part.set_content(b"col\n1\n", maintype="text", subtype="csv", filename="rows.csv")
+    message.attachments.append(part)
+    message.send()
+    fields = sent()[0].fields
+    assert (fields["body"], fields["body_plain"]) == ("<p>Hi</p>", "Hi")
+    assert (fields["from"], fields["reply_to"]) == ("Shop <news@example.com>",
+                                                    "help@example.com")
+    assert fields["headers"] == {"X-Id": "1"}
+    assert fields["attachments"] == {"rows.csv": base64.b64encode(b"col\n1\n").decode()}

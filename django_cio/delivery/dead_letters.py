@@ -16,7 +16,7 @@ from ..broker.publish import split
 from ..conf import get_settings
 from ..models import DeadLetter
 from ..operations import Json
-from .messages import messages_among, release, reviewed
+from .messages import message_ids, release, reviewed
 
 logger = logging.getLogger("django_cio")
 
@@ -61,8 +61,7 @@ def replay(letters: QuerySet[DeadLetter]) -> int:
     been sent" is the reviewer's decision to send it again."""
     known = get_settings().workspace_names
     by_op = {id(letter.op): letter for letter in letters.filter(workspace__in=known)}
-    release((op["id"] for op in messages_among(letter.op for letter in by_op.values())),
-            settled_only=True)
+    release(message_ids(letter.op for letter in by_op.values()), settled_only=True)
     replayed = []
     for chunk in split([letter.op for letter in by_op.values()]):
         if publish_or_park(chunk, using=letters.db):  # kept until the message is safe

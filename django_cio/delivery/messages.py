@@ -17,13 +17,16 @@ and the message is retried like any op; an error after the request left (a timeo
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from django.db import IntegrityError, router, transaction
+from django.db import DatabaseError, IntegrityError, router, transaction
 from django.utils import timezone
 
 from .. import credentials
@@ -38,13 +41,16 @@ if TYPE_CHECKING:
     from ..backends import BaseBackend
     from .engine import Delivery
 
+logger = logging.getLogger("django_cio")
+
 MAY_HAVE_BEEN_SENT = "may have been sent"
 # How long a sent message's claim is kept: far longer than a broker can hand a message back
 # (the visibility timeout, a relay), so a redelivery always finds it. Older claims are
-# deleted, a batch at a time, at most once per PRUNE_EVERY seconds per process.
+# deleted, batches for up to PRUNE_SECONDS, at most once per PRUNE_EVERY seconds per process.
 KEEP_SENT_FOR = 7 * 24 * 3600
-PRUNE_EVERY = 3600
+PRUNE_EVERY = 600
 PRUNE_BATCH = 5000
+PRUNE_SECONDS = 2  # at most, each time: 100 sends a second take far fewer batches
 # Longest a delivery waits for the App API's shared limit, over all its messages, before it
 # hands the rest back to the broker.
 MAX_LIMITER_WAIT = 2
@@ -53,8 +59,8 @@ MAX_LIMITER_WAIT = 2
 # App API's 100/s. Each in flight when a worker dies is one "may have been sent".
 MAX_IN_FLIGHT = 8
 # Longest an attempt can be in flight: a delivery starts no request after 60 s, and a request
-# ends within TIMEOUT (10 s by default; a longer one adds to 60 s). A replay never releases a
-# younger claim.
+# ends about TIMEOUT later (10 s by default; a longer one adds to 60 s), unless its answer
+# trickles in byte by byte. A replay never releases a younger claim.
 IN_FLIGHT_AT_MOST = 120
 
 
@@ -66,11 +72,24 @@ def send_messages(delivery: Delivery, backend: BaseBackend, ops: list[Operation]
     _Sender(delivery, backend, config).run([op for op in ops if isinstance(op, SendMessage)])
 
 
+_threads: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's sending threads (made again after a fork): each keeps its connection to
+    the App API from one delivery to the next."""
+    global _threads
+    if _threads is None or _threads[0] != os.getpid():
+        _threads = (os.getpid(), ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="cio-send"))
+    return _threads[1]
+
+
 class _Sender:
     """One delivery's messages: each waits for a slot of the shared limit and is claimed in
     the main thread, its request runs in a pool thread, and its outcome is settled back in
     the main thread. The first answer that says "stop" (429, 503, a refused key, no
-    connection) stops new requests; those in flight finish and are settled."""
+    connection, or one that may follow a send: a timeout, a 500) stops new requests; those
+    in flight finish and are settled, even when the delivery itself fails."""
 
     def __init__(self, delivery: Delivery, backend: BaseBackend, config: CIOSettings) -> None:
         self.delivery, self.backend, self.config = delivery, backend, config
@@ -86,26 +105,31 @@ class _Sender:
     def run(self, ops: list[SendMessage]) -> None:
         waiting = list(ops)
         in_flight: dict[Future[str | None], SendMessage] = {}
-        with ThreadPoolExecutor(self.width, thread_name_prefix="cio-send") as pool:
+        try:
             while waiting or in_flight:
                 while waiting and not self.stopped and len(in_flight) < self.width:
                     if not self.may_start():
                         break
                     op = waiting.pop(0)
                     if self.claimed(op):
-                        in_flight[self.submit(pool, op)] = op
+                        in_flight[self.submit(op)] = op
                 if not in_flight:
                     break
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in done:
                     self.settle(in_flight.pop(future), future)
+        except BaseException:  # the database, a time limit: what was sent is still recorded
+            for future, op in in_flight.items():
+                with contextlib.suppress(Exception):
+                    self.settle(op, future)
+            raise
         self.delivery.pending += waiting
         if self.crash is not None:  # once the others are settled: their outcomes are known
             raise self.crash
 
-    def submit(self, pool: ThreadPoolExecutor, op: SendMessage) -> Future[str | None]:
+    def submit(self, op: SendMessage) -> Future[str | None]:
         if not self.backend.delivers_inline:
-            return pool.submit(self.backend.send_message, op)
+            return _pool().submit(self.backend.send_message, op)
         done: Future[str | None] = Future()  # in this thread: a test's database is its own
         try:
             done.set_result(self.backend.send_message(op))
@@ -156,6 +180,8 @@ class _Sender:
             if exc.maybe_sent:  # the request left and no answer says it was not taken
                 results.append(OpResult(op, "failed", f"{MAY_HAVE_BEEN_SENT} ({exc.reason})",
                                         exc.status))
+                # Nor are the rest sent into a failing API: each would be one more to review.
+                self.delivery.error, self.stopped = exc, True
             else:
                 release([op.id])
                 self.hold(op, exc)
@@ -218,14 +244,14 @@ def reviewed(failed: list[tuple[Json, str, int | None]]) -> list[tuple[Json, str
     """Failed ops as dead letters should say, read against the messages' claims: a message
     sent is no failure; one whose claim is left "sending" (a worker lost, a time limit, out of
     retries mid-request) may have been sent, whatever else went wrong."""
-    ids = [str(op["id"]) for op in messages_among(op for op, _, _ in failed)]
+    ids = message_ids(op for op, _, _ in failed)
     if not ids:
         return failed
     states = dict(SentMessage.objects.using(router.db_for_write(SentMessage)).filter(
         id__in=ids).values_list("id", "state"))
     kept = []
     for op, reason, status in failed:
-        state = states.get(op.get("id")) if isinstance(op, dict) else None
+        state = states.get(op["id"]) if message_ids([op]) else None
         if state == SentMessage.SENT:
             continue
         if state == SentMessage.SENDING and not reason.startswith(MAY_HAVE_BEEN_SENT):
@@ -234,27 +260,42 @@ def reviewed(failed: list[tuple[Json, str, int | None]]) -> list[tuple[Json, str
     return kept
 
 
-_pruned_at = 0.0
+_pruned_at: float | None = None
 
 
 def _prune_now_and_then() -> None:
     global _pruned_at
-    if time.monotonic() - _pruned_at < PRUNE_EVERY:
+    if _pruned_at is not None and time.monotonic() - _pruned_at < PRUNE_EVERY:
         return
     _pruned_at = time.monotonic()
-    prune()
+    try:
+        prune()
+    except DatabaseError as exc:  # housekeeping: never what fails a delivery
+        logger.warning("customerio: cannot prune sent-message claims (%s)", type(exc).__name__)
 
 
-def prune() -> int:
-    """Delete up to PRUNE_BATCH claims of messages sent over KEEP_SENT_FOR ago."""
+def prune(seconds: float = PRUNE_SECONDS) -> int:
+    """Delete claims of messages sent over KEEP_SENT_FOR ago, a batch at a time, for at most
+    ``seconds``; how many."""
     rows = SentMessage.objects.using(router.db_for_write(SentMessage))
-    since = timezone.now() - timedelta(seconds=KEEP_SENT_FOR)
-    old = list(rows.filter(state=SentMessage.SENT, created_at__lt=since)
-               .values_list("id", flat=True)[:PRUNE_BATCH])
-    return rows.filter(id__in=old).delete()[0] if old else 0
+    since, deleted = timezone.now() - timedelta(seconds=KEEP_SENT_FOR), 0
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        old = list(rows.filter(state=SentMessage.SENT, created_at__lt=since).order_by()
+                   .values_list("id", flat=True)[:PRUNE_BATCH])
+        if not old:
+            break
+        deleted += rows.filter(id__in=old).delete()[0]
+    return deleted
 
 
 def messages_among(ops: Iterable[Json]) -> list[Json]:
     """The transactional messages among queued ops (``Operation.to_dict()`` output)."""
     return [op for op in ops if isinstance(op, dict)
             and getattr(OPERATIONS.get(str(op.get("kind"))), "api", None) == "app"]
+
+
+def message_ids(ops: Iterable[Json]) -> list[str]:
+    """The ids of the transactional messages among queued ops (a hand-made one may lack its
+    id, or hold another type: it has no claim)."""
+    return [op["id"] for op in messages_among(ops) if isinstance(op.get("id"), str)]

@@ -268,3 +268,34 @@ def test_a_429_among_messages_in_flight_loses_none_and_sends_none_twice(cio_fake
     assert retried and all(claim.state == SentMessage.SENT for claim in sent)
     assert len(cio_fake.store.messages) == len(sent) and not DeadLetter.objects.exists()
     assert not SentMessage.objects.filter(id__in=retried).exists()  # free to be sent later
+
+
+def test_the_admin_replays_a_message_that_may_have_gone_only_by_its_own_action(
+        cio_fake, admin_client):
+    cio_fake.fail_next(500)
+    deliver(reset_mail())
+    SentMessage.objects.update(created_at=timezone.now() - timedelta(days=1))
+    letter = DeadLetter.objects.get()
+    for action, left in (("replay", 1), ("replay_messages_that_may_have_been_sent", 0)):
+        admin_client.post("/admin/django_cio/deadletter/", {
+            "action": action, "_selected_action": [letter.pk]})
+        assert DeadLetter.objects.count() == left
+
+
+def test_a_request_that_may_have_been_taken_stops_the_rest_of_the_delivery(cio_fake,
+                                                                           published):
+    """In a brownout, a drained backlog is not sent into the failing API one by one (each
+    would be one more message to review): the rest wait for a retry."""
+    cio_fake.fail_next(500)
+    mails = [reset_mail() for _ in range(3 * messages.MAX_IN_FLIGHT)]
+    deliver(*mails)
+    assert DeadLetter.objects.get().reason == "may have been sent (server error)"
+    retried = [op for message in published for op in message]
+    assert len(retried) >= len(mails) - messages.MAX_IN_FLIGHT
+    assert len(retried) + len(cio_fake.store.messages) + 1 == len(mails)
+
+
+def test_a_hand_made_message_without_an_id_is_a_dead_letter_not_a_poison_loop():
+    dead_letters.store([({"kind": "send_email", "id": ["x"]}, "malformed: id", None),
+                        ({"kind": "send_sms"}, "malformed: id", None)], 1)
+    assert DeadLetter.objects.count() == 2

@@ -67,7 +67,8 @@ class Command(BaseCommand):
             self.stdout.write(f"    {count:>8}  {reason}")
         messages = status["messages"]
         self.stdout.write(f"  Transactional messages: {messages['sent']} sent, "
-                          f"{messages['sending']} awaiting an answer")
+                          f"{messages['sending']} claimed but unanswered (in flight, or may "
+                          "have been sent)")
         limiter = status["rate_limiter"]
         if limiter["shared"]:
             self.stdout.write(f"  Rate limiter: {limiter['rate']} shared in Redis, "
