@@ -299,3 +299,16 @@ def test_a_hand_made_message_without_an_id_is_a_dead_letter_not_a_poison_loop():
     dead_letters.store([({"kind": "send_email", "id": ["x"]}, "malformed: id", None),
                         ({"kind": "send_sms"}, "malformed: id", None)], 1)
     assert DeadLetter.objects.count() == 2
+
+
+def test_any_dead_letter_of_a_message_reads_its_claim():
+    """However a message comes to be dead-lettered (out of retries after a crash, the poison
+    limit), a claim left ``sending`` says it may have gone, and a ``sent`` one that it did."""
+    in_flight, done, unclaimed = reset_mail(), reset_mail(), reset_mail()
+    SentMessage.objects.create(id=in_flight.id, kind=in_flight.kind)
+    SentMessage.objects.create(id=done.id, kind=done.kind, state=SentMessage.SENT)
+    dead_letters.store([(mail.to_dict(), "crashed (SoftTimeLimitExceeded)", None)
+                        for mail in (in_flight, done, unclaimed)], 9)
+    assert sorted(DeadLetter.objects.values_list("op__id", "reason")) == sorted([
+        (in_flight.id, "may have been sent (crashed (SoftTimeLimitExceeded))"),
+        (unclaimed.id, "crashed (SoftTimeLimitExceeded)")])
