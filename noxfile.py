@@ -41,7 +41,7 @@ def _enable_pyenv_interpreters() -> None:
 _enable_pyenv_interpreters()
 
 
-# The unit layer (tests/, not tests/integration or tests/reliability) needs no service: SQLite,
+# The unit layer (tests/ but integration, reliability and cluster) needs no service: SQLite,
 # kombu's in-memory broker, and a Redis address where nothing listens.
 NO_SERVICES = {
     "DATABASE_URL": "sqlite:///unit-tests.sqlite3",
@@ -55,8 +55,8 @@ NO_SERVICES = {
 def unit(session: nox.Session) -> None:
     """The unit tests with every service out of reach, in this (dev.py's) environment."""
     session.run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
-                "--ignore=tests/integration", "--ignore=tests/reliability", *session.posargs,
-                env=NO_SERVICES)
+                *(f"--ignore=tests/{layer}" for layer in ("integration", "reliability", "cluster")),
+                *session.posargs, env=NO_SERVICES)
 
 
 @nox.session

@@ -26,6 +26,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,12 @@ HEADROOM = 0.08
 # slot up and reserves the next free one: sent that late, it could share a second with the L
 # slots booked after it. The rest of the slack is for the send on its way out.
 LATE = 0.020
+# A process learns of its slot a reply later than Redis booked it: the steady part of that
+# (the least round trip of the last few) is the network's, the same for every request of the
+# process, and is not lateness; what a reply takes beyond it (a lost packet retransmitted, a
+# stalled Redis) is. Judged against the whole round trip, every slot from a limiter 20 ms or
+# more away was "late", given up and booked again, and nothing was ever sent.
+ROUND_TRIPS_KEPT = 16
 
 # Seconds to talk to the limiter's Redis, and to wait before trying it again after a failure.
 _REDIS_TIMEOUT = 0.5
@@ -102,6 +109,8 @@ class RateLimiter:
         self.local = LocalLimiter(fallback_interval)  # used only when there is no Redis
         self._script = client.register_script(_GCRA) if client is not None else None
         self._redis_down_until = 0.0
+        self._round_trips: deque[float] = deque(maxlen=ROUND_TRIPS_KEPT)
+        self._round_trips_lock = threading.Lock()
 
     def reserve(self, max_wait: float) -> float:
         """Reserve the next slot and return the seconds until it; ``Throttled`` if too far,
@@ -126,10 +135,24 @@ class RateLimiter:
                     raise
                 time.sleep(unavailable.wait)
                 continue
+            network = self._network_round_trip(time.monotonic() - asked)
             time.sleep(wait)  # from after the answer: never before the slot
-            # ``asked + wait`` is the earliest the slot can be, so lateness is never underrated.
-            if time.monotonic() - (asked + wait) <= LATE:
+            # ``asked + wait`` is the earliest the slot can be; the steady round trip is not
+            # lateness (see ROUND_TRIPS_KEPT), anything beyond it is.
+            now = time.monotonic()
+            if now - (asked + wait) - network <= LATE:
                 return
+            if now >= deadline:  # late every time (an overloaded host): come back later
+                raise Throttled(self.interval)
+
+    def _network_round_trip(self, round_trip: float) -> float:
+        """The least of the last ``ROUND_TRIPS_KEPT`` round trips to Redis, this one included
+        (0 without Redis)."""
+        if self._script is None:
+            return 0.0
+        with self._round_trips_lock:
+            self._round_trips.append(round_trip)
+            return min(self._round_trips)
 
     def state(self) -> dict[str, Any]:
         """For ``cio_status``: whether the limit is shared, and how far ahead it is booked."""

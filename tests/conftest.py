@@ -16,7 +16,7 @@ from celery.signals import after_task_publish
 from django.core.cache import caches
 
 from django_cio import objects, segments
-from django_cio.broker import publish
+from django_cio.broker import outbox, publish
 from django_cio.client import TrackClient
 from django_cio.conf import get_settings
 from django_cio.fakeserver import FakeTrackAPI
@@ -106,6 +106,13 @@ def _forget_unacked(tags: list[str]) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _broker_tried_first():
+    """A broker a test made fail is not skipped in the next test (see SKIP_BROKER_FOR)."""
+    yield
+    outbox.try_broker_again()
+
+
+@pytest.fixture(autouse=True)
 def _forget_dedup_memory():
     """Each test starts with no identify remembered (only this run's keys are touched)."""
     yield
@@ -169,6 +176,7 @@ def use_broker(url: str) -> None:
         app._pool = None
     app.amqp._producer_pool = None
     publish.drop_producer()
+    outbox.try_broker_again()
 
 
 def purge_queue() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -18,27 +19,43 @@ from .publish import publish_ops
 logger = logging.getLogger("django_cio")
 
 
+# After a publish fails, this process writes messages straight to the Outbox for this long
+# before it tries the broker again: a broker out of reach costs one request the publish
+# timeout (1-2 s on a partition, no FIN), not every request of the outage.
+SKIP_BROKER_FOR = 5.0
+_skip_broker_until = 0.0
+
+
 def publish_or_park(
     ops: list[Json], *, failures: int = 0, delay: float = 0, using: str = DEFAULT_DB_ALIAS
 ) -> bool:
     """Publish one ``deliver`` message, else park it in the Outbox; never raises (the request
     path: neither the broker nor the database may fail the caller's request). Returns whether
     the message is safe: on the broker or in the Outbox."""
-    try:
-        publish_ops(ops, failures=failures, countdown=delay)
-        return True
-    except Exception as exc:  # whatever the broker does, the caller must not see it
-        logger.warning(
-            "customerio: broker unavailable (%s); %d op(s) kept in the outbox",
-            type(exc).__name__, len(ops),
-        )
+    global _skip_broker_until
+    if time.monotonic() >= _skip_broker_until:
         try:
-            park(ops, failures=failures, delay=delay, using=using)
+            publish_ops(ops, failures=failures, countdown=delay)
             return True
-        except Exception as db_error:  # only the type: a database error may quote the values
-            logger.error("customerio: broker and outbox both unavailable (%s); %d op(s) lost",
-                         type(db_error).__name__, len(ops))
-            return False
+        except Exception as exc:  # whatever the broker does, the caller must not see it
+            _skip_broker_until = time.monotonic() + SKIP_BROKER_FOR
+            logger.warning(
+                "customerio: broker unavailable (%s); ops go to the outbox, the broker is "
+                "tried again in %.0f s", type(exc).__name__, SKIP_BROKER_FOR,
+            )
+    try:
+        park(ops, failures=failures, delay=delay, using=using)
+        return True
+    except Exception as db_error:  # only the type: a database error may quote the values
+        logger.error("customerio: broker and outbox both unavailable (%s); %d op(s) lost",
+                     type(db_error).__name__, len(ops))
+        return False
+
+
+def try_broker_again() -> None:
+    """Forget a failed publish: the next message tries the broker (its URL changed, say)."""
+    global _skip_broker_until
+    _skip_broker_until = 0.0
 
 
 def park(ops: list[Json], *, failures: int = 0, delay: float = 0,
