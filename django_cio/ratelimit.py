@@ -42,7 +42,8 @@ logger = logging.getLogger("django_cio")
 # Reserve the next slot: one request every ``interval`` microseconds, no burst, so no 1-second
 # window ever holds more than the limit. All in integer microseconds: a Unix time in them
 # (~1.7e15) is exact in a Lua double, whereas ``tostring`` keeps 14 digits and rounded slot
-# times to 0.1 ms. Returns the wait, negative and unreserved when it exceeds ``max_wait``.
+# times to 0.1 ms. Returns the wait, negative and unreserved when it exceeds ``max_wait``, and
+# the server's time (for ``ReplyDelay``).
 _GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -50,10 +51,10 @@ local interval, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local wait = tat - now
-if wait > max_wait then return -wait end
+if wait > max_wait then return {-wait, now} end
 local ttl = math.ceil((wait + interval) / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%.0f', tat + interval), 'PX', ttl)
-return wait
+return {wait, now}
 """
 
 # Slots are spaced this much wider than the limit: a request reaches Customer.io a little
@@ -66,12 +67,9 @@ HEADROOM = 0.08
 # slot up and reserves the next free one: sent that late, it could share a second with the L
 # slots booked after it. The rest of the slack is for the send on its way out.
 LATE = 0.020
-# A process learns of its slot a reply later than Redis booked it: the steady part of that
-# (the least round trip of the last few) is the network's, the same for every request of the
-# process, and is not lateness; what a reply takes beyond it (a lost packet retransmitted, a
-# stalled Redis) is. Judged against the whole round trip, every slot from a limiter 20 ms or
-# more away was "late", given up and booked again, and nothing was ever sent.
-ROUND_TRIPS_KEPT = 16
+# A process learns of its slot one reply later than Redis booked it (see ``ReplyDelay``).
+REPLIES_KEPT = 16
+REPLIES_NEEDED = 3  # earlier replies before any of a round trip is taken for the network's
 
 # Seconds to talk to the limiter's Redis, and to wait before trying it again after a failure.
 _REDIS_TIMEOUT = 0.5
@@ -98,6 +96,33 @@ class LocalLimiter:
             return wait
 
 
+class ReplyDelay:
+    """How long after Redis booked a slot its reply reaches this process.
+
+    A limiter 20 ms or more away would otherwise make every slot look late (judged from when
+    it was asked for), and a far host's requests all leave a reply later than a near host's.
+    The steady part is taken as half the least of the last round trips (a path is about as
+    slow both ways); on top of it comes what this reply took beyond the quickest recent one
+    (its arrival against Redis's own ``TIME``, so clock offsets cancel out): a lost packet
+    retransmitted, a stalled Redis. Until ``REPLIES_NEEDED`` replies are known there is no
+    estimate (``None``): the first includes connecting and loading the script.
+    """
+
+    def __init__(self) -> None:
+        self._replies: deque[tuple[float, float]] = deque(maxlen=REPLIES_KEPT)
+        self._lock = threading.Lock()
+
+    def of(self, round_trip: float, arrival_after_redis_time: float) -> float | None:
+        with self._lock:
+            earlier = list(self._replies)
+            self._replies.append((round_trip, arrival_after_redis_time))
+        if len(earlier) < REPLIES_NEEDED:
+            return None
+        steady = min(trip for trip, _ in earlier) / 2
+        held_up = arrival_after_redis_time - min(arrival for _, arrival in earlier)
+        return min(round_trip, steady + max(0.0, held_up))
+
+
 class RateLimiter:
     """The shared limit of one workspace."""
 
@@ -109,19 +134,12 @@ class RateLimiter:
         self.local = LocalLimiter(fallback_interval)  # used only when there is no Redis
         self._script = client.register_script(_GCRA) if client is not None else None
         self._redis_down_until = 0.0
-        self._round_trips: deque[float] = deque(maxlen=ROUND_TRIPS_KEPT)
-        self._round_trips_lock = threading.Lock()
+        self._reply_delay = ReplyDelay()
 
     def reserve(self, max_wait: float) -> float:
         """Reserve the next slot and return the seconds until it; ``Throttled`` if too far,
         ``LimiterUnavailable`` if the shared limiter cannot be reached."""
-        if self._script is None:
-            wait = self.local.reserve(max_wait)
-        else:
-            wait = self._reserve_shared(max_wait)
-        if wait < 0:
-            raise Throttled(-wait)
-        return wait
+        return self._reserve(max_wait)[0]
 
     def acquire(self, max_wait: float = float("inf")) -> None:
         """Wait for this process's turn to send one request, at most ``max_wait`` seconds."""
@@ -129,30 +147,25 @@ class RateLimiter:
         while True:
             asked = time.monotonic()
             try:
-                wait = self.reserve(max(0.0, deadline - asked))
+                wait, redis_time = self._reserve(max(0.0, deadline - asked))
             except LimiterUnavailable as unavailable:
                 if asked + unavailable.wait > deadline:
                     raise
                 time.sleep(unavailable.wait)
                 continue
-            network = self._network_round_trip(time.monotonic() - asked)
-            time.sleep(wait)  # from after the answer: never before the slot
-            # ``asked + wait`` is the earliest the slot can be; the steady round trip is not
-            # lateness (see ROUND_TRIPS_KEPT), anything beyond it is.
+            answered = time.monotonic()
+            reply = 0.0 if redis_time is None else self._reply_delay.of(
+                answered - asked, time.time() - redis_time)
+            if reply is None:  # the slot is between these, on this process's clock
+                earliest, latest = asked + wait, answered + wait
+            else:
+                earliest = latest = answered - reply + wait
+            time.sleep(max(0.0, latest - time.monotonic()))  # never before the slot
             now = time.monotonic()
-            if now - (asked + wait) - network <= LATE:
+            if now - earliest <= LATE:  # lateness never underrated
                 return
             if now >= deadline:  # late every time (an overloaded host): come back later
                 raise Throttled(self.interval)
-
-    def _network_round_trip(self, round_trip: float) -> float:
-        """The least of the last ``ROUND_TRIPS_KEPT`` round trips to Redis, this one included
-        (0 without Redis)."""
-        if self._script is None:
-            return 0.0
-        with self._round_trips_lock:
-            self._round_trips.append(round_trip)
-            return min(self._round_trips)
 
     def state(self) -> dict[str, Any]:
         """For ``cio_status``: whether the limit is shared, and how far ahead it is booked."""
@@ -165,21 +178,33 @@ class RateLimiter:
         booked = max(0, int(float(tat or 0)) - (seconds * _MICROS + micros))
         return {"shared": True, "booked_seconds": round(booked / _MICROS, 3)}
 
-    def _reserve_shared(self, max_wait: float) -> float:
+    def _reserve(self, max_wait: float) -> tuple[float, float | None]:
+        """The wait for the next slot, and Redis's time when it was booked (``None``: booked
+        in this process)."""
+        if self._script is None:
+            wait, redis_time = self.local.reserve(max_wait), None
+        else:
+            wait, redis_time = self._reserve_shared(max_wait)
+        if wait < 0:
+            raise Throttled(-wait)
+        return wait, redis_time
+
+    def _reserve_shared(self, max_wait: float) -> tuple[float, float]:
         assert self._script is not None
         left = self._redis_down_until - time.monotonic()
         if left > 0:
             raise LimiterUnavailable(left)
         max_wait_us = int(min(max_wait, _FOREVER) * _MICROS)
         try:
-            wait_us = int(self._script(keys=[self.key], args=[self.interval_us, max_wait_us]))
+            wait_us, now_us = self._script(keys=[self.key],
+                                           args=[self.interval_us, max_wait_us])
         except redis.RedisError as exc:
             self._redis_down(exc)
             raise LimiterUnavailable(_RETRY_REDIS_AFTER) from None
         if self._redis_down_until:
             self._redis_down_until = 0.0
             logger.warning("customerio: rate limiter's Redis reachable again; sending")
-        return wait_us / _MICROS
+        return int(wait_us) / _MICROS, int(now_us) / _MICROS
 
     def _redis_down(self, exc: redis.RedisError) -> None:
         if not self._redis_down_until:  # once per outage, not per request

@@ -26,6 +26,23 @@ from tests.celery_app import BROKERS, app
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``dev.py test`` runs two workers, ``--dist loadgroup``), the tests
+    that start processes, kill them or count requests per second run one at a time, on one
+    xdist worker: two of them at once on two cores would measure each other."""
+    for item in items:
+        if _heavy(item):
+            item.add_marker(pytest.mark.xdist_group("processes"))
+
+
+def _heavy(item: pytest.Item) -> bool:
+    fixtures = getattr(item, "fixturenames", ())
+    return (item.get_closest_marker("slow") is not None
+            or item.path.parent.name in ("reliability", "cluster")
+            or any(name in fixtures for name in ("worker_process", "private_redis")))
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeTrackAPI]:
     """A fake Track API on a free loopback port, stopped after the test."""

@@ -1,7 +1,8 @@
 """Settings for django-cio's own tests.
 
 Services come from the environment, defaulting to the local ones: PostgreSQL as the postgres
-user (trust auth) and Redis DB 13 with a key prefix of its own. ``DATABASE_URL=sqlite:///...``
+user (trust auth) and Redis DB 13 (12 for pytest-xdist's second worker) with a key prefix
+of its own. ``DATABASE_URL=sqlite:///...``
 runs the suite on SQLite, the embedded default.
 """
 
@@ -12,9 +13,13 @@ import tempfile
 import dj_database_url
 
 SECRET_KEY = "django-cio-tests"
-# One id per test run, shared with the worker processes it starts: queues and cache keys of
-# their own, apart from other runs on the same machine.
-RUN = os.environ.setdefault("CIO_TEST_RUN", str(os.getpid()))
+# One id per test run and pytest-xdist worker, shared with the worker processes it starts:
+# queues, databases and cache keys of their own, apart from other runs and xdist workers.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+RUN = os.environ.get("CIO_TEST_RUN") or str(os.getpid())
+if not RUN.endswith(XDIST_WORKER):
+    RUN += XDIST_WORKER
+os.environ["CIO_TEST_RUN"] = RUN
 USE_TZ = True
 TIME_ZONE = "UTC"
 INSTALLED_APPS = [
@@ -44,7 +49,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # tables live only in "default" (see tests/routers.py).
 DATABASES["other"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
 DATABASE_ROUTERS = ["tests.routers.CustomerIOTablesOnDefault"]
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13")
+# A Redis database per xdist worker (13, 12, ...): the limiter, dedup and outage keys of one
+# workspace have the same name in every run.
+REDIS_URL = os.environ.get(
+    "REDIS_URL", f"redis://127.0.0.1:6379/{13 - int(XDIST_WORKER.removeprefix('gw') or 0)}"
+)
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",

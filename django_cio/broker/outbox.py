@@ -20,10 +20,43 @@ logger = logging.getLogger("django_cio")
 
 
 # After a publish fails, this process writes messages straight to the Outbox for this long
-# before it tries the broker again: a broker out of reach costs one request the publish
-# timeout (1-2 s on a partition, no FIN), not every request of the outage.
+# before it tries the broker again, so a broker out of reach costs one request the publish
+# timeout (1-2 s on a partition, no FIN), not every request of the outage; and until the
+# rows it wrote meanwhile have been relayed, in order: a message sent straight to the broker
+# would overtake them (a parked identify landing after the delete that followed it).
 SKIP_BROKER_FOR = 5.0
-_skip_broker_until = 0.0
+
+
+class _Detour:
+    """This process's detour around the broker, by the Outbox."""
+
+    def __init__(self) -> None:
+        self.until = 0.0
+        self.parked: dict[str, list[Any]] = {}  # database -> rows written, maybe not relayed
+
+    def active(self) -> bool:
+        if time.monotonic() < self.until:
+            return True
+        if not self.parked:
+            return False
+        from ..models import Outbox  # here: the package root imports this module early
+
+        try:
+            waiting = any(Outbox.objects.using(alias).filter(pk__in=pks).exists()
+                          for alias, pks in self.parked.items())
+        except Exception:  # the database cannot tell: keep the order
+            waiting = True
+        if waiting:
+            self.until = time.monotonic() + 1.0  # asked again in a second, not per message
+            return True
+        self.parked.clear()
+        return False
+
+    def parked_row(self, row: Any) -> None:
+        self.parked.setdefault(row._state.db, []).append(row.pk)
+
+
+_detour = _Detour()
 
 
 def publish_or_park(
@@ -32,36 +65,48 @@ def publish_or_park(
     """Publish one ``deliver`` message, else park it in the Outbox; never raises (the request
     path: neither the broker nor the database may fail the caller's request). Returns whether
     the message is safe: on the broker or in the Outbox."""
-    global _skip_broker_until
-    if time.monotonic() >= _skip_broker_until:
+    detour = _detour.active()
+    if not detour:
         try:
             publish_ops(ops, failures=failures, countdown=delay)
             return True
         except Exception as exc:  # whatever the broker does, the caller must not see it
-            _skip_broker_until = time.monotonic() + SKIP_BROKER_FOR
+            _detour.until = time.monotonic() + SKIP_BROKER_FOR
             logger.warning(
                 "customerio: broker unavailable (%s); ops go to the outbox, the broker is "
                 "tried again in %.0f s", type(exc).__name__, SKIP_BROKER_FOR,
             )
     try:
-        park(ops, failures=failures, delay=delay, using=using)
-        return True
+        row = park(ops, failures=failures, delay=delay, using=using)
     except Exception as db_error:  # only the type: a database error may quote the values
+        if detour and _published(ops, failures, delay):  # the broker may be back by now
+            return True
         logger.error("customerio: broker and outbox both unavailable (%s); %d op(s) lost",
                      type(db_error).__name__, len(ops))
         return False
+    if not delay:  # (a delayed row is meant to come later)
+        _detour.parked_row(row)
+    return True
+
+
+def _published(ops: list[Json], failures: int, delay: float) -> bool:
+    try:
+        publish_ops(ops, failures=failures, countdown=delay)
+    except Exception:
+        return False
+    return True
 
 
 def try_broker_again() -> None:
-    """Forget a failed publish: the next message tries the broker (its URL changed, say)."""
-    global _skip_broker_until
-    _skip_broker_until = 0.0
+    """End the detour: the next message tries the broker (its URL changed, say)."""
+    _detour.until = 0.0
+    _detour.parked.clear()
 
 
 def park(ops: list[Json], *, failures: int = 0, delay: float = 0,
-         using: str = DEFAULT_DB_ALIAS) -> None:
-    """Write a message to the Outbox, for the relay to publish after ``delay`` s. Raises on
-    database errors.
+         using: str = DEFAULT_DB_ALIAS) -> Any:
+    """Write a message to the Outbox, for the relay to publish after ``delay`` s; the row.
+    Raises on database errors.
 
     The row is committed at once whatever transactions are open: written inside one, a later
     rollback there would take it away. So while the Outbox's database is inside an atomic
@@ -72,27 +117,27 @@ def park(ops: list[Json], *, failures: int = 0, delay: float = 0,
 
     alias = using if router.allow_migrate_model(using, Outbox) else router.db_for_write(Outbox)
 
-    def write() -> None:
-        Outbox.objects.using(alias).create(
+    def write() -> Outbox:
+        return Outbox.objects.using(alias).create(
             ops=ops, failures=failures, workspace=one_workspace(ops),
             not_before=timezone.now() + timedelta(seconds=delay),
         )
 
     connection = connections[alias]
     if connection.in_atomic_block and connection.vendor != "sqlite":
-        _in_own_thread(write)
-    else:
-        write()
+        return _in_own_thread(write)
+    return write()
 
 
-def _in_own_thread(function: Any) -> None:
+def _in_own_thread(function: Any) -> Any:
     """Run ``function`` on a thread of its own (so on database connections of its own, closed
-    after); raise what it raised."""
+    after); return what it returned, raise what it raised."""
     errors: list[BaseException] = []
+    results: list[Any] = []
 
     def run() -> None:
         try:
-            function()
+            results.append(function())
         except BaseException as exc:  # handed to the caller
             errors.append(exc)
         finally:
@@ -103,5 +148,6 @@ def _in_own_thread(function: Any) -> None:
     thread.join()
     if errors:
         raise errors[0]
+    return results[0]
 
 

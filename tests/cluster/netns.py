@@ -18,6 +18,7 @@ import ipaddress
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,7 @@ class Cluster:
         self.tag, self.logs = tag, logs
         self.subnet = self._free_subnet()
         self.hosts: dict[str, Host] = {}
+        self.cleanups: list[Callable[[], object]] = []  # after every process has stopped
         self.switch = f"{tag}-switch"
         self._addresses = iter(self.subnet.hosts())
         _ip("netns", "add", self.switch)
@@ -147,4 +149,9 @@ class Cluster:
                 self.stop(process)
         for netns in [*(host.netns for host in self.hosts.values()), self.switch]:
             with contextlib.suppress(subprocess.CalledProcessError):
+                for pid in _ip("netns", "pids", netns).split():  # what a stop left behind
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), 9)
                 _ip("netns", "del", netns)  # its veths go with it, the control one too
+        for cleanup in self.cleanups:
+            cleanup()
