@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
         "demo": lambda extra: run("example_project/manage.py", "demo", *extra),
         # Two xdist workers: the tests that start processes on one, one at a time (see
         # tests/conftest.py), the rest beside them.
-        "test": lambda extra: run("-m", "pytest", "-n", "2", "--dist", "loadgroup", *extra),
+        "test": lambda extra: run("-m", "pytest", "-n", "2", *extra),
         "lint": lambda extra: (run("-m", "ruff", "check", ".", *extra) or run("-m", "mypy")
                                or subprocess.run([str(BIN / "lint-imports")], cwd=ROOT)
                                .returncode),

@@ -15,7 +15,8 @@ in flight at a time, cannot reach the limit alone, so throughput rises with proc
 stays flat at the limit times the ops a request carries. From those runs come two plots (with
 matplotlib, the ``bench`` extra; without it the table is printed and the plots skipped):
 delivered ops/s and requests/s over time against the limit, for the 8-process run, and
-throughput against worker processes.
+throughput against worker processes. As root, ``cluster`` (bench/cluster.py) adds the same
+question across hosts: 1, 2 and 3 worker hosts in network namespaces, over slow, lossy links.
 
 ``--quick`` shrinks the sizes (about 3 minutes on 2 cores); without it the sizes are the
 documented ones (backfill 1,000,000 rows, web shape 20,000 messages, 1,500 messages per
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -69,6 +71,8 @@ def plan(quick: bool) -> list[tuple[str, str, list[str]]]:
                  ["--messages", "500", "--repeat", "100"] if quick else []))
     runs.append(("workspaces", "workspaces.py",
                  ["--messages", "1500", "--outage-seconds", "10"] if quick else []))
+    if os.geteuid() == 0:  # network namespaces: root only
+        runs.append(("cluster", "cluster.py", ["--messages", "1500"] if quick else []))
     runs.append(("backfill", "backfill.py",
                  ["--rows", "50000", "--sdk-rows", "500"] if quick else
                  ["--rows", "1000000", "--latency-ms", "20", "--cap", "100",

@@ -145,6 +145,25 @@ def check_broker(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return []
 
 
+@register(Tags.compatibility)
+def check_control_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from celery import current_app
+
+    url = str(current_app.conf.broker_url or "")
+    if _is_celerys_default(current_app) or not url.startswith(("amqp", "pyamqp")):
+        return []
+    if not current_app.conf.get("control_queue_exclusive"):  # False, or a Celery without it
+        return []
+    return [Warning(
+        "A RabbitMQ worker's remote-control queue is exclusive to its connection: a worker cut "
+        "from the broker (a partition, no FIN) exits when the link heals, since its dead "
+        "connection still holds the queue (ResourceLocked)",
+        hint="Set CELERY_CONTROL_QUEUE_EXCLUSIVE = False (control_queue_exclusive in a Celery "
+        "config); the queue still expires 10 s after its worker is gone.",
+        id="django_cio.W006",
+    )]
+
+
 def _is_celerys_default(app: Any) -> bool:
     """Whether ``app`` is the one Celery makes when the project loaded none."""
     return bool(app.main == "default")

@@ -42,14 +42,15 @@ logger = logging.getLogger("django_cio")
 # Reserve the next slot: one request every ``interval`` microseconds, no burst, so no 1-second
 # window ever holds more than the limit. All in integer microseconds: a Unix time in them
 # (~1.7e15) is exact in a Lua double, whereas ``tostring`` keeps 14 digits and rounded slot
-# times to 0.1 ms. Returns the wait, negative and unreserved when it exceeds ``max_wait``, and
-# the server's time (for ``ReplyDelay``).
+# times to 0.1 ms. A free slot is booked ``lead`` ahead: the time its reply takes to reach the
+# caller, who would otherwise always hear of it too late. Returns the wait, negative and
+# unreserved when it exceeds ``max_wait``, and the server's time (for ``ReplyDelay``).
 _GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2])
+local interval, max_wait, lead = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
+if tat < now + lead then tat = now + lead end
 local wait = tat - now
 if wait > max_wait then return {-wait, now} end
 local ttl = math.ceil((wait + interval) / 1000) + 1000
@@ -113,6 +114,7 @@ class ReplyDelay:
         self._lock = threading.Lock()
 
     def of(self, round_trip: float, arrival_after_redis_time: float) -> float | None:
+        """This reply's delay, or ``None`` (not enough known); then it is one more known."""
         with self._lock:
             earlier = list(self._replies)
             self._replies.append((round_trip, arrival_after_redis_time))
@@ -121,6 +123,13 @@ class ReplyDelay:
         steady = min(trip for trip, _ in earlier) / 2
         held_up = arrival_after_redis_time - min(arrival for _, arrival in earlier)
         return min(round_trip, steady + max(0.0, held_up))
+
+    def steady(self) -> float:
+        """The usual delay of a reply (0 until enough are known): how far ahead to book."""
+        with self._lock:
+            if len(self._replies) < REPLIES_NEEDED:
+                return 0.0
+            return min(trip for trip, _ in self._replies) / 2
 
 
 class RateLimiter:
@@ -195,9 +204,10 @@ class RateLimiter:
         if left > 0:
             raise LimiterUnavailable(left)
         max_wait_us = int(min(max_wait, _FOREVER) * _MICROS)
+        lead_us = int(self._reply_delay.steady() * _MICROS)
         try:
             wait_us, now_us = self._script(keys=[self.key],
-                                           args=[self.interval_us, max_wait_us])
+                                           args=[self.interval_us, max_wait_us, lead_us])
         except redis.RedisError as exc:
             self._redis_down(exc)
             raise LimiterUnavailable(_RETRY_REDIS_AFTER) from None
@@ -207,6 +217,7 @@ class RateLimiter:
         return int(wait_us) / _MICROS, int(now_us) / _MICROS
 
     def _redis_down(self, exc: redis.RedisError) -> None:
+        self._reply_delay = ReplyDelay()  # the Redis that answers next may be another, elsewhere
         if not self._redis_down_until:  # once per outage, not per request
             logger.warning(
                 "customerio: rate limiter's Redis unavailable (%s); sending nothing until it "

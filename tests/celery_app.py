@@ -26,6 +26,7 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_ignore_result=True,
     worker_cancel_long_running_tasks_on_connection_loss=True,
+    control_queue_exclusive=False,  # check W006
     # The worker loop wakes at each AMQP heartbeat check: a short one lets test workers stop
     # within a second instead of ten.
     broker_heartbeat=2,

@@ -26,21 +26,29 @@ from tests.celery_app import BROKERS, app
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``dev.py test`` runs two workers, ``--dist loadgroup``), the tests
-    that start processes, kill them or count requests per second run one at a time, on one
-    xdist worker: two of them at once on two cores would measure each other."""
-    for item in items:
-        if _heavy(item):
-            item.add_marker(pytest.mark.xdist_group("processes"))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under pytest-xdist (``dev.py test`` runs two workers), the test files that start
+    processes, kill them or count requests per second run one test at a time, on one xdist
+    worker: two of them at once on two cores would measure each other. The rest run beside
+    them. (xdist's own ``--dist loadgroup`` marks are lost with pytest 9.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    heavy = _heavy_files()
+
+    class HeavyFilesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "heavy" if nodeid.partition("::")[0] in heavy else nodeid
+
+    return HeavyFilesTogether(config, log)
 
 
-def _heavy(item: pytest.Item) -> bool:
-    fixtures = getattr(item, "fixturenames", ())
-    return (item.get_closest_marker("slow") is not None
-            or item.path.parent.name in ("reliability", "cluster")
-            or any(name in fixtures for name in ("worker_process", "private_redis")))
+def _heavy_files() -> set[str]:
+    """Files under tests/reliability and tests/cluster, and those that start worker
+    processes or a private Redis, or are marked slow."""
+    signs = ("worker_process", "private_redis", "mark.slow")
+    return {str(path.relative_to(ROOT)) for path in (ROOT / "tests").rglob("test_*.py")
+            if path.parent.name in ("reliability", "cluster")
+            or any(sign in path.read_text() for sign in signs)}
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ import pytest
 from django.core.checks import Error, Warning
 from django.test import override_settings
 
-from django_cio.checks import check_broker, check_settings
+from django_cio.checks import check_broker, check_control_queue, check_settings
 from tests.celery_app import app as celery_app
 
 LOCMEM_CACHE = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -162,3 +162,15 @@ def test_django_mail_through_django_cio_without_an_app_key_is_E032():
         assert ids(**GOOD) == ["django_cio.E032"]
         assert ids(**GOOD, APP_API_KEY="a") == []
         assert ids(BACKEND="django_cio.backends.locmem.LocMemBackend") == []
+
+
+@pytest.mark.parametrize(("exclusive", "found"), [(True, ["django_cio.W006"]), (False, [])])
+def test_a_rabbitmq_workers_exclusive_control_queue_is_W006(exclusive, found):
+    """Found by the cluster tests: a worker cut from RabbitMQ exited when the link healed."""
+    saved = celery_app.conf.broker_url, celery_app.conf.control_queue_exclusive
+    celery_app.conf.broker_url = "amqp://guest:guest@127.0.0.1:5672//"
+    celery_app.conf.control_queue_exclusive = exclusive
+    try:
+        assert [message.id for message in check_control_queue()] == found
+    finally:
+        celery_app.conf.broker_url, celery_app.conf.control_queue_exclusive = saved

@@ -61,6 +61,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# RabbitMQ: a worker cut from the broker reconnects instead of exiting (check W006).
+CELERY_CONTROL_QUEUE_EXCLUSIVE = False
 
 CUSTOMERIO = {
     "SITE_ID": os.environ.get("CUSTOMERIO_SITE_ID", "demo-site"),

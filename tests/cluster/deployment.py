@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import redis
 import requests
 
 from bench.common import busiest_second
@@ -46,6 +47,13 @@ def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.2)
             raise AssertionError(f"{what}: not within {timeout:g} s")
         time.sleep(interval)
     return result
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 def _accepts(address: str, port: int) -> bool:
@@ -209,14 +217,16 @@ def deployed(broker: str, workdir: Path, rate_limit: int,
             "--port", "8080", "--site-id", "demo-site", "--api-key", "demo-key",
             "--site", "demo-eu-site:demo-eu-key:eu", "--latency-ms", "50",
             "--rate-limit", str(rate_limit)], deployment.env)
-        for name, port in (("limiter", 6379), ("db", 5432), ("api", 8080)):
+        for name, port in (("db", 5432), ("api", 8080)):
             wait_until(lambda name=name, port=port: _accepts(hosts[name].address, port), 60,
                        f"{name} listening")
+        # Redis and the broker answer through their links at once: ask them.
+        limiter = redis.Redis.from_url(deployment.env["REDIS_URL"], socket_timeout=2)
+        wait_until(lambda: _answers(limiter), 60, "the limiter's Redis answering")
         wait_until(lambda: subprocess.run(
             ["psql", "-h", hosts["db"].address, "-U", "postgres", "-c", "CREATE DATABASE shop"],
             capture_output=True, check=False).returncode == 0, 30, "database created")
         deployment.django("web", "migrate", "--verbosity", "0")
-        # The broker's port answers through its link at once: ask the broker itself.
         deployment.django("web", "shell", "-c", "from example_project.celery import app; "
                           "app.connection_for_write().ensure_connection("
                           "max_retries=60, interval_start=0.5, interval_max=1)")

@@ -83,10 +83,10 @@ class Cluster:
 
     def add(self, name: str) -> Host:
         netns = f"{self.tag}-{name}"
+        self.hosts[name] = Host(name, netns, "")  # deleted by close() whatever happens next
         _ip("netns", "add", netns)
-        host = self._join(netns, name)
-        self.hosts[name] = host
-        return host
+        self.hosts[name] = self._join(netns, name)
+        return self.hosts[name]
 
     def _join(self, netns: str | None, name: str) -> Host:
         """A veth pair from ``netns`` (``None``: this process's own) to the switch."""
@@ -144,14 +144,17 @@ class Cluster:
         process.wait()
 
     def close(self) -> None:
-        for host in reversed(self.hosts.values()):  # clients first, then their servers
-            for process in reversed(host.processes):
-                self.stop(process)
-        for netns in [*(host.netns for host in self.hosts.values()), self.switch]:
-            with contextlib.suppress(subprocess.CalledProcessError):
-                for pid in _ip("netns", "pids", netns).split():  # what a stop left behind
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), 9)
-                _ip("netns", "del", netns)  # its veths go with it, the control one too
-        for cleanup in self.cleanups:
-            cleanup()
+        try:
+            for host in reversed(self.hosts.values()):  # clients first, then their servers
+                for process in reversed(host.processes):
+                    self.stop(process)
+        finally:
+            for netns in [*(host.netns for host in self.hosts.values()), self.switch]:
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    for pid in _ip("netns", "pids", netns).split():  # what a stop left
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(pid), 9)
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    _ip("netns", "del", netns)  # its veths go with it, the control one too
+            for cleanup in self.cleanups:
+                cleanup()

@@ -117,3 +117,6 @@ def test_partitions_lose_nothing_duplicate_nothing_and_never_breach_the_limit(de
     _reidentify(deployment, summary)
     assert deployment.fake("stats")["ops"]["identify"] == identifies
     assert deployment.busiest_second() <= RATE_LIMIT
+    # Each worker rode its partition out (on RabbitMQ one exited once the link healed).
+    exited = [name for name, worker in deployment.workers.items() if worker.poll() is not None]
+    assert not exited, f"workers that exited: {exited}; logs in {deployment.workdir}"

@@ -63,3 +63,17 @@ def test_an_outbox_failure_during_the_detour_tries_the_broker(one_blip, publishe
     monkeypatch.setattr(outbox, "park", outbox_down)
     django_cio.track("u1", "kept")
     assert [message[0]["name"] for message in published] == ["kept"]
+
+
+def test_a_row_the_relay_never_sends_holds_the_detour_up_for_a_while_only(
+        one_blip, published, monkeypatch):
+    """Found by a review: a parked row the relay cannot send (a workspace the settings no
+    longer have) would have kept the process off the broker for good."""
+    monkeypatch.setattr(outbox, "DETOUR_MAX", 1.0)
+    django_cio.track("someone", "blip")  # parked, and never relayed
+    time.sleep(0.6)
+    django_cio.track("u1", "held")  # the row is still there: parked behind it
+    assert Outbox.objects.count() == 2 and published == []
+    time.sleep(0.6)
+    django_cio.track("u1", "sent")
+    assert [message[0]["name"] for message in published] == ["sent"]
