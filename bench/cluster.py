@@ -1,6 +1,6 @@
 """Scale-out across hosts: delivery throughput with 1, 2 and 3 worker hosts under one limit.
 
-    sudo python bench/cluster.py [--messages 1500] [--op-kb 20] [--api-latency-ms 500]
+    sudo python bench/cluster.py [--messages 3000] [--op-kb 20] [--api-latency-ms 500]
                                  [--limits 10,1000]
 
 The cluster of the cross-host tests (tests/cluster/deployment.py: network namespaces, the
@@ -22,6 +22,7 @@ on a worker host sending the same events one per request, serially. Needs root.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -51,7 +52,7 @@ sdk.base_url = "{url}/api/v1"  # the SDK only speaks https; same paths over http
 blob = "x" * {op_bytes}
 count, started = 0, time.perf_counter()
 while time.perf_counter() - started < {seconds}:
-    sdk.track("sdk-" + str(count), "scaled", n=count, blob=blob)
+    sdk.track("sdk-" + str(count), "scaled", dict(n=count, blob=blob))
     count += 1
 print(count / (time.perf_counter() - started))
 """
@@ -83,7 +84,7 @@ def run(deployment: Deployment, hosts: int, limit: int, args: argparse.Namespace
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=1500)
+    parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--op-kb", type=int, default=20, help="size of each event's data")
     parser.add_argument("--api-latency-ms", type=float, default=500)
     parser.add_argument("--limits", default="10,1000", help="RATE_LIMITs to run, per second")
@@ -94,14 +95,17 @@ def main() -> None:
     if reason:
         print(f"bench/cluster.py: {reason}", file=out)
         sys.exit(2)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: clean the cluster up
     figures = []
     with tempfile.TemporaryDirectory(prefix="cio-bench-cluster-") as workdir, \
             deployed("redis", Path(workdir), rate_limit=10, workers=()) as deployment:
         deployment.reset_fake(latency_ms=args.api_latency_ms)
-        sdk = float(deployment.cluster.run(deployment.hosts["worker1"], [
+        done = deployment.cluster.run(deployment.hosts["worker1"], [
             sys.executable, "-c", SDK.format(url=deployment.api_url, seconds=5,
                                              op_bytes=args.op_kb * 1024)],
-            deployment.host_env("worker1")).stdout)
+            deployment.host_env("worker1"))
+        assert done.returncode == 0, done.stderr
+        sdk = float(done.stdout)
         print(f"{args.messages:,} messages of one {args.op_kb} KB event, the API answering "
               f"after {args.api_latency_ms:g} ms; baseline: the official SDK from a worker "
               f"host, serially: {sdk:,.2f} ops/s", file=out)

@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under pytest-xdist (``dev.py test`` runs two workers), the test files that start
-    processes, kill them or count requests per second run one test at a time, on one xdist
-    worker: two of them at once on two cores would measure each other. The rest run beside
-    them. (xdist's own ``--dist loadgroup`` marks are lost with pytest 9.)"""
+    worker processes, kill them or count requests per second run one test at a time, on one
+    xdist worker: two of them at once on two cores would measure each other. The rest run
+    beside them. (xdist's own ``--dist loadgroup`` marks are lost with pytest 9: it renames
+    ``item._nodeid``, which pytest 9 no longer reads.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     heavy = _heavy_files()

@@ -30,7 +30,7 @@ import redis
 import requests
 
 from bench.common import busiest_second
-from tests.cluster.netns import Cluster, Host
+from tests.cluster.netns import Cluster, Host, tag
 
 ROOT = Path(__file__).resolve().parents[2]
 LINK = ["--delay-ms", "10-25", "--loss", "0.01"]  # one way: 20-50 ms round trips
@@ -199,7 +199,7 @@ def deployed(broker: str, workdir: Path, rate_limit: int,
              workers: tuple[str, ...] = WORKERS) -> Iterator[Deployment]:
     """The cluster up, migrated, with ``workers`` running; everything stopped and deleted
     on exit."""
-    cluster = Cluster(f"cio{os.getpid() % 100000}", workdir)
+    cluster = Cluster(tag(), workdir)
     try:
         for name in ("broker", "limiter", "db", "api", "web", *WORKERS):
             cluster.add(name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -32,6 +33,25 @@ def unavailable() -> str | None:
     if shutil.which("ip") is None:
         return "iproute2's `ip` is not installed"
     return None
+
+
+def tag() -> str:
+    """A name for this process's cluster, by which ``sweep_stale`` knows whose it is."""
+    return f"cio{os.getpid()}"
+
+
+def sweep_stale() -> None:
+    """Delete the namespaces (and stop the processes) of clusters whose process is gone: a run
+    that was killed had no chance to."""
+    for line in _ip("netns", "list").splitlines():
+        name = line.split()[0] if line.split() else ""
+        owner = re.match(r"cio(\d+)-", name)
+        if owner and not Path(f"/proc/{owner[1]}").exists():
+            for pid in _ip("netns", "pids", name).split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), 9)
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _ip("netns", "del", name)
 
 
 def _ip(*args: str) -> str:
@@ -57,6 +77,7 @@ class Cluster:
 
     def __init__(self, tag: str, logs: Path) -> None:
         self.tag, self.logs = tag, logs
+        sweep_stale()
         self.subnet = self._free_subnet()
         self.hosts: dict[str, Host] = {}
         self.cleanups: list[Callable[[], object]] = []  # after every process has stopped

@@ -1,4 +1,4 @@
-"""The guarantees across a network: hosts in network namespaces (see conftest.py), links to
+"""The guarantees across a network: hosts in network namespaces (deployment.py), links to
 the broker and the limiter 20-50 ms round trip with 1% loss, partitions with no FIN.
 
 The web host drives the example project's load-test views (``cio_loadtest``: gunicorn and
