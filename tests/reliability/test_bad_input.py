@@ -387,10 +387,15 @@ def test_an_operation_built_from_any_fields_is_valid_or_refused_naming_the_field
     optional = {field: per_field[field] for field in fields if field not in required}
     complete = st.fixed_dictionaries({field: per_field[field] for field in required},
                                      optional=optional)
+    # And some wholly plausible: with many fields, "each wild a third of the time" alone left
+    # no valid op in a whole run now and then (send_sms: 111 refused, 0 accepted, in CI).
+    plausible = st.fixed_dictionaries({field: valid[field] for field in required},
+                                      optional={field: valid[field] for field in optional})
     outcomes: Counter[str] = Counter()
 
     @PROPERTY
-    @given(values=st.one_of(complete, complete, st.fixed_dictionaries({}, optional=per_field)))
+    @given(values=st.one_of(complete, complete, plausible,
+                            st.fixed_dictionaries({}, optional=per_field)))
     def check(values):
         try:
             op = cls(**values)
