@@ -2,8 +2,7 @@
 
 Services come from the environment, defaulting to the local ones: PostgreSQL as the postgres
 user (trust auth) and Redis DB 13 (12 for pytest-xdist's second worker) with a key prefix
-of its own. ``DATABASE_URL=sqlite:///...``
-runs the suite on SQLite, the embedded default.
+of its own. ``DATABASE_URL=sqlite:///...`` runs the suite on SQLite, the embedded default.
 """
 
 import json

@@ -91,4 +91,3 @@ def test_the_app_api_has_a_limit_of_its_own_per_workspace(settings):
     track, app = get_limiter(), get_limiter(api="app")
     assert app.key == track.key + ":app"
     assert app.interval > track.interval  # 10/s: a slot every 0.1 s (with headroom)
-
